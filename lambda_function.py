@@ -1,0 +1,101 @@
+"""AWS Lambda entry point: parse the trigger, call the pipeline, return the report.
+
+Module level holds only what a warm container should reuse (settings, S3 client, engine object);
+connections are closed after every invocation. Errors are logged with context and re-raised so
+Lambda's retry and on-failure destination see them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from loader import __version__
+from loader.app import LoaderFactory
+from loader.ledger import finalize_sharded_hour
+from loader.observability import emit_metrics, log
+from loader.pipeline import run_trigger
+from loader.report import Report
+from loader.window import (
+    Shard,
+    TriggerError,
+    hour_label,
+    hour_prefix,
+    parse_hour,
+    parse_trigger,
+    previous_hour,
+)
+
+_factory = LoaderFactory()
+
+
+def _remaining_ms(context: Any) -> Any:
+    """The Lambda clock when there is one; local runs and tests pass context=None."""
+    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+        return None
+    return context.get_remaining_time_in_millis
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    request_id = getattr(context, "aws_request_id", None)
+    if request_id:
+        log.append_keys(request_id=request_id)
+    try:
+        action = event.get("action") if isinstance(event, dict) else None
+        if action == "plan":
+            return _plan(event)
+        loader = _factory.get()
+        if action == "finalize":
+            return _finalize(loader, event)
+        trigger = parse_trigger(event)
+        report = run_trigger(loader, trigger, _remaining_ms(context))
+        emit_metrics(report, datetime.now(UTC))
+        summary = report.to_dict()
+        log.info("run finished", extra={"report": summary})
+        return summary
+    except Exception:
+        log.exception("run failed")
+        raise
+    finally:
+        _factory.release()
+
+
+def _plan(event: dict[str, Any]) -> dict[str, Any]:
+    """Step Functions' first step: the hour to load and one item per shard for its Map."""
+    if "hour" in event:
+        hour = parse_hour(str(event["hour"]))
+    elif isinstance(event.get("time"), str):
+        hour = previous_hour(parse_hour(event["time"]))
+    else:
+        raise TriggerError("plan needs 'time' (the schedule time) or 'hour'")
+    count = int(event.get("shard_count", 1))
+    Shard(0, count)  # validates the count
+    label = hour_label(hour)
+    return {
+        "hour": label,
+        "shard_count": count,
+        "shards": [{"hour": label, "shard": {"index": i, "count": count}} for i in range(count)],
+    }
+
+
+def _finalize(loader: Any, event: dict[str, Any]) -> dict[str, Any]:
+    """Step Functions' last step: record the fanned-out hour complete once every shard is."""
+    hour = parse_hour(str(event.get("hour", "")))
+    count = int(event.get("shard_count", 0))
+    Shard(0, count)
+    report = Report.new(
+        hour_label(hour),
+        hour_prefix(hour, loader.settings.events_prefix),
+        "schedule",
+        str(uuid.uuid4()),
+        loader.settings.key_list_cap,
+    )
+    report.db_revision = loader.check_schema()
+    missing = finalize_sharded_hour(loader.engine, loader.tables, hour, count, report, __version__)
+    if missing:
+        raise RuntimeError(
+            f"hour {report.hour} is not complete: shards {missing} have no complete run"
+        )
+    emit_metrics(report, datetime.now(UTC))
+    return report.to_dict()

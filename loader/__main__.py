@@ -1,0 +1,5 @@
+"""`python -m loader`: the same command line as `clickstream-loader`."""
+
+from loader.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""Wiring: settings → engine + S3 source → HourLoader. Shared by the Lambda handler and the CLI.
+
+A warm Lambda container keeps the settings, the S3 client and the engine object, but never a
+connection: `release()` closes the pool after every invocation, so no stale connection
+outlives it and none lingers on the warehouse between hourly runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from loader.config import Settings, load_settings
+from loader.db import make_engine
+from loader.pipeline import HourLoader
+from loader.source import make_source
+
+
+class LoaderFactory:
+    """Lazily builds, then reuses, what an invocation needs."""
+
+    def __init__(self) -> None:
+        self._loader: HourLoader | None = None
+
+    def get(self, settings: Settings | None = None) -> HourLoader:
+        if self._loader is None:
+            settings = settings or load_settings()
+            self._loader = HourLoader(settings, make_engine(settings.db), make_source(settings))
+        return self._loader
+
+    def release(self) -> None:
+        """Close every pooled connection; keep clients and settings for the next invocation."""
+        if self._loader is not None:
+            self._loader.engine.dispose()
+
+    def close(self) -> None:
+        if self._loader is not None:
+            self._loader.engine.dispose()
+            self._loader.source.close()
+            self._loader = None
+
+
+@contextmanager
+def open_loader(settings: Settings | None = None) -> Iterator[HourLoader]:
+    """A loader for one command-line session; everything closed on exit."""
+    factory = LoaderFactory()
+    try:
+        yield factory.get(settings)
+    finally:
+        factory.close()

@@ -1,0 +1,201 @@
+"""The warehouse connection: a small engine, failure classes by SQLSTATE, and the retry policy.
+
+PostgreSQL tells us what went wrong with a SQLSTATE; the Python exception class says much less
+(a deadlock and a bad value can both arrive as a plain DBAPIError). Retry decisions are taken
+from the code, and error text that may echo row values (DETAIL, "Failing row contains ...")
+never leaves this module: `describe_error` renders only the SQLSTATE, its name and the object
+(constraint, column) involved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import orjson
+import sqlalchemy as sa
+from psycopg2 import errorcodes
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from loader.config import DatabaseSettings
+
+T = TypeVar("T")
+
+#: SQLSTATEs worth a retry: the same statement may well succeed a moment later.
+TRANSIENT_SQLSTATES: Final = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available (lock_timeout)
+        "57014",  # query_canceled (statement_timeout)
+        "57P01",  # admin_shutdown (server restart, pg_terminate_backend)
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (server starting up)
+        "53300",  # too_many_connections
+        "53400",  # configuration_limit_exceeded
+        "25P03",  # idle_in_transaction_session_timeout
+    }
+)
+#: Whole SQLSTATE classes that are transient: 08 connection exception, 53 insufficient resources.
+TRANSIENT_CLASSES: Final = ("08", "53", "58")
+#: Classes where the data itself is at fault: retrying cannot help, bisecting can.
+DATA_ERROR_CLASSES: Final = ("22", "23")
+
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class SchemaRevisionError(RuntimeError):
+    """The warehouse is not at the revision this loader was built for."""
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE behind a SQLAlchemy/psycopg2 exception, if the server sent one."""
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection trouble, lock/serialization conflicts, resource limits: try again."""
+    code = sqlstate(exc)
+    if code is not None:
+        return code in TRANSIENT_SQLSTATES or code.startswith(TRANSIENT_CLASSES)
+    # No SQLSTATE: the client lost or never had the connection (refused, reset, timed out).
+    if isinstance(exc, sa.exc.DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(
+            exc, sa.exc.OperationalError | sa.exc.InterfaceError
+        )
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """The row is at fault (bad value, constraint): isolate it, do not retry it."""
+    code = sqlstate(exc)
+    return code is not None and code.startswith(DATA_ERROR_CLASSES)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description safe to log and store: no DETAIL, no row values, no password."""
+    code = sqlstate(exc)
+    orig = getattr(exc, "orig", exc)
+    if code is not None:
+        name = errorcodes.lookup(code) or "unknown"
+        diag = getattr(orig, "diag", None)
+        where = [
+            f"{label}={value}"
+            for label, value in (
+                ("table", getattr(diag, "table_name", None)),
+                ("column", getattr(diag, "column_name", None)),
+                ("constraint", getattr(diag, "constraint_name", None)),
+            )
+            if value
+        ]
+        return " ".join([f"SQLSTATE {code} ({name.lower()})", *where])
+    # Connection-level errors carry libpq text (host, port, reason), never row data.
+    first_line = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    return f"{type(orig).__name__}: {first_line}"[:300]
+
+
+def dumps_json(value: Any) -> str:
+    """jsonb serializer: orjson for speed, the standard library for integers past 64 bits."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def make_engine(db: DatabaseSettings, *, pool_size: int = 1, max_overflow: int = 1) -> sa.Engine:
+    """At most two connections: the run's advisory lock holds one, batches use the other.
+
+    Timeouts are set per session so a stuck lock or an abandoned transaction cannot hold the
+    warehouse (or the Lambda) hostage; `hide_parameters` keeps row values out of exceptions.
+    """
+    options = " ".join(
+        [
+            f"-c statement_timeout={db.statement_timeout_ms}",
+            f"-c lock_timeout={db.lock_timeout_ms}",
+            f"-c idle_in_transaction_session_timeout={db.idle_in_transaction_timeout_ms}",
+        ]
+    )
+    return sa.create_engine(
+        db.url(),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        pool_recycle=300,
+        hide_parameters=True,
+        json_serializer=dumps_json,
+        connect_args={"connect_timeout": db.connect_timeout_s, "options": options},
+    )
+
+
+def code_head_revision(migrations_dir: Path = MIGRATIONS_DIR) -> str:
+    """The Alembic head this code expects, read from the migrations shipped beside it."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if head is None:
+        raise SchemaRevisionError(f"no Alembic revisions found in {migrations_dir}")
+    return head
+
+
+def database_revision(conn: sa.Connection) -> str | None:
+    try:
+        with conn.begin_nested():
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except sa.exc.ProgrammingError:
+        return None
+
+
+def check_revision(conn: sa.Connection, expected: str) -> str:
+    """Refuse to load into a warehouse at another revision: the loader never runs DDL."""
+    current = database_revision(conn)
+    if current != expected:
+        raise SchemaRevisionError(
+            f"DW is at revision {current or '<none: alembic_version missing>'}, loader needs "
+            f"{expected}: run `alembic upgrade head` against the warehouse first"
+        )
+    return current
+
+
+def retrying(
+    budget_s: float,
+    max_attempts: int,
+    on_retry: Callable[[RetryCallState], None] | None = None,
+) -> Retrying:
+    """Exponential backoff with full jitter, on transient errors only, within a time budget."""
+    return Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_delay(budget_s) | stop_after_attempt(max_attempts),
+        wait=wait_random_exponential(multiplier=0.25, max=8),
+        before_sleep=on_retry,
+        reraise=True,
+    )
+
+
+def log_retry(logger: logging.Logger | Any, what: str) -> Callable[[RetryCallState], None]:
+    def _log(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        logger.warning(
+            f"{what}: transient failure, retrying",
+            extra={
+                "attempt": state.attempt_number,
+                "error": describe_error(exc) if exc else None,
+                "sleep_s": round(state.upcoming_sleep, 3),
+            },
+        )
+
+    return _log

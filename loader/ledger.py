@@ -1,0 +1,240 @@
+"""The load ledger and the per-hour lock: what ran, what it did, and who is running now.
+
+One `clickstream_load_runs` row per run per hour, written when the run starts and updated when
+it ends, so a killed run stays visible as `running` with no `finished_at`. A session-level
+advisory lock per hour (and shard) keeps two runs of the same hour from doing the same work;
+runs of different hours take different locks and proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import distinct_on
+
+from loader.report import Report
+from loader.sink import Tables
+
+
+def lock_key(hour_label: str, shard: str | None) -> int:
+    """A stable signed 64-bit key for pg_advisory_lock, from the hour (and shard)."""
+    digest = hashlib.sha256(f"clickstream-loader:{hour_label}:{shard or '*'}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def hour_lock(
+    engine: sa.Engine, hour_label: str, shard: str | None, wait_s: float
+) -> Iterator[bool]:
+    """Hold the hour's advisory lock for the block; yields False if another run holds it after
+    waiting up to `wait_s`. The lock lives on its own connection and dies with it, so a killed
+    loader never leaves an hour locked."""
+    key = lock_key(hour_label, shard)
+    with engine.connect() as conn:
+        deadline = time.monotonic() + wait_s
+        while True:
+            acquired = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
+            conn.commit()
+            if acquired or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                try:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                    conn.commit()
+                except sa.exc.DBAPIError:
+                    pass  # connection gone: the server already released the lock
+
+
+_COUNT_COLUMNS = (
+    "objects_listed",
+    "events_read",
+    "inserted",
+    "duplicate_exact",
+    "duplicate_conflicting",
+    "sanitised",
+    "truncated",
+    "retries",
+)
+
+
+def _counts(report: Report) -> dict[str, Any]:
+    values: dict[str, Any] = {name: getattr(report, name) for name in _COUNT_COLUMNS}
+    values["malformed"] = report.malformed.count
+    values["invalid"] = report.invalid.count
+    values["quarantined"] = report.quarantined.count
+    return values
+
+
+def start_run(
+    engine: sa.Engine,
+    tables: Tables,
+    report: Report,
+    hour: datetime,
+    started_at: datetime,
+    loader_version: str,
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(tables.load_runs).values(
+                run_id=uuid.UUID(report.run_id),
+                hour=hour,
+                trigger=report.trigger,
+                shard=report.shard,
+                started_at=started_at,
+                state="running",
+                loader_version=loader_version,
+                db_revision=report.db_revision,
+            )
+        )
+
+
+def finish_run(engine: sa.Engine, tables: Tables, report: Report, finished_at: datetime) -> None:
+    runs = tables.load_runs
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(runs)
+            .where(runs.c.run_id == uuid.UUID(report.run_id))
+            .values(
+                finished_at=finished_at,
+                state=report.state,
+                resume_after=report.resume_after,
+                newest_event_at=(
+                    datetime.fromisoformat(report.newest_event_at)
+                    if report.newest_event_at
+                    else None
+                ),
+                error_summary=report.error,
+                **_counts(report),
+            )
+        )
+
+
+@dataclass(frozen=True)
+class HourRecord:
+    """The ledger's view of one hour: its newest run and whether any run completed it."""
+
+    hour: datetime
+    state: str
+    last_run: dict[str, Any]
+    ever_complete: bool
+
+
+def hour_records(
+    conn: sa.Connection, tables: Tables, start: datetime, end: datetime, shard: str | None = None
+) -> dict[datetime, HourRecord]:
+    """Newest run per hour in [start, end], full-hour runs only unless a shard is named."""
+    runs = tables.load_runs
+    shard_filter = runs.c.shard.is_(None) if shard is None else runs.c.shard == shard
+    newest = (
+        sa.select(runs)
+        .where(runs.c.hour.between(start, end), shard_filter)
+        .ext(distinct_on(runs.c.hour))
+        .order_by(runs.c.hour, runs.c.started_at.desc())
+    )
+    completed = set(
+        conn.execute(
+            sa.select(runs.c.hour)
+            .where(runs.c.hour.between(start, end), runs.c.state == "complete", shard_filter)
+            .distinct()
+        ).scalars()
+    )
+    out: dict[datetime, HourRecord] = {}
+    for row in conn.execute(newest).mappings():
+        out[row["hour"]] = HourRecord(
+            row["hour"], row["state"], dict(row), row["hour"] in completed
+        )
+    return out
+
+
+def loaded_keys(conn: sa.Connection, tables: Tables, prefix: str) -> set[str]:
+    """Keys under `prefix` already accounted for: with events in the DW or in the quarantine.
+
+    Batches end on object boundaries, so a key present here had all its events committed.
+    """
+    meta, q = tables.meta, tables.quarantine
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    in_meta = sa.select(meta.c.s3_key).where(meta.c.s3_key.like(pattern, escape="\\")).distinct()
+    in_quarantine = sa.select(q.c.s3_key).where(q.c.s3_key.like(pattern, escape="\\")).distinct()
+    return set(conn.execute(sa.union(in_meta, in_quarantine)).scalars())
+
+
+def open_quarantine(
+    conn: sa.Connection, tables: Tables, hour: datetime | None = None, key: str | None = None
+) -> Sequence[sa.Row[Any]]:
+    q = tables.quarantine
+    stmt = (
+        sa.select(q).where(q.c.resolved_at.is_(None)).order_by(q.c.hour, q.c.s3_key, q.c.position)
+    )
+    if hour is not None:
+        stmt = stmt.where(q.c.hour == hour)
+    if key is not None:
+        stmt = stmt.where(q.c.s3_key == key)
+    return conn.execute(stmt).all()
+
+
+def finalize_sharded_hour(
+    engine: sa.Engine,
+    tables: Tables,
+    hour: datetime,
+    shard_count: int,
+    report: Report,
+    loader_version: str,
+) -> list[str]:
+    """Record a fanned-out hour as one full-hour run once every shard has completed.
+
+    Returns the shards (`i/n`) still missing a complete run; when none is missing the hour gets
+    a `complete` ledger row whose counts are the sum of each shard's newest complete run.
+    """
+    runs = tables.load_runs
+    expected = {f"{i}/{shard_count}" for i in range(shard_count)}
+    with engine.begin() as conn:
+        newest_complete = (
+            sa.select(runs)
+            .where(runs.c.hour == hour, runs.c.shard.in_(expected), runs.c.state == "complete")
+            .ext(distinct_on(runs.c.shard))
+            .order_by(runs.c.shard, runs.c.started_at.desc())
+        )
+        rows = conn.execute(newest_complete).mappings().all()
+        missing = sorted(expected - {row["shard"] for row in rows})
+        if missing:
+            return missing
+        totals = {
+            name: sum(int(row[name]) for row in rows)
+            for name in (*_COUNT_COLUMNS, "malformed", "invalid", "quarantined")
+        }
+        newest = max(
+            (row["newest_event_at"] for row in rows if row["newest_event_at"]), default=None
+        )
+        conn.execute(
+            sa.insert(runs).values(
+                run_id=uuid.UUID(report.run_id),
+                hour=hour,
+                trigger=report.trigger,
+                shard=None,
+                started_at=min(row["started_at"] for row in rows),
+                finished_at=datetime.now(UTC),
+                state="complete",
+                newest_event_at=newest,
+                loader_version=loader_version,
+                db_revision=report.db_revision,
+                **totals,
+            )
+        )
+        report.inserted = totals["inserted"]
+        report.objects_listed = totals["objects_listed"]
+        report.events_read = totals["events_read"]
+        report.state = "complete"
+        report.newest_event_at = newest.isoformat() if newest else None
+    return []

@@ -1,0 +1,403 @@
+"""Load one UTC hour: list, fetch, transform, write, report.
+
+Data flows one way and never accumulates: keys stream from the listing into a bounded fetch
+window, bodies are transformed as they arrive, and events are written in batches that end on
+object boundaries (so a key with rows in the warehouse had all its events committed). Memory is
+flat in the size of the hour.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from loader import __version__
+from loader.config import Settings
+from loader.db import (
+    check_revision,
+    code_head_revision,
+    is_data_error,
+    log_retry,
+    retrying,
+)
+from loader.ledger import finish_run, hour_lock, hour_records, loaded_keys, start_run
+from loader.observability import log
+from loader.report import Report
+from loader.sink import (
+    BatchOutcome,
+    Tables,
+    quarantine,
+    rejection_row,
+    resolve_quarantined,
+    tables_for,
+    write_batch,
+    write_isolating_poison,
+)
+from loader.source import FetchedObject, ObjectRef, ObjectSource
+from loader.transform import EventRecord, Rejection, SourceObject, transform_object
+from loader.window import HOUR, Shard, Trigger, hour_label, hour_prefix
+
+RemainingMs = Callable[[], int]
+
+
+def in_shard(key: str, shard: Shard | None) -> bool:
+    """Hash partitioning: every key belongs to exactly one of `count` shards, whatever its name."""
+    return (
+        shard is None
+        or zlib.crc32(key.encode("utf-8", "surrogatepass")) % shard.count == shard.index
+    )
+
+
+@dataclass
+class _Batch:
+    records: list[EventRecord] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    last_key: str | None = None
+    resolved_keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HourJob:
+    """One hour to load and how."""
+
+    hour: datetime
+    trigger: str
+    shard: Shard | None = None
+    dry_run: bool = False
+    #: Skip keys already in the warehouse or quarantine (lookback, reprocess of late objects).
+    skip_loaded_keys: bool = False
+    #: Only these keys (reprocess of quarantined keys).
+    only_keys: frozenset[str] | None = None
+    #: Mark open quarantine entries of keys that now load as resolved (reprocess).
+    resolve_quarantine: bool = False
+
+
+class HourLoader:
+    """Everything one invocation needs, created once and reused across the hours it loads."""
+
+    def __init__(self, settings: Settings, engine: sa.Engine, source: ObjectSource) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.source = source
+        self.tables: Tables = tables_for(settings)
+        self._expected_revision: str | None = None
+        self._db_revision: str | None = None
+
+    def check_schema(self) -> str:
+        """Fail fast, before any S3 work, if the DW is not at the code's Alembic head."""
+        if self._db_revision is None:
+            expected = code_head_revision()
+            with self.engine.connect() as conn:
+                self._db_revision = check_revision(conn, expected)
+        return self._db_revision
+
+    def load(self, job: HourJob, remaining_ms: RemainingMs | None = None) -> Report:
+        label = hour_label(job.hour)
+        prefix = hour_prefix(job.hour, self.settings.events_prefix)
+        report = Report.new(
+            label,
+            prefix,
+            job.trigger,
+            str(uuid.uuid4()),
+            self.settings.key_list_cap,
+            job.shard.label() if job.shard else None,
+        )
+        report.dry_run = job.dry_run
+        log.append_keys(hour=label, run_id=report.run_id, trigger=job.trigger, shard=report.shard)
+        started = time.monotonic()
+        try:
+            report.db_revision = self.check_schema()
+            if job.dry_run:
+                self._stream(job, report, remaining_ms, start_after=None)
+                return report
+            with hour_lock(self.engine, label, report.shard, self.settings.lock_wait_s) as held:
+                if not held:
+                    report.state = "already_running"
+                    log.info("another run holds this hour's lock; exiting without work")
+                    return report
+                self._load_locked(job, report, remaining_ms)
+            return report
+        finally:
+            report.seconds = time.monotonic() - started
+            log.remove_keys(["hour", "run_id", "trigger", "shard"])
+
+    def _load_locked(self, job: HourJob, report: Report, remaining_ms: RemainingMs | None) -> None:
+        start_after = self._resume_point(job, report)
+        start_run(self.engine, self.tables, report, job.hour, datetime.now(UTC), __version__)
+        try:
+            self._stream(job, report, remaining_ms, start_after)
+        except BaseException as exc:
+            report.state = "failed"
+            report.error = _summary(exc)
+            try:
+                finish_run(self.engine, self.tables, report, datetime.now(UTC))
+            except Exception as ledger_exc:  # the DW is down: the original error matters more
+                log.warning(
+                    "could not record the failed run", extra={"error": _summary(ledger_exc)}
+                )
+            raise
+        finish_run(self.engine, self.tables, report, datetime.now(UTC))
+
+    def _resume_point(self, job: HourJob, report: Report) -> str | None:
+        """Continue after the last committed key of this hour's previous run if it stopped
+        early (Lambda time ran out); otherwise list the hour in full."""
+        if job.only_keys is not None or job.skip_loaded_keys:
+            return None
+        with self.engine.connect() as conn:
+            records = hour_records(conn, self.tables, job.hour, job.hour, report.shard)
+        record = records.get(job.hour)
+        if record and record.state == "partial" and record.last_run.get("resume_after"):
+            resume: str = record.last_run["resume_after"]
+            log.info("resuming a partial run", extra={"resume_after": resume})
+            return resume
+        return None
+
+    def _refs(self, job: HourJob, report: Report, start_after: str | None) -> Iterator[ObjectRef]:
+        skip: set[str] = set()
+        if job.skip_loaded_keys:
+            with self.engine.connect() as conn:
+                skip = loaded_keys(conn, self.tables, report.prefix)
+        for ref in self.source.list_objects(report.prefix, start_after=start_after):
+            if not in_shard(ref.key, job.shard):
+                continue
+            if job.only_keys is not None and ref.key not in job.only_keys:
+                continue
+            report.objects_listed += 1
+            if ref.key in skip:
+                report.objects_skipped_loaded += 1
+                continue
+            yield ref
+
+    def _stream(
+        self,
+        job: HourJob,
+        report: Report,
+        remaining_ms: RemainingMs | None,
+        start_after: str | None,
+    ) -> None:
+        limit = self.settings.max_records_per_batch
+        batch = _Batch()
+        for fetched in self.source.fetch_many(self._refs(job, report, start_after)):
+            report.retries += fetched.retries
+            events, rejections, clean = self._transform(fetched, report)
+            if batch.records and len(batch.records) + len(events) > limit:
+                self._flush(job, report, batch)
+                batch = _Batch()
+                if self._out_of_time(report, remaining_ms):
+                    return
+            while len(events) > limit:  # one object larger than a batch: write it in slices
+                self._flush(job, report, _Batch(records=events[:limit]))
+                events = events[limit:]
+            batch.records.extend(events)
+            batch.rejections.extend(rejections)
+            batch.last_key = fetched.ref.key
+            if job.resolve_quarantine and clean:
+                batch.resolved_keys.append(fetched.ref.key)
+            if len(batch.records) >= limit:
+                self._flush(job, report, batch)
+                batch = _Batch()
+                if self._out_of_time(report, remaining_ms):
+                    return
+        self._flush(job, report, batch)
+        report.state = "complete"
+
+    def _transform(
+        self, fetched: FetchedObject, report: Report
+    ) -> tuple[list[EventRecord], list[Rejection], bool]:
+        """One fetched object → its events, its rejections, and whether it loaded cleanly."""
+        ref = fetched.ref
+        if fetched.body is None:
+            reason = "malformed" if fetched.error in ("too_large", "bad_gzip") else "fetch_failed"
+            detail = f"{fetched.error}: {fetched.detail or ''}".strip(": ")
+            return [], [Rejection(ref.key, 0, reason, detail)], False
+        source = SourceObject(self.settings.raw_bucket, ref.key, ref.last_modified)
+        result = transform_object(source, fetched.body, anonymize=self.settings.anonymize_ip)
+        report.events_read += len(result.events) + len(result.invalid)
+        report.sanitised += result.sanitised
+        report.truncated += result.truncated
+        rejections = [*result.malformed, *result.invalid]
+        return result.events, rejections, not rejections
+
+    def _out_of_time(self, report: Report, remaining_ms: RemainingMs | None) -> bool:
+        """Stop after a committed batch when the Lambda's remaining time falls below the margin;
+        the ledger records where to resume."""
+        if remaining_ms is None or remaining_ms() >= self.settings.safety_margin_ms:
+            return False
+        report.state = "partial"
+        log.warning(
+            "time is running out: stopping after a committed batch",
+            extra={"resume_after": report.resume_after},
+        )
+        return True
+
+    def _flush(self, job: HourJob, report: Report, batch: _Batch) -> None:
+        if not batch.records and not batch.rejections and not batch.resolved_keys:
+            report.resume_after = batch.last_key or report.resume_after
+            return
+        for rejection in batch.rejections:
+            self._report_rejection(report, rejection)
+        if job.dry_run:
+            report.would_insert += self._count_new(batch.records)
+            report.resume_after = batch.last_key or report.resume_after
+            return
+
+        now = datetime.now(UTC)
+        rows = [rejection_row(r, self.settings.raw_bucket, job.hour, now) for r in batch.rejections]
+
+        def on_retry(state: Any) -> None:
+            report.retries += 1
+            log_retry(log, "batch write")(state)
+
+        policy = retrying(self.settings.db_retry_budget_s, self.settings.db_max_attempts, on_retry)
+        outcome: BatchOutcome = policy(self._commit, batch.records, rows, job, batch.resolved_keys)
+        report.batches += 1
+        report.inserted += outcome.inserted
+        report.duplicate_exact += outcome.duplicate_exact
+        report.duplicate_conflicting += outcome.duplicate_conflicting
+        report.duplicates = report.duplicate_exact + report.duplicate_conflicting
+        for key, event_id in outcome.conflicting:
+            report.conflicting.add(key)
+            log.warning(
+                "conflicting duplicate: same event_id, different payload",
+                extra={"key": key, "event_id": str(event_id)},
+            )
+        for rejection in outcome.rejected:
+            self._report_rejection(report, rejection)
+        if outcome.newest_event_at and (
+            report.newest_event_at is None
+            or outcome.newest_event_at.isoformat() > report.newest_event_at
+        ):
+            report.newest_event_at = outcome.newest_event_at.astimezone(UTC).isoformat()
+        report.resume_after = batch.last_key or report.resume_after
+
+    def _commit(
+        self,
+        records: list[EventRecord],
+        rows: list[dict[str, Any]],
+        job: HourJob,
+        resolved_keys: list[str],
+    ) -> BatchOutcome:
+        """One transaction: the batch into both tables and its rejections into the quarantine.
+        If PostgreSQL refuses a row the transform let through, isolate it by bisection."""
+        now = datetime.now(UTC)
+        try:
+            with self.engine.begin() as conn:
+                outcome = write_batch(conn, self.tables, records)
+                quarantine(conn, self.tables, rows)
+                resolve_quarantined(conn, self.tables, resolved_keys, now)
+                return outcome
+        except sa.exc.DBAPIError as exc:
+            if not is_data_error(exc):
+                raise
+            log.warning("batch refused by the database: isolating the offending events")
+        outcome = write_isolating_poison(self.engine, self.tables, records)
+        poisoned = {r.key for r in outcome.rejected}
+        extra = [
+            rejection_row(r, self.settings.raw_bucket, job.hour, now) for r in outcome.rejected
+        ]
+        with self.engine.begin() as conn:
+            quarantine(conn, self.tables, rows + extra)
+            resolve_quarantined(
+                conn, self.tables, [k for k in resolved_keys if k not in poisoned], now
+            )
+        return outcome
+
+    def _count_new(self, records: list[EventRecord]) -> int:
+        """Dry run: how many of these events the warehouse does not hold yet (reads only)."""
+        ids = list({r.event_id for r in records})
+        if not ids:
+            return 0
+        events = self.tables.events
+        with self.engine.connect() as conn:
+            present = conn.execute(
+                sa.select(sa.func.count()).where(events.c.event_id.in_(ids))
+            ).scalar_one()
+        return len(ids) - int(present)
+
+    def _report_rejection(self, report: Report, rejection: Rejection) -> None:
+        where = (
+            rejection.key if rejection.position == 0 else f"{rejection.key}#{rejection.position}"
+        )
+        target = {
+            "malformed": report.malformed,
+            "invalid": report.invalid,
+        }.get(rejection.reason, report.quarantined)
+        target.add(where)
+        log.info(
+            "skipped",
+            extra={
+                "key": rejection.key,
+                "position": rejection.position,
+                "reason": rejection.reason,
+                "detail": rejection.detail,
+            },
+        )
+
+
+def _summary(exc: BaseException) -> str:
+    from loader.db import describe_error, sqlstate
+
+    if sqlstate(exc) is not None or isinstance(exc, sa.exc.DBAPIError):
+        return describe_error(exc)
+    return f"{type(exc).__name__}: {str(exc)[:500]}"
+
+
+def lookback_hours(hour: datetime, count: int) -> list[datetime]:
+    return [hour - HOUR * i for i in range(1, count + 1)]
+
+
+def run_trigger(
+    loader: HourLoader,
+    trigger: Trigger,
+    remaining_ms: RemainingMs | None = None,
+    *,
+    dry_run: bool = False,
+) -> Report:
+    """What the Lambda and `run` do: load the trigger's hour in full; scheduled runs also
+    re-check the previous LOOKBACK_HOURS hours for late objects and report hours never loaded."""
+    job = HourJob(trigger.hour, trigger.kind, trigger.shard, dry_run=dry_run)
+    report = loader.load(job, remaining_ms)
+    if trigger.kind != "schedule" or trigger.shard is not None or dry_run:
+        return report
+    if report.state not in ("complete", "already_running"):
+        return report
+    previous = lookback_hours(trigger.hour, loader.settings.lookback_hours)
+    if not previous:
+        return report
+    with loader.engine.connect() as conn:
+        records = hour_records(conn, loader.tables, min(previous), max(previous))
+    for hour in sorted(previous):
+        if remaining_ms is not None and remaining_ms() < 2 * loader.settings.safety_margin_ms:
+            break
+        if hour not in records:
+            if _has_objects(loader, hour):
+                report.missing_hours.append(hour_label(hour))
+            continue
+        late = loader.load(HourJob(hour, "lookback", skip_loaded_keys=True), remaining_ms)
+        report.lookback.append(
+            {
+                "hour": late.hour,
+                "state": late.state,
+                "objects_new": late.objects_listed - late.objects_skipped_loaded,
+                "inserted": late.inserted,
+            }
+        )
+    if report.missing_hours:
+        log.warning(
+            "hours with objects but no run in the ledger: run `clickstream-loader "
+            "backfill` for them",
+            extra={"missing_hours": report.missing_hours},
+        )
+    return report
+
+
+def _has_objects(loader: HourLoader, hour: datetime) -> bool:
+    prefix = hour_prefix(hour, loader.settings.events_prefix)
+    return next(iter(loader.source.list_objects(prefix)), None) is not None

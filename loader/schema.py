@@ -1,0 +1,357 @@
+"""The warehouse tables, as SQLAlchemy Core objects: the single source of truth for columns.
+
+Alembic revisions own the DDL (a DBA reviews them); this module describes the head state so the
+loader builds its statements from it and `alembic check` / pytest-alembic can prove the two agree.
+Every column carries a comment: `\\d+` in psql is the data dictionary.
+
+Text caps: the loader truncates text to the caps in `TEXT_CAPS` (characters). Indexed columns
+are capped at 256 characters, i.e. at most 1 KiB of UTF-8, far under PostgreSQL's btree tuple
+limit (~2.7 KB), so no event can ever fail an index insert for being too long.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
+
+#: Frozen with the first revision: later revisions rely on these names to alter what earlier
+#: ones created. Never change it.
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+EVENTS_TABLE: Final = "clickstream_events"
+INGEST_META_TABLE: Final = "clickstream_ingest_meta"
+LOAD_RUNS_TABLE: Final = "clickstream_load_runs"
+QUARANTINE_TABLE: Final = "clickstream_quarantine"
+
+INDEXED_TEXT_CAP: Final = 256
+URL_CAP: Final = 4096
+DEFAULT_TEXT_CAP: Final = 1024
+
+#: Maximum characters kept per text column; longer values are truncated (and counted).
+TEXT_CAPS: Final[dict[str, int]] = {
+    "event_name": INDEXED_TEXT_CAP,
+    "user_id": INDEXED_TEXT_CAP,
+    "session_id": INDEXED_TEXT_CAP,
+    "client_id": INDEXED_TEXT_CAP,
+    "user_login_state": INDEXED_TEXT_CAP,
+    "identity_source": INDEXED_TEXT_CAP,
+    "page_url": URL_CAP,
+    "referrer": URL_CAP,
+    "context_product_id": INDEXED_TEXT_CAP,
+    "context_product_name": DEFAULT_TEXT_CAP,
+    "context_product_category": INDEXED_TEXT_CAP,
+    "context_product_brand": INDEXED_TEXT_CAP,
+    "context_product_url_path": URL_CAP,
+    "user_agent": DEFAULT_TEXT_CAP,
+    "path": URL_CAP,
+    "request_id": INDEXED_TEXT_CAP,
+    "api_id": INDEXED_TEXT_CAP,
+    "stage": INDEXED_TEXT_CAP,
+    "trace_id": INDEXED_TEXT_CAP,
+}
+
+#: Cap on any single string inside a JSON column (properties, element, ingest_metadata).
+JSON_STRING_CAP: Final = 8192
+
+# S3 keys sort bytewise; the "C" collation makes the btree index serve both
+# `s3_key LIKE 'events/2026/11/24/13/%'` and range scans in S3's own order.
+S3_KEY_TYPE: Final = Text(collation="C")
+
+clickstream_events = Table(
+    EVENTS_TABLE,
+    metadata,
+    Column(
+        "event_id",
+        UUID(as_uuid=True),
+        primary_key=True,
+        comment="Event identifier: the tracker's id, the UUID in the S3 key, or a uuid5 derived "
+        "from the key and record position. Never random, so reruns deduplicate.",
+    ),
+    Column("event_name", Text, nullable=False, comment="Event type: page_view, click, custom, ..."),
+    Column(
+        "event_timestamp",
+        DateTime(timezone=True),
+        nullable=False,
+        comment="When the event happened, as best known: _ingest.receivedAt, else the payload "
+        "timestamp, else the S3 object's LastModified.",
+    ),
+    Column(
+        "client_timestamp",
+        DateTime(timezone=True),
+        comment="The payload's own timestamp (client clock), when it parses to a sane instant.",
+    ),
+    Column("page_url", Text, comment="pageUrl: the page the event happened on."),
+    Column("referrer", Text, comment="referrer: the page that linked to page_url."),
+    Column("user_id", Text, comment="userId: the logged-in user, NULL when anonymous."),
+    Column("user_login_state", Text, comment="userLoginState, e.g. anonymous / logged_in."),
+    Column("identity_source", Text, comment="identity_source: the identity provider, if sent."),
+    Column("client_id", Text, comment="clientId: the browser's persistent tracker id."),
+    Column("session_id", Text, comment="sessionId: the tracker's session id."),
+    Column("is_first_visit", Boolean, comment="isFirstVisit; NULL when absent or not a boolean."),
+    Column("context_product_id", Text, comment="product.id"),
+    Column("context_product_name", Text, comment="product.name"),
+    Column("context_product_category", Text, comment="product.category"),
+    Column("context_product_brand", Text, comment="product.brand"),
+    Column(
+        "context_product_price",
+        Numeric,
+        comment="product.price as sent (no currency conversion); NULL when not a finite number.",
+    ),
+    Column(
+        "context_product_discount_price",
+        Numeric,
+        comment="product.discountPrice as sent; NULL when not a finite number.",
+    ),
+    Column("context_product_url_path", Text, comment="product.urlPath"),
+    Column("element", JSONB, comment="Click metadata: element {tag, id, role, text, dataset}."),
+    Column(
+        "properties",
+        JSONB,
+        comment="Every payload field not mapped to a column, so nothing the tracker sends is lost.",
+    ),
+    Column(
+        "loaded_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.now(),
+        comment="When the loader inserted this row (transaction time).",
+    ),
+    comment="One row per clickstream event, loaded hourly from S3 by clickstream-loader.",
+)
+
+# Events arrive roughly in time order, so event_timestamp correlates with the physical order and
+# a BRIN index is a few pages instead of a btree the size of the column. Range scans by hour
+# are what dashboards do.
+Index(
+    "ix_clickstream_events_event_timestamp",
+    clickstream_events.c.event_timestamp,
+    postgresql_using="brin",
+)
+Index(
+    "ix_clickstream_events_session_id_event_timestamp",
+    clickstream_events.c.session_id,
+    clickstream_events.c.event_timestamp,
+)
+Index(
+    "ix_clickstream_events_user_id_event_timestamp",
+    clickstream_events.c.user_id,
+    clickstream_events.c.event_timestamp,
+    postgresql_where=clickstream_events.c.user_id.isnot(None),
+)
+Index(
+    "ix_clickstream_events_event_name_event_timestamp",
+    clickstream_events.c.event_name,
+    clickstream_events.c.event_timestamp,
+)
+
+clickstream_ingest_meta = Table(
+    INGEST_META_TABLE,
+    metadata,
+    Column(
+        "event_id",
+        UUID(as_uuid=True),
+        ForeignKey(clickstream_events.c.event_id, ondelete="CASCADE"),
+        primary_key=True,
+        comment="The event this metadata belongs to (clickstream_events.event_id).",
+    ),
+    Column("received_at", DateTime(timezone=True), comment="_ingest.receivedAt"),
+    Column("source_ip", INET, comment="_ingest.sourceIp; NULL when not a valid IP address."),
+    Column("user_agent", Text, comment="_ingest.userAgent"),
+    Column("path", Text, comment="_ingest.path: the ingest API path."),
+    Column("request_id", Text, comment="_ingest.requestId: the ingest API request id."),
+    Column("api_id", Text, comment="_ingest.apiId"),
+    Column("stage", Text, comment="_ingest.stage"),
+    Column("trace_id", Text, comment="_ingest.traceId (X-Ray)."),
+    Column("s3_bucket", Text, comment="Bucket the event was read from."),
+    Column("s3_key", S3_KEY_TYPE, nullable=False, comment="Object key the event was read from."),
+    Column("s3_last_modified", DateTime(timezone=True), comment="The object's LastModified."),
+    Column(
+        "ingest_metadata",
+        JSONB,
+        comment="The whole _ingest block as received (sanitised), so nothing is lost.",
+    ),
+    Column(
+        "payload_sha256",
+        LargeBinary,
+        comment="SHA-256 of the canonical event payload: tells an exact repeat from a "
+        "conflicting duplicate with the same event_id.",
+    ),
+    Column(
+        "loaded_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.now(),
+        comment="When the loader inserted this row (transaction time).",
+    ),
+    comment="Ingest and lineage metadata per event: where and how it arrived.",
+)
+
+# Reconciliation (`check`) asks "which keys of this hour are loaded": a prefix scan.
+Index("ix_clickstream_ingest_meta_s3_key", clickstream_ingest_meta.c.s3_key)
+
+RUN_TRIGGERS: Final = ("schedule", "manual", "backfill", "reprocess", "lookback")
+RUN_STATES: Final = ("running", "complete", "partial", "failed")
+
+clickstream_load_runs = Table(
+    LOAD_RUNS_TABLE,
+    metadata,
+    Column("run_id", UUID(as_uuid=True), primary_key=True, comment="One loader run of one hour."),
+    Column(
+        "hour", DateTime(timezone=True), nullable=False, comment="Start of the UTC hour loaded."
+    ),
+    Column(
+        "trigger", Text, nullable=False, comment="schedule, manual, backfill, reprocess, lookback."
+    ),
+    Column("shard", Text, comment="Shard 'index/count' when the hour was fanned out, else NULL."),
+    Column("started_at", DateTime(timezone=True), nullable=False, comment="Run start."),
+    Column(
+        "finished_at", DateTime(timezone=True), comment="Run end; NULL while running or killed."
+    ),
+    Column(
+        "state",
+        Text,
+        nullable=False,
+        comment="running, complete (every listed object loaded, quarantined or recorded as "
+        "malformed), partial (stopped early; resume_after says where) or failed.",
+    ),
+    Column(
+        "objects_listed", Integer, nullable=False, server_default=text("0"), comment="Keys listed."
+    ),
+    Column(
+        "events_read", Integer, nullable=False, server_default=text("0"), comment="Events parsed."
+    ),
+    Column(
+        "inserted", Integer, nullable=False, server_default=text("0"), comment="New event rows."
+    ),
+    Column(
+        "duplicate_exact",
+        Integer,
+        nullable=False,
+        server_default=text("0"),
+        comment="Events already loaded with the same payload (harmless repeats).",
+    ),
+    Column(
+        "duplicate_conflicting",
+        Integer,
+        nullable=False,
+        server_default=text("0"),
+        comment="Events whose id was already loaded with a different payload (worth a look).",
+    ),
+    Column(
+        "malformed",
+        Integer,
+        nullable=False,
+        server_default=text("0"),
+        comment="Unparseable objects.",
+    ),
+    Column(
+        "invalid",
+        Integer,
+        nullable=False,
+        server_default=text("0"),
+        comment="Events skipped as invalid.",
+    ),
+    Column(
+        "quarantined",
+        Integer,
+        nullable=False,
+        server_default=text("0"),
+        comment="Events the database rejected, isolated by bisection and quarantined.",
+    ),
+    Column(
+        "sanitised", Integer, nullable=False, server_default=text("0"), comment="Values repaired."
+    ),
+    Column(
+        "truncated", Integer, nullable=False, server_default=text("0"), comment="Values truncated."
+    ),
+    Column(
+        "retries", Integer, nullable=False, server_default=text("0"), comment="Transient retries."
+    ),
+    Column("resume_after", S3_KEY_TYPE, comment="Partial runs: the last key fully written."),
+    Column("newest_event_at", DateTime(timezone=True), comment="Newest event_timestamp loaded."),
+    Column("loader_version", Text, nullable=False, comment="clickstream-loader version."),
+    Column("db_revision", Text, comment="Alembic revision of the DW at run time."),
+    Column("error_summary", Text, comment="Failure class and message, scrubbed of row data."),
+    CheckConstraint(f"trigger IN {RUN_TRIGGERS!r}", name="trigger"),
+    CheckConstraint(f"state IN {RUN_STATES!r}", name="state"),
+    comment="The load ledger: one row per loader run per hour, written by the loader.",
+)
+
+# `status` and `backfill` read the newest runs of a range of hours.
+Index(
+    "ix_clickstream_load_runs_hour_started_at",
+    clickstream_load_runs.c.hour,
+    clickstream_load_runs.c.started_at,
+)
+
+clickstream_quarantine = Table(
+    QUARANTINE_TABLE,
+    metadata,
+    Column(
+        "quarantine_id",
+        BigInteger,
+        Identity(always=True),
+        primary_key=True,
+        comment="Surrogate key.",
+    ),
+    Column("s3_bucket", Text, nullable=False, comment="Bucket of the object."),
+    Column("s3_key", S3_KEY_TYPE, nullable=False, comment="Object that could not (fully) load."),
+    Column(
+        "position",
+        Integer,
+        nullable=False,
+        comment="Record position in the object (NDJSON line); 0 for object-level problems.",
+    ),
+    Column("hour", DateTime(timezone=True), nullable=False, comment="UTC hour the key belongs to."),
+    Column("event_id", UUID(as_uuid=True), comment="Event id, when one could be derived."),
+    Column(
+        "reason_code",
+        Text,
+        nullable=False,
+        comment="malformed (not JSON objects), invalid (no usable event_name), "
+        "rejected (the database refused the row), fetch_failed (S3 refused the object).",
+    ),
+    Column("sqlstate", Text, comment="PostgreSQL SQLSTATE for rejected rows."),
+    Column("error_text", Text, comment="Why, scrubbed of row data."),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False, comment="First failure."),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False, comment="Latest failure."),
+    Column("attempts", Integer, nullable=False, server_default=text("1"), comment="Failures seen."),
+    Column("resolved_at", DateTime(timezone=True), comment="When a reprocess loaded it."),
+    UniqueConstraint("s3_key", "position"),
+    comment="Objects and events that could not load; `clickstream-loader reprocess` replays them.",
+)
+
+# `reprocess` reads the open entries, `status` counts them per hour.
+Index(
+    "ix_clickstream_quarantine_hour",
+    clickstream_quarantine.c.hour,
+    postgresql_where=clickstream_quarantine.c.resolved_at.is_(None),
+)

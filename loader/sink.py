@@ -1,0 +1,245 @@
+"""Write batches of events into both warehouse tables: exactly once, one transaction per batch.
+
+`INSERT ... ON CONFLICT (event_id) DO NOTHING RETURNING event_id` into clickstream_events and
+clickstream_ingest_meta in one transaction: a batch lands in both tables or in neither, a rerun
+inserts only what is missing, and RETURNING tells inserted rows from duplicates. Rows go in
+`event_id` order so concurrent runs of the same hour take row locks in the same order and
+cannot deadlock each other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.sql.schema import RETAIN_SCHEMA
+
+from loader import schema
+from loader.config import Settings
+from loader.db import describe_error, is_data_error, sqlstate
+from loader.transform import EventRecord, Rejection
+
+EVENT_COLUMNS: Final = tuple(c.name for c in schema.clickstream_events.c if c.name != "loaded_at")
+META_COLUMNS: Final = tuple(
+    c.name for c in schema.clickstream_ingest_meta.c if c.name != "loaded_at"
+)
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The tables one loader writes: TARGET_TABLE may rename/move the events table."""
+
+    events: sa.Table
+    meta: sa.Table
+    load_runs: sa.Table
+    quarantine: sa.Table
+
+
+def tables_for(settings: Settings) -> Tables:
+    """Schema.py's tables, or copies under TARGET_TABLE's name and schema."""
+    if settings.target_table == schema.EVENTS_TABLE and settings.target_schema is None:
+        return Tables(
+            schema.clickstream_events,
+            schema.clickstream_ingest_meta,
+            schema.clickstream_load_runs,
+            schema.clickstream_quarantine,
+        )
+    md = sa.MetaData()
+    target = settings.target_schema or RETAIN_SCHEMA
+    events = schema.clickstream_events.to_metadata(md, schema=target, name=settings.target_table)
+    return Tables(
+        events,
+        schema.clickstream_ingest_meta.to_metadata(md, schema=target),
+        schema.clickstream_load_runs.to_metadata(md, schema=target),
+        schema.clickstream_quarantine.to_metadata(md, schema=target),
+    )
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did. Duplicates are split by payload hash: exact repeats are harmless,
+    conflicting ones (same id, other payload) are worth a look."""
+
+    inserted: int = 0
+    meta_inserted: int = 0
+    duplicate_exact: int = 0
+    duplicate_conflicting: int = 0
+    conflicting: list[tuple[str, uuid.UUID]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    newest_event_at: datetime | None = None
+
+    def add(self, other: BatchOutcome) -> None:
+        self.inserted += other.inserted
+        self.meta_inserted += other.meta_inserted
+        self.duplicate_exact += other.duplicate_exact
+        self.duplicate_conflicting += other.duplicate_conflicting
+        self.conflicting.extend(other.conflicting)
+        self.rejected.extend(other.rejected)
+        if other.newest_event_at and (
+            self.newest_event_at is None or other.newest_event_at > self.newest_event_at
+        ):
+            self.newest_event_at = other.newest_event_at
+
+
+def _split_in_batch_duplicates(
+    records: Sequence[EventRecord],
+) -> tuple[list[EventRecord], list[EventRecord]]:
+    """First occurrence of each event_id, and the repeats (compared by hash afterwards)."""
+    firsts: dict[uuid.UUID, EventRecord] = {}
+    repeats: list[EventRecord] = []
+    for record in records:
+        if record.event_id in firsts:
+            repeats.append(record)
+        else:
+            firsts[record.event_id] = record
+    return sorted(firsts.values(), key=lambda r: r.event_id), repeats
+
+
+def write_batch(
+    conn: sa.Connection, tables: Tables, records: Sequence[EventRecord]
+) -> BatchOutcome:
+    """Insert a batch into both tables inside the caller's transaction."""
+    outcome = BatchOutcome()
+    unique, repeats = _split_in_batch_duplicates(records)
+    if not unique:
+        return outcome
+    events_stmt = (
+        insert(tables.events)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(tables.events.c.event_id)
+    )
+    meta_stmt = (
+        insert(tables.meta)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(tables.meta.c.event_id)
+    )
+    inserted = set(conn.execute(events_stmt, [r.event for r in unique]).scalars())
+    outcome.meta_inserted = len(conn.execute(meta_stmt, [r.meta for r in unique]).scalars().all())
+    outcome.inserted = len(inserted)
+    for record in unique:
+        if record.event_id in inserted:
+            stamp = record.event["event_timestamp"]
+            if outcome.newest_event_at is None or stamp > outcome.newest_event_at:
+                outcome.newest_event_at = stamp
+
+    skipped = [r for r in unique if r.event_id not in inserted]
+    if skipped or repeats:
+        known = _stored_digests(conn, tables, [r.event_id for r in skipped])
+        for record in unique:  # repeats inside the batch compare against their first copy
+            known.setdefault(record.event_id, record.meta["payload_sha256"])
+        for record in [*skipped, *repeats]:
+            stored = known.get(record.event_id)
+            if stored is None or stored == record.meta["payload_sha256"]:
+                outcome.duplicate_exact += 1
+            else:
+                outcome.duplicate_conflicting += 1
+                outcome.conflicting.append((record.key, record.event_id))
+    return outcome
+
+
+def _stored_digests(
+    conn: sa.Connection, tables: Tables, event_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, bytes | None]:
+    if not event_ids:
+        return {}
+    rows = conn.execute(
+        sa.select(tables.meta.c.event_id, tables.meta.c.payload_sha256).where(
+            tables.meta.c.event_id.in_(event_ids)
+        )
+    )
+    return {row.event_id: row.payload_sha256 for row in rows}
+
+
+def write_isolating_poison(
+    engine: sa.Engine, tables: Tables, records: Sequence[EventRecord]
+) -> BatchOutcome:
+    """Write a batch; if the database rejects a row the transform let through, bisect until
+    the offending events are alone, load everything else, and return those as rejections.
+
+    Each half commits on its own, so one poison row costs O(log n) extra round trips, not the
+    batch. Transient errors propagate to the caller's retry loop untouched.
+    """
+    try:
+        with engine.begin() as conn:
+            return write_batch(conn, tables, records)
+    except sa.exc.DBAPIError as exc:
+        if not is_data_error(exc):
+            raise
+        if len(records) == 1:
+            record = records[0]
+            outcome = BatchOutcome()
+            outcome.rejected.append(
+                Rejection(
+                    record.key,
+                    record.position,
+                    "rejected",
+                    describe_error(exc),
+                    record.event_id,
+                    sqlstate(exc),
+                )
+            )
+            return outcome
+        middle = len(records) // 2
+        outcome = write_isolating_poison(engine, tables, records[:middle])
+        outcome.add(write_isolating_poison(engine, tables, records[middle:]))
+        return outcome
+
+
+def rejection_row(
+    rejection: Rejection, bucket: str, hour: datetime, now: datetime
+) -> dict[str, Any]:
+    return {
+        "s3_bucket": bucket,
+        "s3_key": rejection.key,
+        "position": rejection.position,
+        "hour": hour,
+        "event_id": rejection.event_id,
+        "reason_code": rejection.reason,
+        "sqlstate": rejection.sqlstate,
+        "error_text": rejection.detail[:1000],
+        "first_seen_at": now,
+        "last_seen_at": now,
+        "attempts": 1,
+        "resolved_at": None,
+    }
+
+
+def quarantine(conn: sa.Connection, tables: Tables, rows: Sequence[dict[str, Any]]) -> None:
+    """Record (or refresh) quarantine entries; a later success clears `resolved_at`'s null."""
+    if not rows:
+        return
+    stmt = insert(tables.quarantine)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["s3_key", "position"],
+        set_={
+            "last_seen_at": stmt.excluded.last_seen_at,
+            "attempts": tables.quarantine.c.attempts + 1,
+            "reason_code": stmt.excluded.reason_code,
+            "sqlstate": stmt.excluded.sqlstate,
+            "error_text": stmt.excluded.error_text,
+            "resolved_at": None,
+        },
+    )
+    # One row per (key, position) per statement: ON CONFLICT DO UPDATE may not touch a row twice.
+    unique = {(r["s3_key"], r["position"]): r for r in rows}
+    conn.execute(stmt, list(unique.values()))
+
+
+def resolve_quarantined(
+    conn: sa.Connection, tables: Tables, keys: Sequence[str], now: datetime
+) -> int:
+    """Mark open quarantine entries of keys that now loaded as resolved."""
+    if not keys:
+        return 0
+    q = tables.quarantine
+    result = conn.execute(
+        sa.update(q)
+        .where(q.c.s3_key.in_(list(keys)), q.c.resolved_at.is_(None))
+        .values(resolved_at=now)
+    )
+    return int(result.rowcount or 0)
