@@ -1,0 +1,152 @@
+-- deploy/grants.sql: the least privilege the clickstream loader needs, and nothing more.
+--
+-- Run by a DBA as the owner of the tables (the role that ran `alembic upgrade head`) or a
+-- superuser, once per database after `alembic upgrade head`, and again after any revision that
+-- adds a table the loader uses:
+--
+--   psql "host=... dbname=... user=<owner>" -X -v ON_ERROR_STOP=1 \
+--        -v loader_role=clickstream_loader -f deploy/grants.sql
+--   (optionally -v schema=<schema>; the default is public)
+--
+-- `loader_role` is the role that receives the privileges: the NOLOGIN group role made by
+-- deploy/create_loader_role.sql (recommended), or the loader's login itself. Roles are
+-- cluster-wide and stay out of the Alembic revision chain; privileges are per database and
+-- live here.
+--
+-- The script is idempotent and exact: it first revokes every table privilege the role holds on
+-- the loader's tables, then grants the list below, all in one transaction. Re-running it also
+-- takes back anything granted by hand since. (Column-level grants made by hand are not
+-- covered by the table-level REVOKE; there should be none.)
+--
+-- What the loader may do, and why:
+--
+--   CONNECT on the database       PUBLIC has it by default; granted explicitly so a hardened
+--                                 cluster that revoked it from PUBLIC still works.
+--   USAGE on the schema           To reach the tables at all. Not CREATE: the loader runs no
+--                                 DDL; migrations run as the owner, never as the loader.
+--   clickstream_events,           INSERT: the load is `INSERT ... ON CONFLICT (event_id) DO
+--   clickstream_ingest_meta       NOTHING`, so reruns and overlapping lookbacks are harmless.
+--     INSERT, SELECT              SELECT: `RETURNING` needs it (the loader counts what was
+--                                 new), and so do the loader's own reads: telling an exact
+--                                 repeat from a conflicting duplicate by payload_sha256, and
+--                                 reconciling which keys of an hour are loaded.
+--                                 No UPDATE, DELETE or TRUNCATE: a loaded event is never
+--                                 changed or removed by the loader.
+--   clickstream_load_runs,        Operational tables the loader maintains: a run row is
+--   clickstream_quarantine        inserted when a run starts and updated when it ends; a
+--     INSERT, SELECT, UPDATE      quarantine entry is upserted (ON CONFLICT DO UPDATE needs
+--                                 UPDATE and SELECT) and marked resolved by `reprocess`.
+--                                 No DELETE: history is kept; a DBA prunes it.
+--   alembic_version               The loader records the schema revision it ran against
+--     SELECT                      (clickstream_load_runs.db_revision) and can refuse a schema
+--                                 it does not know. It never writes it.
+--
+-- Deliberately not granted:
+--   - sequences: the only one backs clickstream_quarantine.quarantine_id, an identity column
+--     (GENERATED ALWAYS AS IDENTITY), which needs no privilege on its sequence to insert.
+--   - TEMPORARY on the database: PUBLIC holds it by default. If the loader stages batches in a
+--     temporary table (COPY, then INSERT ... SELECT) and your cluster revoked TEMPORARY from
+--     PUBLIC, add: GRANT TEMPORARY ON DATABASE <db> TO <loader_role>;
+--   - CREATE on the schema: PostgreSQL 15+ no longer gives it to PUBLIC on `public`. On older
+--     clusters PUBLIC still has it, and this script warns (it does not change PUBLIC's
+--     privileges: that is a cluster-wide decision for the DBA, not for one application).
+--
+-- Safety checks before anything changes: the role must exist, must not be a superuser (a
+-- superuser ignores every privilege) and must neither own the tables nor be a member of their
+-- owner (an owner holds every privilege on them, whatever is revoked, and can run DDL).
+
+\set ON_ERROR_STOP on
+
+\if :{?loader_role}
+\else
+  \warn 'deploy/grants.sql: set the role to grant to, e.g. psql -v loader_role=clickstream_loader -f deploy/grants.sql'
+  DO $$ BEGIN RAISE EXCEPTION 'psql variable loader_role is not set'; END $$;
+\endif
+
+\if :{?schema}
+\else
+  \set schema public
+\endif
+
+SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'loader_role') AS loader_role_exists
+\gset
+\if :loader_role_exists
+\else
+  \warn 'deploy/grants.sql: the role does not exist; create it first (deploy/create_loader_role.sql)'
+  DO $$ BEGIN RAISE EXCEPTION 'loader_role does not exist'; END $$;
+\endif
+
+SELECT
+  EXISTS (
+    SELECT 1 FROM pg_roles WHERE rolname = :'loader_role' AND (rolsuper OR rolbypassrls)
+  ) AS loader_role_too_powerful,
+  EXISTS (
+    SELECT 1 FROM pg_tables
+    WHERE schemaname = :'schema'
+      AND tablename IN ('clickstream_events', 'clickstream_ingest_meta', 'clickstream_load_runs',
+                        'clickstream_quarantine', 'alembic_version')
+      AND pg_has_role(:'loader_role', tableowner, 'MEMBER')
+  ) AS loader_role_owns_tables,
+  current_database() AS database_name
+\gset
+
+\if :loader_role_too_powerful
+  \warn 'deploy/grants.sql: the role is a superuser or bypasses RLS: privileges would not restrict it'
+  DO $$ BEGIN RAISE EXCEPTION 'loader_role must not be a superuser or BYPASSRLS'; END $$;
+\endif
+
+\if :loader_role_owns_tables
+  \warn 'deploy/grants.sql: the role owns the tables (or is a member of their owner): an owner holds every privilege'
+  DO $$ BEGIN RAISE EXCEPTION 'loader_role must not own the warehouse tables or be a member of their owner'; END $$;
+\endif
+
+BEGIN;
+
+-- Start from nothing on the loader's tables, so the grants below are the whole story.
+REVOKE ALL ON TABLE
+  :"schema".clickstream_events,
+  :"schema".clickstream_ingest_meta,
+  :"schema".clickstream_load_runs,
+  :"schema".clickstream_quarantine,
+  :"schema".alembic_version
+FROM :"loader_role";
+REVOKE CREATE ON SCHEMA :"schema" FROM :"loader_role";
+
+GRANT CONNECT ON DATABASE :"database_name" TO :"loader_role";
+GRANT USAGE ON SCHEMA :"schema" TO :"loader_role";
+
+-- The events: append-only for the loader.
+GRANT SELECT, INSERT ON TABLE
+  :"schema".clickstream_events,
+  :"schema".clickstream_ingest_meta
+TO :"loader_role";
+
+-- The load ledger: the loader's own bookkeeping.
+GRANT SELECT, INSERT, UPDATE ON TABLE
+  :"schema".clickstream_load_runs,
+  :"schema".clickstream_quarantine
+TO :"loader_role";
+
+-- The schema revision: read-only.
+GRANT SELECT ON TABLE :"schema".alembic_version TO :"loader_role";
+
+COMMIT;
+
+-- Warn (do not fail) when PUBLIC still lets every role create objects in the schema.
+SELECT has_schema_privilege(:'loader_role', :'schema', 'CREATE') AS loader_role_can_create
+\gset
+\if :loader_role_can_create
+  \warn 'deploy/grants.sql: WARNING: the role can still CREATE in the schema through PUBLIC (PostgreSQL < 15 default). Consider: REVOKE CREATE ON SCHEMA public FROM PUBLIC;'
+\endif
+
+-- For the reviewer: what the role can now do on each table of the schema.
+SELECT c.relname AS "table",
+       has_table_privilege(:'loader_role', c.oid, 'SELECT') AS "select",
+       has_table_privilege(:'loader_role', c.oid, 'INSERT') AS "insert",
+       has_table_privilege(:'loader_role', c.oid, 'UPDATE') AS "update",
+       has_table_privilege(:'loader_role', c.oid, 'DELETE') AS "delete",
+       has_table_privilege(:'loader_role', c.oid, 'TRUNCATE') AS "truncate"
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = :'schema' AND c.relkind IN ('r', 'p')
+ORDER BY 1;
