@@ -64,13 +64,19 @@ def test_scheduled_run_loads_the_previous_hour_with_exact_mapping(
     assert report["state"] == "complete"
     assert counts(dw_engine) == (3, 3)
     with dw_engine.connect() as conn:
-        click = conn.execute(
-            sa.text("SELECT * FROM clickstream_events WHERE event_name = 'click'")
-        ).mappings().one()
-        meta = conn.execute(
-            sa.text("SELECT * FROM clickstream_ingest_meta WHERE event_id = :id"),
-            {"id": click["event_id"]},
-        ).mappings().one()
+        click = (
+            conn.execute(sa.text("SELECT * FROM clickstream_events WHERE event_name = 'click'"))
+            .mappings()
+            .one()
+        )
+        meta = (
+            conn.execute(
+                sa.text("SELECT * FROM clickstream_ingest_meta WHERE event_id = :id"),
+                {"id": click["event_id"]},
+            )
+            .mappings()
+            .one()
+        )
     assert click["event_id"] == uuid.UUID("5e2c8a41-9d7b-4f3e-a6c1-2b8d4f6a9c30")
     assert click["event_timestamp"] == datetime(2026, 11, 24, 13, 5, 2, 301000, tzinfo=UTC)
     assert click["client_timestamp"] == datetime(2026, 11, 24, 13, 5, 2, 117000, tzinfo=UTC)
@@ -142,7 +148,9 @@ def test_malformed_objects_are_reported_by_key_while_good_ones_load(
     assert report["malformed"]["count"] == len(bad)
     assert sorted(report["malformed"]["keys"]) == sorted(PREFIX + n for n in bad)
     assert report["invalid"] == {
-        "count": 1, "keys": [PREFIX + "no-name.json"], "keys_truncated": False
+        "count": 1,
+        "keys": [PREFIX + "no-name.json"],
+        "keys_truncated": False,
     }
     with dw_engine.connect() as conn:
         quarantined = conn.execute(
@@ -172,9 +180,7 @@ def test_trigger_errors_name_what_was_expected(handler: Any) -> None:
         handler({"hour": "yesterday"}, None)
 
 
-def test_missing_bucket_variable_is_named(
-    handler: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_bucket_variable_is_named(handler: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAW_BUCKET_NAME")
     with pytest.raises(ValueError, match="RAW_BUCKET_NAME"):
         handler({"hour": "2026-11-24T13"}, None)

@@ -1,0 +1,296 @@
+"""`clickstream-loader`: the loader from a command line, for backfills, reprocessing and checks.
+
+Every subcommand runs the same pipeline as the Lambda, prints a human table (or `--json`, the
+same summary the Lambda returns), and sends its logs to stderr so stdout stays parseable.
+Progress shows on a terminal and becomes one plain line per hour when output is piped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from loader.config import ConfigError
+from loader.report import Report
+from loader.window import TriggerError, Trigger, parse_hour
+
+app = typer.Typer(
+    help="Load raw clickstream events from S3 into the PostgreSQL warehouse.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", help="List, fetch and transform; write nothing (ledger too).")
+]
+
+
+def _setup() -> None:
+    from loader.observability import set_log_stream
+
+    set_log_stream(sys.stderr)
+
+
+def _emit(data: Any, as_json: bool, render: Any) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
+    else:
+        render(data)
+
+
+def _hour(value: str) -> datetime:
+    try:
+        return parse_hour(value)
+    except TriggerError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _report_table(reports: list[dict[str, Any]]) -> None:
+    table = Table(
+        "hour",
+        "state",
+        "listed",
+        "read",
+        "inserted",
+        "dupes",
+        "malformed",
+        "invalid",
+        "quarantined",
+        "retries",
+        "seconds",
+    )
+    for r in reports:
+        table.add_row(
+            r["hour"],
+            r["state"],
+            str(r["objects_listed"]),
+            str(r["events_read"]),
+            str(r["would_insert"] if r.get("dry_run") else r["inserted"]),
+            str(r["duplicates"]),
+            str(r["malformed"]["count"]),
+            str(r["invalid"]["count"]),
+            str(r["quarantined"]["count"]),
+            str(r["retries"]),
+            f"{r['seconds']:.1f}",
+        )
+    out.print(table)
+    for r in reports:
+        for kind in ("malformed", "invalid", "quarantined", "conflicting"):
+            for key in r[kind]["keys"]:
+                out.print(f"  {kind}: {key}")
+        if r.get("missing_hours"):
+            out.print(f"  hours never loaded (run backfill): {', '.join(r['missing_hours'])}")
+
+
+@app.command()
+def run(
+    hour: Annotated[str, typer.Option(help="Hour to load: YYYY-MM-DDTHH (UTC).")],
+    dry_run: DryRun = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Load one hour, in full, inserting only what is missing (the Lambda's code path)."""
+    from loader.app import open_loader
+    from loader.pipeline import run_trigger
+
+    _setup()
+    with open_loader() as loader:
+        report = run_trigger(loader, Trigger(_hour(hour), "manual"), dry_run=dry_run)
+    _emit(report.to_dict(), as_json, lambda d: _report_table([d]))
+    if report.state == "already_running":
+        raise typer.Exit(3)
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option(help="First hour, YYYY-MM-DDTHH.")],
+    end: Annotated[str, typer.Option(help="Last hour (included), YYYY-MM-DDTHH.")],
+    force: Annotated[bool, typer.Option(help="Reload hours the ledger marks complete.")] = False,
+    dry_run: DryRun = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Load every hour in a range, in order; resumable: complete hours are skipped."""
+    from loader.app import open_loader
+    from loader.operations import backfill as do_backfill
+    from loader.window import hours_between
+
+    _setup()
+    first, last = _hour(start), _hour(end)
+    if last < first:
+        raise typer.BadParameter("--end is before --start")
+    total = sum(1 for _ in hours_between(first, last))
+    with open_loader() as loader:
+        if err.is_terminal and not as_json:
+            from rich.progress import Progress
+
+            with Progress(console=err, transient=True) as bar:
+                task = bar.add_task("backfill", total=total)
+
+                def tick(label: str, report: Report | None) -> None:
+                    bar.update(task, advance=1, description=f"backfill {label}")
+
+                result = do_backfill(
+                    loader, first, last, force=force, dry_run=dry_run, progress=tick
+                )
+        else:
+
+            def line(label: str, report: Report | None) -> None:
+                state = report.state if report else "skipped (complete)"
+                inserted = report.inserted if report else 0
+                err.print(f"{label} {state} inserted={inserted}", highlight=False)
+
+            result = do_backfill(loader, first, last, force=force, dry_run=dry_run, progress=line)
+    data = result.to_dict()
+
+    def render(d: dict[str, Any]) -> None:
+        _report_table(d["hours"])
+        if d["skipped_complete"]:
+            out.print(f"skipped {len(d['skipped_complete'])} complete hours (use --force)")
+
+    _emit(data, as_json, render)
+
+
+@app.command()
+def reprocess(
+    hour: Annotated[str | None, typer.Option(help="Only this hour's quarantine.")] = None,
+    key: Annotated[str | None, typer.Option(help="Only this object key.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-read quarantined objects (malformed, invalid, rejected) and load what now parses."""
+    from loader.app import open_loader
+    from loader.operations import reprocess as do_reprocess
+
+    _setup()
+    with open_loader() as loader:
+        reports = do_reprocess(loader, _hour(hour) if hour else None, key)
+    data = {"hours": [r.to_dict() for r in reports]}
+    _emit(
+        data,
+        as_json,
+        lambda d: _report_table(d["hours"]) if d["hours"] else out.print("nothing quarantined"),
+    )
+
+
+@app.command()
+def status(
+    since: Annotated[str, typer.Option(help="How far back: 48h, 7d, 90m.")] = "48h",
+    as_json: JsonFlag = False,
+) -> None:
+    """One line per hour: what the ledger says was loaded, skipped and quarantined."""
+    from loader.app import open_loader
+    from loader.operations import parse_since
+    from loader.operations import status as do_status
+
+    _setup()
+    try:
+        window = parse_since(since)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with open_loader() as loader:
+        data = do_status(loader, window)
+
+    def render(d: dict[str, Any]) -> None:
+        table = Table(
+            "hour",
+            "state",
+            "listed",
+            "inserted",
+            "dupes",
+            "skipped",
+            "quarantined",
+            "lag s",
+            "error",
+        )
+        for h in d["hours"]:
+            table.add_row(
+                h["hour"],
+                h["state"],
+                str(h.get("objects_listed", "")),
+                str(h.get("inserted", "")),
+                str(h.get("duplicates", "")),
+                str(h.get("skipped", "")),
+                str(h["quarantined"]),
+                str(h.get("lag_seconds") or ""),
+                (h.get("error") or "")[:60],
+            )
+        out.print(table)
+
+    _emit(data, as_json, render)
+
+
+@app.command()
+def check(
+    hour: Annotated[str | None, typer.Option(help="Hour to reconcile.")] = None,
+    start: Annotated[str | None, typer.Option(help="First hour of a range.")] = None,
+    end: Annotated[str | None, typer.Option(help="Last hour of a range.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Reconcile S3 against the warehouse; exit 1 if any object is neither loaded nor
+    quarantined."""
+    from loader.app import open_loader
+    from loader.operations import check as do_check
+
+    _setup()
+    if hour:
+        first = last = _hour(hour)
+    elif start and end:
+        first, last = _hour(start), _hour(end)
+    else:
+        raise typer.BadParameter("give --hour, or --start and --end")
+    with open_loader() as loader:
+        data = do_check(loader, first, last)
+
+    def render(d: dict[str, Any]) -> None:
+        table = Table("hour", "objects", "loaded", "quarantined", "unloaded")
+        for h in d["hours"]:
+            table.add_row(
+                h["hour"],
+                str(h["objects"]),
+                str(h["loaded"]),
+                str(h["quarantined"]),
+                str(h["unloaded"]),
+            )
+        out.print(table)
+        for key in d["unloaded_keys"]:
+            out.print(f"  unloaded: {key}")
+
+    _emit(data, as_json, render)
+    if data["unloaded_keys"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(help="Objects to generate for the demo hour.")] = 3000,
+    serve: Annotated[
+        bool, typer.Option(help="Keep PostgreSQL and S3 running for the operations section.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Embedded PostgreSQL + local S3: migrate, generate an hour, load it as EventBridge would,
+    show the rows, and show that a rerun inserts nothing."""
+    from loader.demo_run import run_demo
+
+    _setup()
+    run_demo(events=events, serve=serve, as_json=as_json, console=out)
+
+
+def main() -> None:
+    try:
+        app()
+    except (ConfigError, TriggerError) as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

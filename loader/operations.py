@@ -1,0 +1,196 @@
+"""The data engineer's half of the job: backfill, reprocess, status, check.
+
+Each operation is a function over an `HourLoader` returning plain data; the CLI only parses
+arguments and renders. Everything here reads the ledger and S3, and writes only through the
+same pipeline the Lambda uses.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from loader.ledger import hour_records, loaded_keys
+from loader.pipeline import HourJob, HourLoader
+from loader.report import Report
+from loader.window import HOUR, floor_hour, hour_label, hour_prefix, hours_between
+
+Progress = Callable[[str, Report | None], None]
+
+
+@dataclass
+class BackfillResult:
+    reports: list[Report] = field(default_factory=list)
+    skipped_complete: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hours": [r.to_dict() for r in self.reports],
+            "skipped_complete": self.skipped_complete,
+            "inserted": sum(r.inserted for r in self.reports),
+        }
+
+
+def backfill(
+    loader: HourLoader,
+    start: datetime,
+    end: datetime,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> BackfillResult:
+    """Every hour in [start, end] in order; hours the ledger marks complete are skipped unless
+    `force`. Stops at the first failing hour (after recording it): rerun to resume."""
+    result = BackfillResult()
+    loader.check_schema()
+    with loader.engine.connect() as conn:
+        records = hour_records(conn, loader.tables, floor_hour(start), floor_hour(end))
+    for hour in hours_between(start, end):
+        record = records.get(hour)
+        if not force and record is not None and record.ever_complete:
+            result.skipped_complete.append(hour_label(hour))
+            if progress:
+                progress(hour_label(hour), None)
+            continue
+        report = loader.load(HourJob(hour, "backfill", dry_run=dry_run))
+        result.reports.append(report)
+        if progress:
+            progress(hour_label(hour), report)
+    return result
+
+
+def reprocess(
+    loader: HourLoader,
+    hour: datetime | None = None,
+    key: str | None = None,
+    progress: Progress | None = None,
+) -> list[Report]:
+    """Re-read the objects with open quarantine entries and load what now parses; entries of
+    objects that load cleanly are marked resolved. Idempotent like every load."""
+    loader.check_schema()
+    q = loader.tables.quarantine
+    stmt = sa.select(q.c.hour, q.c.s3_key).where(q.c.resolved_at.is_(None)).distinct()
+    if hour is not None:
+        stmt = stmt.where(q.c.hour == floor_hour(hour))
+    if key is not None:
+        stmt = stmt.where(q.c.s3_key == key)
+    by_hour: dict[datetime, set[str]] = defaultdict(set)
+    with loader.engine.connect() as conn:
+        for row in conn.execute(stmt):
+            by_hour[row.hour].add(row.s3_key)
+    reports = []
+    for each_hour in sorted(by_hour):
+        job = HourJob(
+            each_hour,
+            "reprocess",
+            only_keys=frozenset(by_hour[each_hour]),
+            resolve_quarantine=True,
+        )
+        report = loader.load(job)
+        reports.append(report)
+        if progress:
+            progress(hour_label(each_hour), report)
+    return reports
+
+
+def parse_since(text: str) -> timedelta:
+    """`48h`, `7d`, `90m` → a duration."""
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    text = text.strip().lower()
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise ValueError(f"--since must look like 48h, 7d or 90m, got {text!r}")
+    return timedelta(**{units[text[-1]]: int(text[:-1])})
+
+
+def status(loader: HourLoader, since: timedelta, now: datetime | None = None) -> dict[str, Any]:
+    """One entry per hour from `now - since` to the last complete hour: the ledger's newest run,
+    open quarantine entries, and `missing` for hours with S3 objects but no successful run."""
+    now = now or datetime.now(UTC)
+    last = floor_hour(now) - HOUR
+    first = floor_hour(now - since)
+    q = loader.tables.quarantine
+    with loader.engine.connect() as conn:
+        records = hour_records(conn, loader.tables, first, last)
+        open_counts = dict(
+            conn.execute(
+                sa.select(q.c.hour, sa.func.count())
+                .where(q.c.hour.between(first, last), q.c.resolved_at.is_(None))
+                .group_by(q.c.hour)
+            ).all()
+        )
+    hours = []
+    for hour in hours_between(first, last):
+        record = records.get(hour)
+        entry: dict[str, Any] = {"hour": hour_label(hour)}
+        if record is None:
+            has_objects = next(
+                iter(loader.source.list_objects(hour_prefix(hour, loader.settings.events_prefix))),
+                None,
+            )
+            entry["state"] = "missing" if has_objects else "empty"
+        else:
+            run = record.last_run
+            state = run["state"]
+            if (
+                state == "running"
+                and run["finished_at"] is None
+                and run["started_at"] < now - timedelta(hours=1)
+            ):
+                state = "failed"  # a run that never finished (killed): say so
+            if state in ("failed", "running") and record.ever_complete:
+                state = "complete"
+            entry.update(
+                state=state,
+                trigger=run["trigger"],
+                objects_listed=run["objects_listed"],
+                inserted=run["inserted"],
+                duplicates=run["duplicate_exact"] + run["duplicate_conflicting"],
+                duplicate_conflicting=run["duplicate_conflicting"],
+                skipped=run["malformed"] + run["invalid"],
+                finished_at=run["finished_at"].isoformat() if run["finished_at"] else None,
+                lag_seconds=(
+                    round((run["finished_at"] - (hour + HOUR)).total_seconds())
+                    if run["finished_at"]
+                    else None
+                ),
+                error=run["error_summary"],
+            )
+        entry["quarantined"] = int(open_counts.get(hour, 0))
+        hours.append(entry)
+    return {"hours": hours}
+
+
+def check(loader: HourLoader, start: datetime, end: datetime) -> dict[str, Any]:
+    """Reconcile S3 against the warehouse: per hour, objects listed vs objects with events
+    loaded vs objects accounted for in the quarantine; keys in neither are unloaded."""
+    hours = []
+    unloaded: list[str] = []
+    q = loader.tables.quarantine
+    for hour in hours_between(start, end):
+        prefix = hour_prefix(hour, loader.settings.events_prefix)
+        keys = [ref.key for ref in loader.source.list_objects(prefix)]
+        with loader.engine.connect() as conn:
+            accounted = loaded_keys(conn, loader.tables, prefix)
+            quarantined = set(
+                conn.execute(
+                    sa.select(q.c.s3_key).where(q.c.hour == hour, q.c.resolved_at.is_(None))
+                ).scalars()
+            )
+        missing = [k for k in keys if k not in accounted]
+        unloaded.extend(missing)
+        hours.append(
+            {
+                "hour": hour_label(hour),
+                "objects": len(keys),
+                "loaded": sum(1 for k in keys if k in accounted and k not in quarantined),
+                "quarantined": sum(1 for k in keys if k in quarantined),
+                "unloaded": len(missing),
+            }
+        )
+    return {"hours": hours, "unloaded_keys": unloaded}
