@@ -21,7 +21,7 @@ $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
 
 ## demo: embedded PostgreSQL + local S3, migrate, load a generated hour, rerun it
 demo: $(VENV)/.demo-installed
-	$(BIN)/clickstream-loader demo
+	$(BIN)/clickstream-loader demo $(ARGS)
 
 ## test: lint, types, then the whole suite (unit + integration) against real servers
 test: lint
