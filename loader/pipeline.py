@@ -8,6 +8,8 @@ flat in the size of the hour.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 import uuid
 import zlib
@@ -17,11 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from tenacity import RetryCallState, Retrying
 
 from loader import __version__
 from loader.config import Settings
-from tenacity import RetryCallState, Retrying
-
 from loader.db import (
     check_revision,
     code_head_revision,
@@ -55,6 +56,26 @@ def in_shard(key: str, shard: Shard | None) -> bool:
         shard is None
         or zlib.crc32(key.encode("utf-8", "surrogatepass")) % shard.count == shard.index
     )
+
+
+@dataclass
+class _Prepared:
+    """One object, fetched and transformed, on its way to the writer."""
+
+    key: str
+    events: list[EventRecord]
+    rejections: list[Rejection]
+    events_read: int = 0
+    sanitised: int = 0
+    truncated: int = 0
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class _Done:
+    """End of the producer's stream, with its error if it failed."""
+
+    error: BaseException | None
 
 
 @dataclass
@@ -179,11 +200,9 @@ class HourLoader:
             return resume
         return None
 
-    def _refs(self, job: HourJob, report: Report, start_after: str | None) -> Iterator[ObjectRef]:
-        skip: set[str] = set()
-        if job.skip_loaded_keys:
-            with self.engine.connect() as conn:
-                skip = loaded_keys(conn, self.tables, report.prefix)
+    def _refs(
+        self, job: HourJob, report: Report, start_after: str | None, skip: set[str]
+    ) -> Iterator[ObjectRef]:
         for ref in self.source.list_objects(report.prefix, start_after=start_after):
             if not in_shard(ref.key, job.shard):
                 continue
@@ -195,6 +214,62 @@ class HourLoader:
                 continue
             yield ref
 
+    def _prepared(
+        self, job: HourJob, report: Report, start_after: str | None
+    ) -> Iterator[_Prepared]:
+        """Fetch and transform on a producer thread, handing objects over a bounded queue.
+
+        The writer (the caller) and the fetch/transform stage overlap: while a batch commits,
+        the next objects are already being fetched and parsed. The queue bound keeps memory
+        flat; an error on either side stops the other.
+        """
+        skip: set[str] = set()
+        if job.skip_loaded_keys:
+            with self.engine.connect() as conn:
+                skip = loaded_keys(conn, self.tables, report.prefix)
+        handoff: queue.Queue[_Prepared | _Done] = queue.Queue(
+            maxsize=max(2 * self.settings.max_records_per_batch, 64)
+        )
+        stop = threading.Event()
+
+        def put(item: _Prepared | _Done) -> bool:
+            while not stop.is_set():
+                try:
+                    handoff.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            refs = self._refs(job, report, start_after, skip)
+            fetched_objects = self.source.fetch_many(refs)
+            try:
+                for fetched in fetched_objects:
+                    if not put(self._transform(fetched)):
+                        return
+                put(_Done(None))
+            except BaseException as exc:  # handed to the writer, which re-raises it
+                put(_Done(exc))
+            finally:
+                close = getattr(fetched_objects, "close", None)
+                if close is not None:
+                    close()  # cancels the fetches still in flight
+
+        producer = threading.Thread(target=produce, name="fetch-transform", daemon=True)
+        producer.start()
+        try:
+            while True:
+                item = handoff.get()
+                if isinstance(item, _Done):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            stop.set()
+            producer.join(timeout=60)
+
     def _stream(
         self,
         job: HourJob,
@@ -204,9 +279,12 @@ class HourLoader:
     ) -> None:
         limit = self.settings.max_records_per_batch
         batch = _Batch()
-        for fetched in self.source.fetch_many(self._refs(job, report, start_after)):
-            report.retries += fetched.retries
-            events, rejections, clean = self._transform(fetched, report)
+        for item in self._prepared(job, report, start_after):
+            report.retries += item.retries
+            report.events_read += item.events_read
+            report.sanitised += item.sanitised
+            report.truncated += item.truncated
+            events = item.events
             if batch.records and len(batch.records) + len(events) > limit:
                 self._flush(job, report, batch)
                 batch = _Batch()
@@ -216,10 +294,10 @@ class HourLoader:
                 self._flush(job, report, _Batch(records=events[:limit]))
                 events = events[limit:]
             batch.records.extend(events)
-            batch.rejections.extend(rejections)
-            batch.last_key = fetched.ref.key
-            if job.resolve_quarantine and clean:
-                batch.resolved_keys.append(fetched.ref.key)
+            batch.rejections.extend(item.rejections)
+            batch.last_key = item.key
+            if job.resolve_quarantine and not item.rejections:
+                batch.resolved_keys.append(item.key)
             if len(batch.records) >= limit:
                 self._flush(job, report, batch)
                 batch = _Batch()
@@ -228,22 +306,26 @@ class HourLoader:
         self._flush(job, report, batch)
         report.state = "complete"
 
-    def _transform(
-        self, fetched: FetchedObject, report: Report
-    ) -> tuple[list[EventRecord], list[Rejection], bool]:
-        """One fetched object → its events, its rejections, and whether it loaded cleanly."""
+    def _transform(self, fetched: FetchedObject) -> _Prepared:
+        """One fetched object → its events, its rejections and its counts (producer thread)."""
         ref = fetched.ref
         if fetched.body is None:
             reason = "malformed" if fetched.error in ("too_large", "bad_gzip") else "fetch_failed"
             detail = f"{fetched.error}: {fetched.detail or ''}".strip(": ")
-            return [], [Rejection(ref.key, 0, reason, detail)], False
+            return _Prepared(
+                ref.key, [], [Rejection(ref.key, 0, reason, detail)], retries=fetched.retries
+            )
         source = SourceObject(self.settings.raw_bucket, ref.key, ref.last_modified)
         result = transform_object(source, fetched.body, anonymize=self.settings.anonymize_ip)
-        report.events_read += len(result.events) + len(result.invalid)
-        report.sanitised += result.sanitised
-        report.truncated += result.truncated
-        rejections = [*result.malformed, *result.invalid]
-        return result.events, rejections, not rejections
+        return _Prepared(
+            ref.key,
+            result.events,
+            [*result.malformed, *result.invalid],
+            events_read=len(result.events) + len(result.invalid),
+            sanitised=result.sanitised,
+            truncated=result.truncated,
+            retries=fetched.retries,
+        )
 
     def _out_of_time(self, report: Report, remaining_ms: RemainingMs | None) -> bool:
         """Stop after a committed batch when the Lambda's remaining time falls below the margin;
