@@ -16,13 +16,14 @@ ListObjectsV2 of `loader.s3_list`, sent through the same CRT client.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -176,7 +177,6 @@ class _Fetch:
     retries: int = 0
     result: FetchedObject | None = None
     current: _Attempt | None = None
-    last_error: str = field(default="")
 
 
 class CrtSource:
@@ -198,6 +198,7 @@ class CrtSource:
         self._window = max(1, settings.fetch_concurrency * 4)
         self._max_attempts = max(1, settings.s3_max_attempts)
         self._timeout_s = request_timeout_s
+        self._close_timeout_s = 5.0
         self._backoff = (backoff_base_s, backoff_cap_s)
         session = session or boto3.session.Session()
         self.region: str = session.region_name or "us-east-1"
@@ -244,16 +245,21 @@ class CrtSource:
             request=HttpRequest("GET", path_and_query, HttpHeaders(self._host_header)),
             on_body=on_body,
         )
+        # `.exception()`, not `.result()`: raising the stored error here would tie this frame
+        # to it in a cycle the CRT's native references keep alive, and with it the client.
         try:
-            request.finished_future.result(timeout=self._timeout_s)
-        except S3ResponseError as exc:
-            return int(exc.status_code or 0), exc.body or b""
-        except AwsCrtError as exc:
-            raise TransportError(str(exc)) from None
+            error = request.finished_future.exception(timeout=self._timeout_s)
         except TimeoutError:
             request.cancel()
-            raise TransportError(f"no response in {self._timeout_s} s") from None
-        return 200, b"".join(chunks)
+            error = TimeoutError(f"no response in {self._timeout_s} s")
+        del request
+        if error is None:
+            return 200, b"".join(chunks)
+        if isinstance(error, S3ResponseError):
+            return int(error.status_code or 0), error.body or b""
+        if isinstance(error, AwsCrtError | TimeoutError):
+            raise TransportError(str(error))
+        raise error
 
     # ---------------------------------------------------------------------------- fetching
 
@@ -266,7 +272,9 @@ class CrtSource:
 
     def fetch_many(self, refs: Iterable[ObjectRef]) -> Generator[FetchedObject, None, None]:
         """GET up to fetch_concurrency*4 objects at once; yield results in the order of `refs`."""
-        client = self._require_client()
+        # No local reference to the client here or in `_start`: a traceback that outlives this
+        # generator (pytest keeps them) would keep the client, and `close()` waiting for it.
+        self._require_client()
         done_q: queue.SimpleQueue[_Attempt] = queue.SimpleQueue()
         pending: deque[_Fetch] = deque()  # input order; at most `window` long
         started: deque[_Attempt] = deque()  # attempts in start order, for deadlines
@@ -291,7 +299,7 @@ class CrtSource:
                             f"object is {ref.size} bytes, over MAX_OBJECT_BYTES={cap}",
                         )
                     else:
-                        self._start(client, fetch, done_q, started)
+                        self._start(fetch, done_q, started)
                     pending.append(fetch)
                 if not pending:
                     return
@@ -299,8 +307,10 @@ class CrtSource:
                 while head.result is None:
                     # Sleep until a GET finishes, a retry is due or an in-flight GET times out.
                     now = time.monotonic()
-                    while started and started[0].fetch.current is not started[0]:
-                        started.popleft()  # settled or superseded
+                    while started and (
+                        started[0].timed_out or started[0].fetch.current is not started[0]
+                    ):
+                        started.popleft()  # settled, superseded, or cancelled and on its way
                     wake = started[0].deadline if started else now + self._timeout_s
                     if retry_heap:
                         wake = min(wake, retry_heap[0][0])
@@ -320,7 +330,7 @@ class CrtSource:
                             attempt = None
                     now = time.monotonic()
                     while retry_heap and retry_heap[0][0] <= now:
-                        self._start(client, heapq.heappop(retry_heap)[2], done_q, started)
+                        self._start(heapq.heappop(retry_heap)[2], done_q, started)
                     for attempt in started:
                         if attempt.deadline > now:
                             break
@@ -333,11 +343,7 @@ class CrtSource:
             self._abandon(pending, done_q)
 
     def _start(
-        self,
-        client: Any,
-        fetch: _Fetch,
-        done_q: queue.SimpleQueue[_Attempt],
-        started: deque[_Attempt],
+        self, fetch: _Fetch, done_q: queue.SimpleQueue[_Attempt], started: deque[_Attempt]
     ) -> None:
         key = fetch.ref.key
         attempt = _Attempt(
@@ -346,7 +352,7 @@ class CrtSource:
         fetch.attempts += 1
         fetch.current = attempt
         started.append(attempt)
-        attempt.request = client.make_request(
+        attempt.request = self._require_client().make_request(
             type=S3RequestType.DEFAULT,
             operation_name="GetObject",
             request=HttpRequest(
@@ -413,7 +419,6 @@ class CrtSource:
             reason = str(error)  # no response: refused, reset, closed mid-body, TLS, DNS
         else:
             raise error  # a bug in a callback: do not mask it as an S3 problem
-        fetch.last_error = reason
         if fetch.attempts >= self._max_attempts:
             raise S3TransientError(f"GET {where} failed after {fetch.attempts} attempts: {reason}")
         fetch.retries += 1
@@ -443,12 +448,23 @@ class CrtSource:
             raise RuntimeError("CrtSource is closed")
         return client
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Release the CRT client and wait (bounded) for its threads to let go of it."""
-        if self._client is None:
-            return
-        self._client = None
-        self._shutdown_event.wait(timeout_s)
+    def close(self) -> None:
+        """Release the CRT client and wait (bounded) for its threads to finish with it.
+
+        The client shuts down once the last reference to it is gone; a request still referenced
+        elsewhere (an unclosed `fetch_many` generator) can delay that, but never past
+        interpreter exit, so the wait is bounded (`closed_cleanly` tells which it was).
+        """
+        if self._client is not None:
+            self._client = None
+            if not self._shutdown_event.is_set():
+                gc.collect()  # generators abandoned inside reference cycles
+        self._shutdown_event.wait(self._close_timeout_s)
+
+    @property
+    def closed_cleanly(self) -> bool:
+        """True once the CRT client has finished shutting down."""
+        return self._shutdown_event.is_set()
 
     def __enter__(self) -> CrtSource:
         return self

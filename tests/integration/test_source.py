@@ -1,0 +1,524 @@
+"""The S3 sources against a real S3 protocol server (moto over HTTP), for both clients.
+
+Every behavioural test runs twice through the `source` / `make_source` fixtures: once with the
+boto3 reference implementation, once with the CRT client. Faults (throttling, 5xx, bodies cut
+short, stalls, refusals) come from `support.http_fault_proxy.FaultProxy` in front of moto.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from support.http_fault_proxy import LISTINGS, OBJECT_GETS, Fault, FaultProxy
+
+from loader.config import DatabaseSettings, Settings
+from loader.s3_list import (
+    endpoint_url_from_env,
+    lister_for_boto3_client,
+    parse_list_page,
+    resolve_address,
+)
+from loader.source import (
+    Boto3Source,
+    ObjectRef,
+    ObjectSource,
+    S3AccessError,
+    S3TransientError,
+)
+from loader.source_crt import CrtSource
+
+ROOT = Path(__file__).resolve().parents[2]
+
+ODD_KEYS = [
+    "events/odd/with space.json",
+    "events/odd/two  spaces and tab\t.json",
+    "events/odd/unicodé-ключ-鍵-😀.json",
+    "events/odd/a+b.json",
+    "events/odd/100%.json",
+    "events/odd/%41%2F.json",
+    "events/odd/a&b=c;d.json",
+    "events/odd/../dots.json",
+    "events/odd/./dot.json",
+    "events/odd/<tag> & 'quotes\".json",
+    "events/odd/tilde~star*(paren)!.json",
+    "events/odd/#hash?query.json",
+    "events/odd/trailing-dot.",
+]
+BIG_COUNT = 2_500
+
+MakeSource = Callable[..., ObjectSource]
+
+
+def _utf8_order(keys: list[str]) -> list[str]:
+    return sorted(keys, key=lambda k: k.encode("utf-8"))
+
+
+def _put_many(s3: Any, bucket: str, items: dict[str, bytes]) -> None:
+    def put(item: tuple[str, bytes]) -> None:
+        s3.put_object(Bucket=bucket, Key=item[0], Body=item[1])
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, items.items()))
+
+
+def _fill_fast(s3: Any, bucket: str, items: dict[str, bytes]) -> None:
+    """Thousands of objects in a second: straight into the backend of the in-process moto
+    server (~20 s over HTTP); over HTTP when the endpoint is some other server."""
+    try:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        backend.get_bucket(bucket)
+    except Exception:
+        _put_many(s3, bucket, items)
+        return
+    for key, body in items.items():
+        backend.put_object(bucket, key, body)
+
+
+@pytest.fixture(scope="module")
+def big_bucket(s3_endpoint: str) -> tuple[str, list[str]]:
+    """One bucket for the module: 2,500 events plus the odd key names (slow to fill, read-only)."""
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    name = f"big-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    items = {f"events/2024/05/01/10/{i:05d}.json": b'{"i": %d}' % i for i in range(BIG_COUNT)}
+    items.update({key: key.encode() for key in ODD_KEYS})
+    _fill_fast(s3, name, items)
+    return name, _utf8_order(list(items))
+
+
+@pytest.fixture(params=["boto3", "crt"])
+def make_source(request: pytest.FixtureRequest, bucket: str) -> Iterator[MakeSource]:
+    """Build a source of this test's client kind; Settings fields can be overridden."""
+    kind = request.param
+    made: list[ObjectSource] = []
+
+    def make(**overrides: Any) -> ObjectSource:
+        fields: dict[str, Any] = {
+            "raw_bucket": bucket,
+            "db": DatabaseSettings(),
+            "fetch_concurrency": 8,
+            "s3_client": kind,
+            "s3_max_attempts": 4,
+        }
+        fields.update(overrides)
+        settings = Settings(**fields)
+        source: ObjectSource
+        if kind == "crt":
+            source = CrtSource(settings, backoff_base_s=0.02)
+        else:
+            source = Boto3Source(settings)
+        made.append(source)
+        return source
+
+    yield make
+    for source in made:
+        source.close()
+        if isinstance(source, CrtSource):
+            assert source.closed_cleanly
+
+
+@pytest.fixture
+def source(make_source: MakeSource) -> ObjectSource:
+    return make_source()
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    """A fault proxy in front of moto; sources built after this fixture go through it."""
+    with FaultProxy(s3_endpoint) as fault_proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)
+        yield fault_proxy
+
+
+def _refs(source: ObjectSource, prefix: str = "") -> list[ObjectRef]:
+    return list(source.list_objects(prefix))
+
+
+# ------------------------------------------------------------------------------------- listing
+
+
+def test_listing_paginates_exactly_over_odd_keys(
+    make_source: MakeSource, big_bucket: tuple[str, list[str]]
+) -> None:
+    name, expected = big_bucket
+    source = make_source(raw_bucket=name)
+    keys = [ref.key for ref in source.list_objects("events/")]
+    assert len(keys) == len(set(keys)) == BIG_COUNT + len(ODD_KEYS)
+    assert keys == expected  # none missing, none doubled, S3's (UTF-8 byte) key order
+
+    odd = {ref.key: ref for ref in source.list_objects("events/odd/")}
+    assert sorted(odd) == sorted(ODD_KEYS)
+    assert all(ref.size == len(key.encode()) for key, ref in odd.items())
+    assert all(ref.last_modified.tzinfo is not None for ref in odd.values())
+
+
+def test_listing_start_after(make_source: MakeSource, big_bucket: tuple[str, list[str]]) -> None:
+    name, expected = big_bucket
+    source = make_source(raw_bucket=name)
+    for start in (expected[999], expected[1000], expected[1777], "events/odd/a+b.json"):
+        keys = [ref.key for ref in source.list_objects("events/", start_after=start)]
+        assert keys == [k for k in expected if k.encode() > start.encode()], start
+    assert list(source.list_objects("events/", start_after=expected[-1])) == []
+    assert list(source.list_objects("nothing-here/")) == []
+
+
+def test_lean_listing_for_a_boto3_client_matches_the_paginator(
+    s3: Any, big_bucket: tuple[str, list[str]]
+) -> None:
+    name, expected = big_bucket
+    lean = lister_for_boto3_client(s3, name)
+    refs = list(lean.list_objects("events/"))
+    assert [ref.key for ref in refs] == expected
+    paged = [
+        (item["Key"], item["Size"], item["LastModified"])
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name, Prefix="events/")
+        for item in page["Contents"]
+    ]
+    assert [(r.key, r.size, r.last_modified) for r in refs] == paged
+
+
+def test_directory_markers_are_skipped_and_empty_objects_listed(
+    source: ObjectSource, s3: Any, bucket: str
+) -> None:
+    for key, body in {
+        "events/": b"",
+        "events/2024/": b"",
+        "events/2024/a.json": b"{}",
+        "events/2024/empty.json": b"",
+        "events/2024/not-a-marker/": b"x",
+    }.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    refs = _refs(source, "events/")
+    assert [(r.key, r.size) for r in refs] == [
+        ("events/2024/a.json", 2),
+        ("events/2024/empty.json", 0),
+        ("events/2024/not-a-marker/", 1),
+    ]
+    fetched = list(source.fetch_many(refs))
+    assert [f.body for f in fetched] == [b"{}", b"", b"x"]
+
+
+def test_listing_page_parser_ignores_the_namespace() -> None:
+    for ns in (
+        "http://s3.amazonaws.com/doc/2006-03-01/",
+        "http://doc.s3.amazonaws.com/2006-03-01",
+        "",
+    ):
+        xmlns = f' xmlns="{ns}"' if ns else ""
+        page = parse_list_page(
+            (
+                f"<ListBucketResult{xmlns}><Name>b</Name><EncodingType>url</EncodingType>"
+                "<IsTruncated>true</IsTruncated><NextContinuationToken>t/+=</NextContinuationToken>"
+                "<Contents><Key>a+b%2Bc%25</Key><Size>3</Size>"
+                "<LastModified>2024-05-01T10:00:00.000Z</LastModified></Contents>"
+                "<Contents><Key>dir/</Key><Size>0</Size>"
+                "<LastModified>2024-05-01T10:00:00.000Z</LastModified></Contents>"
+                "</ListBucketResult>"
+            ).encode()
+        )
+        assert [(r.key, r.size) for r in page.refs] == [("a b+c%", 3)]
+        assert page.refs[0].last_modified == datetime(2024, 5, 1, 10, tzinfo=UTC)
+        assert (page.is_truncated, page.next_token, page.key_count) == (True, "t/+=", 2)
+
+
+# ------------------------------------------------------------------------------------- fetching
+
+
+def test_fetch_yields_in_input_order(source: ObjectSource, s3: Any, bucket: str) -> None:
+    rng = random.Random(7)
+    items = {f"events/{i:03d}.json": os.urandom(rng.choice((10, 900, 20_000))) for i in range(80)}
+    items.update({key: key.encode() for key in ODD_KEYS})
+    _put_many(s3, bucket, items)
+    refs = _refs(source, "events/")
+    assert len(refs) == len(items)
+    rng.shuffle(refs)
+    fetched = list(source.fetch_many(refs))
+    assert [f.ref for f in fetched] == refs
+    assert all(f.error is None and f.body == items[f.ref.key] for f in fetched)
+    assert sum(f.retries for f in fetched) == 0
+
+
+def test_fetch_is_lazy_and_can_be_abandoned(source: ObjectSource, s3: Any, bucket: str) -> None:
+    _put_many(s3, bucket, {f"events/{i:03d}.json": b"x" * 100 for i in range(100)})
+    refs = _refs(source, "events/")
+    results = iter(source.fetch_many(refs))
+    first = [next(results) for _ in range(3)]
+    assert [f.ref for f in first] == refs[:3]
+    results.close()  # type: ignore[attr-defined]
+    assert [f.ref for f in source.fetch_many(refs[50:53])] == refs[50:53]  # still usable
+
+
+def test_gzip_by_content_encoding_and_by_magic_bytes(
+    source: ObjectSource, s3: Any, bucket: str
+) -> None:
+    payload = b'{"event": "page_view"}\n' * 50
+    s3.put_object(
+        Bucket=bucket, Key="events/a.json", Body=gzip.compress(payload), ContentEncoding="gzip"
+    )
+    s3.put_object(Bucket=bucket, Key="events/b.json.gz", Body=gzip.compress(payload))
+    s3.put_object(Bucket=bucket, Key="events/c.json", Body=payload)
+    fetched = list(source.fetch_many(_refs(source, "events/")))
+    assert [(f.error, f.body) for f in fetched] == [(None, payload)] * 3
+
+
+def test_gzip_bomb_and_corrupt_gzip(make_source: MakeSource, s3: Any, bucket: str) -> None:
+    source = make_source(max_decompressed_bytes=100_000)
+    s3.put_object(
+        Bucket=bucket,
+        Key="events/bomb.json",
+        Body=gzip.compress(b"\0" * 5_000_000),
+        ContentEncoding="gzip",
+    )
+    s3.put_object(
+        Bucket=bucket, Key="events/corrupt.json", Body=b"\x1f\x8b\x08\x00garbage-not-deflate" * 3
+    )
+    s3.put_object(
+        Bucket=bucket, Key="events/truncated.json", Body=gzip.compress(b"{}" * 1000)[:-12]
+    )
+    fetched = {f.ref.key: f for f in source.fetch_many(_refs(source, "events/"))}
+    assert fetched["events/bomb.json"].error == "too_large"
+    assert fetched["events/corrupt.json"].error == "bad_gzip"
+    assert fetched["events/truncated.json"].error == "bad_gzip"
+    assert all(f.body is None and f.detail for f in fetched.values())
+
+
+def test_object_over_max_object_bytes(make_source: MakeSource, s3: Any, bucket: str) -> None:
+    source = make_source(max_object_bytes=1_000)
+    s3.put_object(Bucket=bucket, Key="events/big.json", Body=b"x" * 1_001)
+    s3.put_object(Bucket=bucket, Key="events/ok.json", Body=b"x" * 1_000)
+    fetched = list(source.fetch_many(_refs(source, "events/")))
+    assert [(f.ref.key, f.error) for f in fetched] == [
+        ("events/big.json", "too_large"),
+        ("events/ok.json", None),
+    ]
+
+
+def test_object_that_grew_after_listing_is_capped_while_reading(
+    make_source: MakeSource, s3: Any, bucket: str, request: pytest.FixtureRequest
+) -> None:
+    if "boto3" in request.node.callspec.id:
+        pytest.skip("Boto3Source checks the listed size only, not the bytes it reads")
+    source = make_source(max_object_bytes=1_000)
+    s3.put_object(Bucket=bucket, Key="events/grew.json", Body=b"x" * 10)
+    (ref,) = _refs(source, "events/")
+    s3.put_object(Bucket=bucket, Key="events/grew.json", Body=b"x" * 50_000)
+    (fetched,) = source.fetch_many([ref])
+    assert (fetched.error, fetched.body) == ("too_large", None)
+
+
+def test_key_deleted_between_list_and_fetch(source: ObjectSource, s3: Any, bucket: str) -> None:
+    _put_many(s3, bucket, {f"events/{i}.json": b"{}" for i in range(3)})
+    refs = _refs(source, "events/")
+    s3.delete_object(Bucket=bucket, Key="events/1.json")
+    fetched = list(source.fetch_many(refs))
+    assert [(f.body, f.error) for f in fetched] == [
+        (b"{}", None),
+        (None, "not_found"),
+        (b"{}", None),
+    ]
+
+
+def test_missing_bucket_is_an_access_error(make_source: MakeSource) -> None:
+    source = make_source(raw_bucket=f"missing-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(S3AccessError):
+        list(source.list_objects("events/"))
+    ref = ObjectRef("events/a.json", 10, datetime.now(UTC))
+    with pytest.raises(S3AccessError):
+        list(source.fetch_many([ref]))
+
+
+# ------------------------------------------------------------------------------------- faults
+
+
+def test_throttled_gets_are_retried_and_counted(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    items = {f"events/{i:02d}.json": b'{"n": %d}' % i for i in range(5)}
+    _put_many(s3, bucket, items)
+    source = make_source()
+    refs = _refs(source, "events/")
+    proxy.set_faults(Fault.slow_down(first=3, match=OBJECT_GETS))
+    fetched = list(source.fetch_many(refs))
+    assert [f.body for f in fetched] == [items[r.key] for r in refs]
+    assert proxy.stats["slow_down"] == 3
+    assert sum(f.retries for f in fetched) == 3
+
+
+def test_body_cut_short_is_retried_and_arrives_whole(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    body = os.urandom(64 * 1024)
+    s3.put_object(Bucket=bucket, Key="events/big.bin", Body=body)
+    source = make_source()
+    refs = _refs(source, "events/")
+    proxy.set_faults(Fault.cut(after_bytes=1000, first=2, match=OBJECT_GETS))
+    (fetched,) = source.fetch_many(refs)
+    assert proxy.stats["cut"] == 2
+    assert fetched.error is None and fetched.body == body
+    assert fetched.retries == 2
+
+
+def test_listing_retries_throttling_and_5xx(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    _put_many(s3, bucket, {f"events/{i}.json": b"{}" for i in range(5)})
+    source = make_source()
+    proxy.set_faults(
+        Fault.slow_down(first=1, match=LISTINGS), Fault.internal_error(first=1, match=LISTINGS)
+    )
+    assert len(_refs(source, "events/")) == 5
+    assert proxy.stats == {"slow_down": 1, "internal_error": 1}
+
+
+def test_permanent_failure_raises_transient_error_in_bounded_time(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    _put_many(s3, bucket, {f"events/{i}.json": b"{}" for i in range(4)})
+    source = make_source(s3_max_attempts=3)
+    refs = _refs(source, "events/")
+    proxy.set_faults(Fault.internal_error(match=OBJECT_GETS))
+    started = time.monotonic()
+    with pytest.raises(S3TransientError):
+        list(source.fetch_many(refs))
+    assert time.monotonic() - started < 20
+    proxy.set_faults(Fault.internal_error(match=LISTINGS))
+    with pytest.raises(S3TransientError):
+        _refs(source, "events/")
+
+
+def test_refusal_is_an_access_error(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=b"{}")
+    source = make_source()
+    refs = _refs(source, "events/")
+    proxy.set_faults(Fault.error(403, "AccessDenied"))
+    with pytest.raises(S3AccessError):
+        list(source.fetch_many(refs))
+    with pytest.raises(S3AccessError):
+        _refs(source, "events/")
+    assert proxy.stats["error_403"] == 2
+
+
+# ------------------------------------------------------------------------------------- CRT only
+
+
+def test_crt_stalled_get_times_out_and_is_retried(proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=b"{}")
+    settings = Settings(
+        raw_bucket=bucket, db=DatabaseSettings(), fetch_concurrency=2, s3_client="crt"
+    )
+    with CrtSource(settings, request_timeout_s=0.5, backoff_base_s=0.01) as source:
+        refs = _refs(source, "events/")
+        proxy.set_faults(Fault.delay(3.0, first=1, match=OBJECT_GETS))
+        started = time.monotonic()
+        (fetched,) = source.fetch_many(refs)
+        assert time.monotonic() - started < 2.5
+        assert (fetched.body, fetched.retries) == (b"{}", 1)
+
+
+def test_crt_addressing_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(raw_bucket="my-bucket", db=DatabaseSettings(), s3_client="crt")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    with CrtSource(settings) as aws:
+        assert (aws.address.scheme, aws.address.host) == (
+            "https",
+            "my-bucket.s3.eu-west-1.amazonaws.com",
+        )
+        assert aws.address.object_path("a b/c+d.json") == "/a%20b/c%2Bd.json"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:4568")
+    with CrtSource(settings) as local:
+        assert (local.address.scheme, local.address.host) == ("http", "127.0.0.1:4568")
+        assert local.address.object_path("k.json") == "/my-bucket/k.json"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(S3AccessError, match="no AWS credentials"):
+        CrtSource(settings)
+
+
+def test_crt_process_exits_promptly_with_or_without_close(
+    s3: Any, bucket: str, s3_endpoint: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=b"{}")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from loader.config import DatabaseSettings, Settings
+        from loader.source_crt import CrtSource
+        source = CrtSource(Settings(raw_bucket={bucket!r}, db=DatabaseSettings()))
+        fetched = list(source.fetch_many(source.list_objects("events/")))
+        assert [f.body for f in fetched] == [b"{{}}"], fetched
+        if sys.argv[1] == "close":
+            source.close()
+        print("done")
+        """
+    )
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint, "PYTHONPATH": str(ROOT)}
+    for mode in ("close", "leak"):
+        started = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, "-c", script, mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "done"
+        assert time.monotonic() - started < 15
+
+
+def test_address_resolution_follows_botocore() -> None:
+    aws = resolve_address("raw-events", "ap-south-1")
+    assert aws.url(aws.object_path("a b/ü+.json")) == (
+        "https://raw-events.s3.ap-south-1.amazonaws.com/a%20b/%C3%BC%2B.json"
+    )
+    assert resolve_address("raw.events", "us-east-1").url("/") == (
+        "https://s3.us-east-1.amazonaws.com/"
+    )
+    assert resolve_address("raw.events", "us-east-1").bucket_path() == "/raw.events"
+    assert resolve_address("b-1", "cn-north-1").host == "b-1.s3.cn-north-1.amazonaws.com.cn"
+    local = resolve_address("b-1", "us-east-1", "http://localhost:4566/base/")
+    assert (local.scheme, local.host, local.bucket_path()) == (
+        "http",
+        "localhost:4566",
+        "/base/b-1",
+    )
+    assert not local.tls and local.custom_endpoint
+    assert endpoint_url_from_env({"AWS_ENDPOINT_URL": "http://a:1"}) == "http://a:1"
+    assert (
+        endpoint_url_from_env(
+            {"AWS_ENDPOINT_URL": "http://a:1", "AWS_ENDPOINT_URL_S3": "http://b:2"}
+        )
+        == "http://b:2"
+    )
+    assert (
+        endpoint_url_from_env(
+            {"AWS_ENDPOINT_URL": "http://a:1", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}
+        )
+        is None
+    )
