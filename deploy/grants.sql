@@ -37,6 +37,12 @@
 --     INSERT, SELECT, UPDATE      quarantine entry is upserted (ON CONFLICT DO UPDATE needs
 --                                 UPDATE and SELECT) and marked resolved by `reprocess`.
 --                                 No DELETE: history is kept; a DBA prunes it.
+--   the database                  The default write path (WRITE_METHOD=copy) streams each batch
+--     CONNECT, TEMPORARY          with COPY into two session-local temporary tables, then moves
+--                                 it with INSERT ... SELECT ... ON CONFLICT DO NOTHING. PUBLIC
+--                                 usually holds TEMPORARY already; granting it explicitly keeps
+--                                 the loader working where a DBA revoked it from PUBLIC.
+--                                 With WRITE_METHOD=insert it is not needed.
 --   alembic_version               The loader records the schema revision it ran against
 --     SELECT                      (clickstream_load_runs.db_revision) and can refuse a schema
 --                                 it does not know. It never writes it.
@@ -44,9 +50,6 @@
 -- Deliberately not granted:
 --   - sequences: the only one backs clickstream_quarantine.quarantine_id, an identity column
 --     (GENERATED ALWAYS AS IDENTITY), which needs no privilege on its sequence to insert.
---   - TEMPORARY on the database: PUBLIC holds it by default. If the loader stages batches in a
---     temporary table (COPY, then INSERT ... SELECT) and your cluster revoked TEMPORARY from
---     PUBLIC, add: GRANT TEMPORARY ON DATABASE <db> TO <loader_role>;
 --   - CREATE on the schema: PostgreSQL 15+ no longer gives it to PUBLIC on `public`. On older
 --     clusters PUBLIC still has it, and this script warns (it does not change PUBLIC's
 --     privileges: that is a cluster-wide decision for the DBA, not for one application).
@@ -112,7 +115,7 @@ REVOKE ALL ON TABLE
 FROM :"loader_role";
 REVOKE CREATE ON SCHEMA :"schema" FROM :"loader_role";
 
-GRANT CONNECT ON DATABASE :"database_name" TO :"loader_role";
+GRANT CONNECT, TEMPORARY ON DATABASE :"database_name" TO :"loader_role";
 GRANT USAGE ON SCHEMA :"schema" TO :"loader_role";
 
 -- The events: append-only for the loader.

@@ -15,6 +15,7 @@ from typing import Final, Literal
 from sqlalchemy.engine import URL
 
 S3ClientKind = Literal["boto3", "crt"]
+WriteMethod = Literal["copy", "insert"]
 
 SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _SSL_ALIASES: Final = {"true": "require", "false": "disable", "1": "require", "0": "disable"}
@@ -78,6 +79,7 @@ class Settings:
     max_records_per_batch: int = 500
     fetch_concurrency: int = 32
     s3_client: S3ClientKind = "boto3"
+    write_method: WriteMethod = "copy"
     s3_max_attempts: int = 5
     max_object_bytes: int = 1_048_576
     max_decompressed_bytes: int = 8_388_608
@@ -194,6 +196,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     s3_client = (_get(env, "S3_CLIENT") or "boto3").lower()
     if s3_client not in ("boto3", "crt"):
         raise ConfigError(f"S3_CLIENT must be boto3 or crt, got {s3_client!r}")
+    write_method = (_get(env, "WRITE_METHOD") or "copy").lower()
+    if write_method not in ("copy", "insert"):
+        raise ConfigError(f"WRITE_METHOD must be copy or insert, got {write_method!r}")
     batch = _int(env, "MAX_RECORDS_PER_BATCH", 500, minimum=1)
     if batch > 10_000:
         raise ConfigError(f"MAX_RECORDS_PER_BATCH must be <= 10000, got {batch}")
@@ -205,6 +210,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_records_per_batch=batch,
         fetch_concurrency=_int(env, "FETCH_CONCURRENCY", 32, minimum=1),
         s3_client=s3_client,  # type: ignore[arg-type]
+        write_method=write_method,  # type: ignore[arg-type]
         s3_max_attempts=_int(env, "S3_MAX_ATTEMPTS", 5, minimum=1),
         max_object_bytes=_int(env, "MAX_OBJECT_BYTES", 1_048_576, minimum=1),
         max_decompressed_bytes=_int(env, "MAX_DECOMPRESSED_BYTES", 8_388_608, minimum=1),

@@ -36,11 +36,11 @@ from loader.report import Report
 from loader.sink import (
     BatchOutcome,
     Tables,
+    batch_writer,
     quarantine,
     rejection_row,
     resolve_quarantined,
     tables_for,
-    write_batch,
     write_isolating_poison,
 )
 from loader.source import FetchedObject, ObjectRef, ObjectSource
@@ -110,6 +110,7 @@ class HourLoader:
         self.engine = engine
         self.source = source
         self.tables: Tables = tables_for(settings)
+        self.writer = batch_writer(settings.write_method)
         self._expected_revision: str | None = None
         self._db_revision: str | None = None
 
@@ -387,7 +388,7 @@ class HourLoader:
         now = datetime.now(UTC)
         try:
             with self.engine.begin() as conn:
-                outcome = write_batch(conn, self.tables, records)
+                outcome = self.writer(conn, self.tables, records)
                 quarantine(conn, self.tables, rows)
                 resolve_quarantined(conn, self.tables, resolved_keys, now)
                 return outcome
@@ -395,7 +396,7 @@ class HourLoader:
             if not is_data_error(exc):
                 raise
             log.warning("batch refused by the database: isolating the offending events")
-        outcome = write_isolating_poison(self.engine, self.tables, records)
+        outcome = write_isolating_poison(self.engine, self.tables, records, self.writer)
         poisoned = {r.key for r in outcome.rejected}
         extra = [
             rejection_row(r, self.settings.raw_bucket, job.hour, now) for r in outcome.rejected
@@ -484,6 +485,7 @@ def run_trigger(
                 "hour": late.hour,
                 "state": late.state,
                 "objects_new": late.objects_listed - late.objects_skipped_loaded,
+                "objects_skipped_loaded": late.objects_skipped_loaded,
                 "inserted": late.inserted,
             }
         )

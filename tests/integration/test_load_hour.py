@@ -159,9 +159,16 @@ def test_malformed_objects_are_reported_by_key_while_good_ones_load(
     assert {k for k, _ in quarantined} == {PREFIX + n for n in bad} | {PREFIX + "no-name.json"}
 
 
+@pytest.mark.parametrize("write_method", ["copy", "insert"])
 def test_pagination_gzip_and_small_batches(
-    handler: Any, s3: Any, bucket: str, dw_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+    handler: Any,
+    s3: Any,
+    bucket: str,
+    dw_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    write_method: str,
 ) -> None:
+    monkeypatch.setenv("WRITE_METHOD", write_method)
     monkeypatch.setenv("MAX_RECORDS_PER_BATCH", "97")
     objects = upload(s3, bucket, generate_hour(HOUR, 1_150, malformed_ratio=0.01, gzip_ratio=0.2))
     expected = sum(1 for o in objects if o.expect == "event")
