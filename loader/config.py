@@ -168,8 +168,15 @@ def parse_target_table(raw: str | None) -> tuple[str | None, str]:
 
 
 def load_database_settings(env: Mapping[str, str] | None = None) -> DatabaseSettings:
-    """The DW_PG_* part alone: what Alembic needs (no bucket)."""
+    """The DW_PG_* part alone: what Alembic needs (no bucket).
+
+    With DW_PG_SECRET_ARN set, the Secrets Manager secret (read once per process) supplies the
+    user and password, and host/port/database where the environment leaves them unset."""
     env = os.environ if env is None else env
+    if env.get("DW_PG_SECRET_ARN"):
+        from loader.secrets import resolve_database_secret
+
+        env = {**env, **resolve_database_secret(env)}
     return DatabaseSettings(
         host=_get(env, "DW_PG_HOST"),
         port=_int(env, "DW_PG_PORT", 5432, minimum=1),
