@@ -9,6 +9,7 @@ Logs go to stdout (CloudWatch in Lambda); the CLI moves them to stderr so its ow
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import datetime
@@ -62,6 +63,4 @@ def emf_metrics(report: Report, now: datetime) -> dict[str, Any]:
 
 def emit_metrics(report: Report, now: datetime) -> None:
     """Print the run's EMF document on stdout, where CloudWatch Logs turns it into metrics."""
-    import json
-
     print(json.dumps(emf_metrics(report, now), separators=(",", ":")), flush=True)

@@ -26,9 +26,11 @@ from loader.config import Settings
 from loader.db import (
     check_revision,
     code_head_revision,
+    describe_error,
     is_data_error,
     log_retry,
     retrying,
+    sqlstate,
 )
 from loader.ledger import finish_run, hour_lock, hour_records, loaded_keys, start_run
 from loader.observability import log
@@ -441,8 +443,7 @@ class HourLoader:
 
 
 def _summary(exc: BaseException) -> str:
-    from loader.db import describe_error, sqlstate
-
+    """An error for the ledger: SQLSTATE-based for database errors (no row data)."""
     if sqlstate(exc) is not None or isinstance(exc, sa.exc.DBAPIError):
         return describe_error(exc)
     return f"{type(exc).__name__}: {str(exc)[:500]}"

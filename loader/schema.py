@@ -78,9 +78,6 @@ TEXT_CAPS: Final[dict[str, int]] = {
     "trace_id": INDEXED_TEXT_CAP,
 }
 
-#: Cap on any single string inside a JSON column (properties, element, ingest_metadata).
-JSON_STRING_CAP: Final = 8192
-
 # S3 keys sort bytewise; the "C" collation makes the btree index serve both
 # `s3_key LIKE 'events/2026/11/24/13/%'` and range scans in S3's own order.
 S3_KEY_TYPE: Final = Text(collation="C")
