@@ -23,6 +23,9 @@ MAX_INSTANT: Final = datetime(2100, 1, 1, tzinfo=UTC)
 _EPOCH_MS_THRESHOLD: Final = 100_000_000_000
 #: Prices beyond this magnitude are unit errors or junk, not prices.
 MAX_PRICE: Final = Decimal("1e15")
+#: PostgreSQL `numeric` keeps at most 16383 digits after the decimal point; a value with more
+#: (e.g. "1e-20000") makes the INSERT fail with "value overflows numeric format".
+MAX_PRICE_SCALE: Final = 16383
 #: Nesting beyond this depth in a JSON value is replaced by a marker (and counted as truncated).
 MAX_JSON_DEPTH: Final = 64
 TOO_DEEP_MARKER: Final = "<nested too deep: truncated by clickstream-loader>"
@@ -127,6 +130,9 @@ def to_price(value: Any) -> Decimal | None:
         return None
     if not number.is_finite() or abs(number) >= MAX_PRICE:
         return None
+    # Fix: "1e-20000" used to pass and then fail the whole batch in PostgreSQL.
+    if -int(number.as_tuple().exponent) > MAX_PRICE_SCALE:
+        return None
     return number
 
 
@@ -135,9 +141,14 @@ def to_ip(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > 64:
         return None
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        address = ipaddress.ip_address(value.strip())
     except ValueError:
         return None
+    # Fix: a scoped IPv6 address ("fe80::1%eth0") parses in Python but PostgreSQL's inet rejects
+    # it, which failed the whole batch; it is not storable, so it is treated as invalid.
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        return None
+    return str(address)
 
 
 def anonymize_ip(address: str) -> str:
@@ -172,7 +183,11 @@ def to_instant(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return _sane(value)
     if isinstance(value, int | float):
-        return _from_epoch(float(value))
+        try:
+            number = float(value)
+        except OverflowError:  # Fix: an integer past float range (e.g. 400 digits) used to raise.
+            return None
+        return _from_epoch(number)
     if not isinstance(value, str):
         return None
     text = value.strip()

@@ -119,15 +119,32 @@ class ObjectResult:
     truncated: int = 0
 
 
+def _parse_int(text: str) -> int | float:
+    """Integers as Python ints, exactly; past the interpreter's int-from-text limit (4300 digits)
+    as ±inf, which clean_json turns into null (counted as sanitised)."""
+    try:
+        return int(text)
+    except ValueError:
+        # Fix: int() refuses such digit strings, which made the whole object "not JSON".
+        return float(text)
+
+
+def _stdlib_loads(data: bytes) -> Any:
+    # Fix: json.loads(bytes) guesses UTF-16/UTF-32 from NUL bytes, so a BOM-less UTF-16 body
+    # (valid UTF-8 when ASCII-only) loaded while the same body with a BOM was malformed. The
+    # caller has checked the body is UTF-8: decode it as that, never as anything else.
+    return json.loads(data.decode("utf-8"), parse_int=_parse_int)
+
+
 def _parse_json(data: bytes) -> Any:
     if _LONG_INTEGER.search(data):
-        return json.loads(data)
+        return _stdlib_loads(data)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         # orjson refuses what the standard library reads and we can repair: lone surrogate
         # escapes, NaN/Infinity literals, numbers past double range. Same JSON grammar otherwise.
-        return json.loads(data)
+        return _stdlib_loads(data)
 
 
 def split_records(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
@@ -144,10 +161,13 @@ def split_records(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[t
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return [], [(0, f"invalid UTF-8 at byte {exc.start}")]
+    too_deep = False
     try:
         whole = _parse_json(data)
     except RecursionError:
-        return [], [(0, "JSON nested too deep to parse")]
+        # Fix: this used to reject the whole object, so one over-deep NDJSON line lost the good
+        # lines after it. Parse line by line instead; a single-document body still ends below.
+        whole, too_deep = _NOT_JSON, True
     except ValueError:
         whole = _NOT_JSON
     if isinstance(whole, dict):
@@ -165,7 +185,10 @@ def split_records(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[t
             continue
         try:
             value = _parse_json(line)
-        except (ValueError, RecursionError):
+        except RecursionError:
+            bad.append((position, "line is JSON nested too deep to parse"))
+            continue
+        except ValueError:
             bad.append((position, "line is not valid JSON"))
             continue
         if isinstance(value, dict):
@@ -173,6 +196,8 @@ def split_records(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[t
         else:
             bad.append((position, f"line is JSON {_json_kind(value)}, not an object"))
     if not records:
+        if too_deep:
+            return [], [(0, "JSON nested too deep to parse")]
         return [], [(0, "not JSON: no line parses as a JSON object")]
     return records, bad
 
@@ -282,7 +307,9 @@ def map_record(
         k: v for k, v in record.items() if k not in _MAPPED_TOP_LEVEL and k != used_id_field
     }
     if raw_ingest is not None and ingest is None:
-        leftovers["_ingest"] = raw_ingest
+        # Fix: this kept `raw_ingest`, the value from before clean_json, so a non-object _ingest
+        # holding NUL, a lone surrogate or NaN reached jsonb unrepaired and failed the batch.
+        leftovers["_ingest"] = record.get("_ingest")
 
     def keep_original(field_name: str, raw: Any, coerced: Any) -> Any:
         if coerced is None and raw is not None:
