@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -18,7 +18,7 @@ from rich.table import Table
 
 from loader.config import ConfigError
 from loader.report import Report
-from loader.window import TriggerError, Trigger, parse_hour
+from loader.window import Trigger, TriggerError, parse_hour
 
 app = typer.Typer(
     help="Load raw clickstream events from S3 into the PostgreSQL warehouse.",
@@ -39,6 +39,11 @@ def _setup() -> None:
     from loader.observability import set_log_stream
 
     set_log_stream(sys.stderr)
+    # Piped output (a file, grep, the README's transcripts) gets each table's natural width:
+    # rich's 80-column default for non-terminals cut hour labels to "2026-11-2…".
+    for console in (out, err):
+        if not console.is_terminal:
+            console.width = max(console.width, 200)
 
 
 def _emit(data: Any, as_json: bool, render: Any) -> None:
@@ -182,7 +187,16 @@ def reprocess(
 
 @app.command()
 def status(
-    since: Annotated[str, typer.Option(help="How far back: 48h, 7d, 90m.")] = "48h",
+    since: Annotated[
+        str | None, typer.Option(help="How far back: 48h, 7d, 90m (default 48h).")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="First hour, YYYY-MM-DDTHH (instead of --since).")
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(help="Last hour (included) with --start; default: the last complete hour."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """One line per hour: what the ledger says was loaded, skipped and quarantined."""
@@ -191,12 +205,20 @@ def status(
     from loader.operations import status as do_status
 
     _setup()
+    if since is not None and (start is not None or end is not None):
+        raise typer.BadParameter("give --since, or --start (and --end), not both")
+    if end is not None and start is None:
+        raise typer.BadParameter("--end needs --start")
+    first = _hour(start) if start is not None else None
+    last = _hour(end) if end is not None else None
+    if first is not None and last is not None and last < first:
+        raise typer.BadParameter("--end is before --start")
     try:
-        window = parse_since(since)
+        window = parse_since(since) if since is not None else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     with open_loader() as loader:
-        data = do_status(loader, window)
+        data = do_status(loader, window, start=first, end=last)
 
     def render(d: dict[str, Any]) -> None:
         table = Table(

@@ -134,20 +134,24 @@ class HourRecord:
 def hour_records(
     conn: sa.Connection, tables: Tables, start: datetime, end: datetime, shard: str | None = None
 ) -> dict[datetime, HourRecord]:
-    """Newest run per hour in [start, end], full-hour runs only unless a shard is named."""
+    """Newest run per hour in [start, end], full-hour runs only unless a shard is named.
+
+    Reprocess runs are left out: they read only an hour's quarantined keys, so their
+    `complete` says nothing about the rest of the hour (a partial hour stays partial)."""
     runs = tables.load_runs
     shard_filter = runs.c.shard.is_(None) if shard is None else runs.c.shard == shard
+    whole_hour = sa.and_(
+        runs.c.hour.between(start, end), shard_filter, runs.c.trigger != "reprocess"
+    )
     newest = (
         sa.select(runs)
-        .where(runs.c.hour.between(start, end), shard_filter)
+        .where(whole_hour)
         .ext(distinct_on(runs.c.hour))
         .order_by(runs.c.hour, runs.c.started_at.desc())
     )
     completed = set(
         conn.execute(
-            sa.select(runs.c.hour)
-            .where(runs.c.hour.between(start, end), runs.c.state == "complete", shard_filter)
-            .distinct()
+            sa.select(runs.c.hour).where(whole_hour, runs.c.state == "complete").distinct()
         ).scalars()
     )
     out: dict[datetime, HourRecord] = {}

@@ -108,16 +108,27 @@ def parse_since(text: str) -> timedelta:
     return timedelta(**{units[text[-1]]: int(text[:-1])})
 
 
-def status(loader: HourLoader, since: timedelta, now: datetime | None = None) -> dict[str, Any]:
-    """One entry per hour from `now - since` to the last complete hour: the ledger's newest run,
-    open quarantine entries, and `missing` for hours with S3 objects but no successful run."""
+def status(
+    loader: HourLoader,
+    since: timedelta | None = None,
+    now: datetime | None = None,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> dict[str, Any]:
+    """One entry per hour from `now - since` (or from `start`) to the last complete hour (or to
+    `end`): the ledger's newest run, open quarantine entries, and `missing` for hours with S3
+    objects but no run in the ledger."""
     now = now or datetime.now(UTC)
-    last = floor_hour(now) - HOUR
-    first = floor_hour(now - since)
+    last = floor_hour(end) if end is not None else floor_hour(now) - HOUR
+    if start is not None:
+        first = floor_hour(start)
+    else:
+        first = floor_hour(now - (since if since is not None else timedelta(hours=48)))
     q = loader.tables.quarantine
     with loader.engine.connect() as conn:
         records = hour_records(conn, loader.tables, first, last)
-        open_counts = dict(
+        open_counts: dict[datetime, int] = dict(
             conn.execute(
                 sa.select(q.c.hour, sa.func.count())
                 .where(q.c.hour.between(first, last), q.c.resolved_at.is_(None))

@@ -9,6 +9,7 @@ cannot deadlock each other.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import uuid
 from collections.abc import Callable, Sequence
@@ -304,10 +305,19 @@ def _stage(table: sa.Table) -> sa.TableClause:
     return sa.table(f"stage_{table.name}", *(sa.column(c.name) for c in table.c), schema="pg_temp")
 
 
+_STAGE_READY: Final = "clickstream_stage_ready"
+
+
+def _forget_stage_tables(conn: sa.Connection) -> None:
+    """A rollback undoes the CREATE TEMPORARY TABLE of its transaction: create them again."""
+    with contextlib.suppress(sa.exc.SQLAlchemyError):  # a lost connection took its info along
+        conn.info.pop(_STAGE_READY, None)
+
+
 def _ensure_stage_tables(conn: sa.Connection, tables: Tables) -> None:
     # Session-local scratch space, not schema: `LIKE` copies the real columns' types.
     info = conn.connection.info
-    if info.get("clickstream_stage_ready"):
+    if info.get(_STAGE_READY):
         return
     preparer = conn.dialect.identifier_preparer
     for table in (tables.events, tables.meta):
@@ -315,7 +325,12 @@ def _ensure_stage_tables(conn: sa.Connection, tables: Tables) -> None:
             f"CREATE TEMPORARY TABLE IF NOT EXISTS stage_{table.name} "
             f"(LIKE {preparer.format_table(table)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-    info["clickstream_stage_ready"] = True
+    # The CREATE belongs to the caller's transaction: if that batch rolls back (a poison row
+    # about to be bisected, a lost connection), the flag must go too, or every later batch on
+    # this session fails with 3F000 (schema "pg_temp" does not exist).
+    if not sa.event.contains(conn.engine, "rollback", _forget_stage_tables):
+        sa.event.listen(conn.engine, "rollback", _forget_stage_tables)
+    info[_STAGE_READY] = True
 
 
 def _copy_into(
