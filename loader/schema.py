@@ -78,6 +78,9 @@ TEXT_CAPS: Final[dict[str, int]] = {
     "trace_id": INDEXED_TEXT_CAP,
 }
 
+# Python None means SQL NULL in jsonb columns (not the JSON value `null`), so `IS NULL` works.
+JSON_OR_NULL: Final = JSONB(none_as_null=True)
+
 # S3 keys sort bytewise; the "C" collation makes the btree index serve both
 # `s3_key LIKE 'events/2026/11/24/13/%'` and range scans in S3's own order.
 S3_KEY_TYPE: Final = Text(collation="C")
@@ -128,10 +131,12 @@ clickstream_events = Table(
         comment="product.discountPrice as sent; NULL when not a finite number.",
     ),
     Column("context_product_url_path", Text, comment="product.urlPath"),
-    Column("element", JSONB, comment="Click metadata: element {tag, id, role, text, dataset}."),
+    Column(
+        "element", JSON_OR_NULL, comment="Click metadata: element {tag, id, role, text, dataset}."
+    ),
     Column(
         "properties",
-        JSONB,
+        JSON_OR_NULL,
         comment="Every payload field not mapped to a column, so nothing the tracker sends is lost.",
     ),
     Column(
@@ -192,7 +197,7 @@ clickstream_ingest_meta = Table(
     Column("s3_last_modified", DateTime(timezone=True), comment="The object's LastModified."),
     Column(
         "ingest_metadata",
-        JSONB,
+        JSON_OR_NULL,
         comment="The whole _ingest block as received (sanitised), so nothing is lost.",
     ),
     Column(

@@ -92,9 +92,10 @@ def parse_shard(raw: Any) -> Shard | None:
     if not isinstance(raw, Mapping):
         raise TriggerError(f"shard must be an object {{'index': i, 'count': n}}, got {raw!r}")
     try:
-        return Shard(index=int(raw["index"]), count=int(raw["count"]))
+        index, count = int(raw["index"]), int(raw["count"])
     except (KeyError, TypeError, ValueError):
         raise TriggerError(f"shard must be {{'index': i, 'count': n}}, got {raw!r}") from None
+    return Shard(index=index, count=count)
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,3 +187,19 @@ def test_settings_default_to_copy() -> None:
     )
     with pytest.raises(ValueError, match="WRITE_METHOD"):
         load_settings({"RAW_BUCKET_NAME": "b", "WRITE_METHOD": "fast"})
+
+
+def test_absent_json_is_sql_null_not_json_null(dw_engine: sa.Engine, writer: BatchWriter) -> None:
+    """`properties IS NULL` must find events with nothing left over, whatever the write path."""
+    plain = transform_object(
+        SourceObject("b", "k-plain", HOUR), b'{"event_name": "page_view"}'
+    ).events[0]
+    write(dw_engine, writer, [plain])
+    with dw_engine.connect() as conn:
+        nulls = conn.execute(
+            sa.text(
+                "SELECT properties IS NULL, element IS NULL, ingest_metadata IS NULL "
+                "FROM clickstream_events JOIN clickstream_ingest_meta USING (event_id)"
+            )
+        ).one()
+    assert tuple(nulls) == (True, True, True)

@@ -175,12 +175,11 @@ def test_a_shard_travels_with_the_trigger() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        # Out of range. parse_shard re-raises Shard's range message as this generic one (its
-        # `except ValueError` also catches TriggerError), so the range is not named here.
-        ({"index": 4, "count": 4}, r"\{'index': i, 'count': n\}, got \{'index': 4, 'count': 4\}"),
-        ({"index": -1, "count": 4}, r"\{'index': i, 'count': n\}"),
-        ({"index": 0, "count": 0}, r"\{'index': i, 'count': n\}"),
-        ({"index": 0, "count": 4097}, r"\{'index': i, 'count': n\}"),
+        # Out of range: the message names the range and the values given.
+        ({"index": 4, "count": 4}, r"0 <= i < n <= 4096, got index=4 count=4"),
+        ({"index": -1, "count": 4}, r"0 <= i < n <= 4096, got index=-1 count=4"),
+        ({"index": 0, "count": 0}, r"0 <= i < n <= 4096, got index=0 count=0"),
+        ({"index": 0, "count": 4097}, r"0 <= i < n <= 4096, got index=0 count=4097"),
         ({"index": 0}, r"\{'index': i, 'count': n\}"),
         ({"index": "x", "count": 2}, r"\{'index': i, 'count': n\}"),
         ({"index": None, "count": 2}, r"\{'index': i, 'count': n\}"),
