@@ -38,7 +38,7 @@ DryRun = Annotated[
 def _setup() -> None:
     from loader.observability import set_log_stream
 
-    set_log_stream(sys.stderr)
+    set_log_stream("stderr")
     # Piped output (a file, grep, the README's transcripts) gets each table's natural width:
     # rich's 80-column default for non-terminals cut hour labels to "2026-11-2…".
     for console in (out, err):

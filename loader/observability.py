@@ -9,11 +9,13 @@ Logs go to stdout (CloudWatch in Lambda); the CLI moves them to stderr so its ow
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import sys
 from datetime import datetime
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Literal, cast
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -23,14 +25,37 @@ from loader.report import Report
 SERVICE: Final = os.environ.get("POWERTOOLS_SERVICE_NAME", "clickstream-loader")
 NAMESPACE: Final = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ClickstreamLoader")
 
-log = Logger(service=SERVICE, level=os.environ.get("LOG_LEVEL", "INFO"))
+
+class CurrentStream(io.TextIOBase):
+    """`sys.stdout` or `sys.stderr` as they are when a line is written, not when the logger was
+    created: whoever redirects them later (the CLI, a test's capture) gets the log lines too."""
+
+    def __init__(self, name: Literal["stdout", "stderr"]) -> None:
+        self.stream_name = name
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        written: int = getattr(sys, self.stream_name).write(text)
+        return written
+
+    def flush(self) -> None:
+        getattr(sys, self.stream_name).flush()
 
 
-def set_log_stream(stream: IO[str]) -> None:
-    """Send log lines to `stream` (the CLI uses stderr)."""
+log = Logger(
+    service=SERVICE,
+    level=os.environ.get("LOG_LEVEL", "INFO"),
+    stream=cast(IO[str], CurrentStream("stdout")),
+)
+
+
+def set_log_stream(name: Literal["stdout", "stderr"]) -> None:
+    """Send log lines to stdout (Lambda, CloudWatch) or stderr (the CLI, whose stdout is data)."""
     for handler in log.handlers:
         if isinstance(handler, logging.StreamHandler):
-            handler.setStream(stream)
+            handler.setStream(CurrentStream(name))
 
 
 def emf_metrics(report: Report, now: datetime) -> dict[str, Any]:

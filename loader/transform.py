@@ -286,6 +286,10 @@ def map_record(
     if ingest is not None and anonymize:
         ingest = _anonymize_ingest(ingest)
         record = {**record, "_ingest": ingest}
+    elif raw_ingest is not None and anonymize:
+        # An `_ingest` that is not an object may still hold an address we cannot truncate.
+        raw_ingest = None
+        record = {k: v for k, v in record.items() if k != "_ingest"}
     record = clean_json(record, repairs)
     ingest = record.get("_ingest") if ingest is not None else None
     event_id = derive_event_id(record, source.key, position)

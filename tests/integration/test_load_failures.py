@@ -61,6 +61,7 @@ def test_unreachable_database_fails_within_the_retry_budget_and_a_rerun_loads_al
     assert time.monotonic() - started < 15
     assert PASSWORD not in str(failure.value) and PASSWORD not in repr(failure.value)
     output = capfd.readouterr()
+    assert '"run failed"' in output.out  # the logs were captured: the check below means something
     assert PASSWORD not in output.out + output.err
     assert event_count(dw_engine) == (0, 0)
     # AND a rerun against the real warehouse loads everything
@@ -70,6 +71,7 @@ def test_unreachable_database_fails_within_the_retry_budget_and_a_rerun_loads_al
     assert report["inserted"] == len(objects)
     assert event_count(dw_engine) == (len(objects), len(objects))
     output = capfd.readouterr()
+    assert '"run finished"' in output.out
     assert PASSWORD not in output.out + output.err
 
 

@@ -8,14 +8,11 @@ test's own database, a Lambda running out of time is a fake context whose clock 
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import json
-import logging
 import math
 import re
 import socket
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,7 +25,7 @@ from typer.testing import CliRunner
 import lambda_function
 from loader.cli import app
 from loader.demo import RawObject, generate_hour, upload
-from loader.observability import log, set_log_stream
+from loader.observability import set_log_stream
 from loader.source import S3TransientError
 from loader.window import hour_prefix
 
@@ -67,39 +64,20 @@ def handler(loader_env: dict[str, str]) -> Iterator[Any]:
     lambda_function._factory.close()
 
 
-class _CurrentStdout(io.TextIOBase):
-    """Writes to whatever `sys.stdout` is at the time of writing: pytest swaps its capture
-    files between a test's setup and call phases, and closes the old ones."""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        return sys.stdout.write(text)
-
-    def flush(self) -> None:
-        sys.stdout.flush()
-
-
 @pytest.fixture
 def captured(capfd: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
     """stdout as CloudWatch would see it: the JSON logs and the EMF lines, both on stdout as in
-    Lambda (the logger, created at import, is pointed at the current stdout)."""
-    saved = [(h, h.stream) for h in log.handlers if isinstance(h, logging.StreamHandler)]
-    set_log_stream(_CurrentStdout())
+    Lambda (the logger writes to whatever sys.stdout is at the time)."""
+    set_log_stream("stdout")
     yield capfd
-    for handler, stream in saved:
-        handler.stream = stream
 
 
 def cli(*args: str, code: int = 0) -> Any:
     """The CLI in-process; returns its --json output."""
-    saved = [(h, h.stream) for h in log.handlers if isinstance(h, logging.StreamHandler)]
     try:
         result = CliRunner().invoke(app, [*args, "--json"])
     finally:
-        for handler, stream in saved:
-            handler.stream = stream  # the runner closes the stderr the CLI logged to
+        set_log_stream("stdout")  # the CLI moved the logs to stderr
     assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
     return json.loads(result.stdout)
 

@@ -678,3 +678,12 @@ def test_the_transform_reads_no_clock() -> None:
     second = transform_object(src, raw).events[0]
     assert (first.event, first.meta) == (second.event, second.meta)
     assert "loaded_at" not in first.event and "loaded_at" not in first.meta
+
+
+def test_anonymize_drops_an_ingest_block_that_is_not_an_object() -> None:
+    body = json.dumps({"event_name": "page_view", "_ingest": "sourceIp=203.0.113.77"}).encode()
+    plain = transform_object(SourceObject("b", "k", None), body).events[0]
+    assert plain.event["properties"] == {"_ingest": "sourceIp=203.0.113.77"}
+    anonymized = transform_object(SourceObject("b", "k", None), body, anonymize=True).events[0]
+    assert "203.0.113.77" not in json.dumps(anonymized.event, default=str)
+    assert "203.0.113.77" not in json.dumps(anonymized.meta, default=str)
