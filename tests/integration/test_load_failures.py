@@ -22,7 +22,7 @@ from loader.demo import generate_hour, upload
 from loader.pipeline import HourJob
 
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
-PASSWORD = "Sup3r-S3cret-pa55word"  # noqa: S105 - the string the test hunts for
+PASSWORD = "Sup3r-S3cret-pa55word"
 
 
 @pytest.fixture
