@@ -9,6 +9,8 @@ README's operations section can be run against the demo hour from another shell.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -41,6 +43,7 @@ def _migrate(env: dict[str, str]) -> str:
     os.environ.update(env)
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.attributes["configure_logging"] = False  # the demo prints its own steps
     command.upgrade(config, "head")
     from loader.db import code_head_revision
 
@@ -139,7 +142,11 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
             revision = _migrate(env)
             say(f"   warehouse at revision {revision}")
 
-            s3 = boto3.client("s3", endpoint_url=endpoint)
+            from botocore.config import Config as BotoConfig
+
+            s3 = boto3.client(
+                "s3", endpoint_url=endpoint, config=BotoConfig(max_pool_connections=16)
+            )
             s3.create_bucket(Bucket=BUCKET)
             hour = parse_hour("2026-11-24T13")
             objects = upload(
@@ -157,9 +164,12 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
 
             say("[bold]4. Invoking the Lambda handler with the EventBridge event of 14:05Z[/]")
             started = time.perf_counter()
-            first = lambda_function.lambda_handler(SCHEDULED_EVENT, None)
+            first, metrics = _invoke(SCHEDULED_EVENT)
             elapsed = time.perf_counter() - started
             rate = first["inserted"] / elapsed if elapsed else 0.0
+            if metrics:
+                names = [m["Name"] for m in metrics["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+                say(f"   EMF metrics emitted: {', '.join(names)}")
             say(
                 f"   loaded {first['inserted']} events in {elapsed:.2f}s ({rate:,.0f} events/s); "
                 f"malformed {first['malformed']['count']}, invalid {first['invalid']['count']}"
@@ -199,7 +209,7 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
                 console.print(table)
 
             say("[bold]5. Rerunning the same hour[/]")
-            second = lambda_function.lambda_handler({"hour": "2026-11-24T13"}, None)
+            second, _ = _invoke({"hour": "2026-11-24T13"})
             say(
                 f"   inserted {second['inserted']}, duplicates {second['duplicates']} "
                 "(a rerun inserts nothing twice)"
@@ -216,13 +226,31 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
                 "expected_events": expected,
             }
             if as_json:
-                print(json.dumps(result, default=str))  # noqa: T201
+                print(json.dumps(result, default=str))
             if serve:
                 _serve(env)
             return result
     finally:
         if pg.server is not None:
             pg.server.cleanup()
+
+
+def _invoke(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Lambda handler, with its EMF line (stdout in Lambda) captured for a one-line summary
+    and per-key log lines turned down: the demo shows the report, not the log stream."""
+    import lambda_function
+    from loader.observability import log
+
+    level = log.log_level
+    log.setLevel("WARNING")
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            report = lambda_function.lambda_handler(event, None)
+    finally:
+        log.setLevel(level)
+    emf = [json.loads(line) for line in captured.getvalue().splitlines() if '"_aws"' in line]
+    return report, (emf[-1] if emf else {})
 
 
 def _serve(env: dict[str, str]) -> None:
@@ -237,7 +265,7 @@ def _serve(env: dict[str, str]) -> None:
     ]
     (DEMO_DIR / "env").write_text("\n".join(lines) + "\n")
     print(
-        f"\nServers are up. In another shell: source {DEMO_DIR / 'env'}  (Ctrl-C here stops them)",  # noqa: T201
+        f"\nServers are up. In another shell: source {DEMO_DIR / 'env'}  (Ctrl-C here stops them)",
         flush=True,
     )
     try:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,7 +64,11 @@ def start_embedded_postgres(data_dir: Path | None = None) -> LocalPostgres:
 
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="clickstream-pg-"))
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset (as for root here) and falls back
+        # to /tmp: harmless for a local server, noise in the demo's output.
+        warnings.simplefilter("ignore")
+        server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")  # type: ignore[attr-defined]
     uri = urlparse(server.get_uri())
     host = parse_qs(uri.query)["host"][0]
     return LocalPostgres(
