@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
-from loader.config import DatabaseSettings
+from loader.config import DatabaseSettings, Settings
 from loader.db import make_engine
 from loader.demo import generate_hour
 from loader.local import start_embedded_postgres
@@ -32,7 +32,6 @@ from loader.sink import (
     write_batch,
     write_batch_copy,
 )
-from loader.config import Settings
 from loader.transform import SourceObject, transform_object
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,8 +49,9 @@ def fresh_db(admin: sa.Engine, name: str, settings: DatabaseSettings) -> Databas
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    db = DatabaseSettings(host=settings.host, port=settings.port, user=settings.user,
-                          database=name, sslmode="disable")
+    db = DatabaseSettings(
+        host=settings.host, port=settings.port, user=settings.user, database=name, sslmode="disable"
+    )
     engine = sa.create_engine(db.url(), poolclass=sa.NullPool)
     with engine.begin() as conn:
         cfg = Config(str(ROOT / "alembic.ini"))
@@ -79,10 +79,14 @@ def copy_ceiling(engine, records) -> float:
     started = time.perf_counter()
     with engine.begin() as conn:
         cursor = conn.connection.dbapi_connection.cursor()
-        cursor.copy_expert(f"COPY ceiling_clickstream_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN",
-                           _copy_rows([r.event for r in records], EVENT_COLUMNS))
-        cursor.copy_expert(f"COPY ceiling_clickstream_ingest_meta ({', '.join(META_COLUMNS)}) FROM STDIN",
-                           _copy_rows([r.meta for r in records], META_COLUMNS))
+        cursor.copy_expert(
+            f"COPY ceiling_clickstream_events ({', '.join(EVENT_COLUMNS)}) FROM STDIN",
+            _copy_rows([r.event for r in records], EVENT_COLUMNS),
+        )
+        cursor.copy_expert(
+            f"COPY ceiling_clickstream_ingest_meta ({', '.join(META_COLUMNS)}) FROM STDIN",
+            _copy_rows([r.meta for r in records], META_COLUMNS),
+        )
     return time.perf_counter() - started
 
 
@@ -92,39 +96,54 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     args = parser.parse_args()
     pg = start_embedded_postgres()
-    base = DatabaseSettings(host=pg.host, port=pg.port, user=pg.user, database="postgres",
-                            sslmode="disable")
+    base = DatabaseSettings(
+        host=pg.host, port=pg.port, user=pg.user, database="postgres", sslmode="disable"
+    )
     admin = sa.create_engine(base.url(), isolation_level="AUTOCOMMIT")
     records = events(args.events)
     tables = tables_for(Settings(raw_bucket="b", db=base))
     results = {}
     try:
-        for label, method in (("insert_returning", write_batch), ("copy_staging", write_batch_copy)):
+        for label, method in (
+            ("insert_returning", write_batch),
+            ("copy_staging", write_batch_copy),
+        ):
             db = fresh_db(admin, f"bench_{label}", base)
             engine = make_engine(db)
             first, inserted = run(method, engine, tables, records, args.batch)
             again, reinserted = run(method, engine, tables, records, args.batch)
-            results[label] = {"events_per_s": round(len(records) / first),
-                              "rerun_events_per_s": round(len(records) / again),
-                              "inserted": inserted, "rerun_inserted": reinserted}
+            results[label] = {
+                "events_per_s": round(len(records) / first),
+                "rerun_events_per_s": round(len(records) / again),
+                "inserted": inserted,
+                "rerun_inserted": reinserted,
+            }
             engine.dispose()
         db = fresh_db(admin, "bench_ceiling", base)
         engine = make_engine(db)
-        results["copy_ceiling"] = {"events_per_s": round(len(records) / copy_ceiling(engine, records))}
+        results["copy_ceiling"] = {
+            "events_per_s": round(len(records) / copy_ceiling(engine, records))
+        }
         engine.dispose()
     finally:
         admin.dispose()
         pg.server.cleanup()
-    print(f"| method ({len(records)} events, batch {args.batch}) | events/s | rerun events/s | x of COPY ceiling |")
+    print(
+        f"| method ({len(records)} events, batch {args.batch}) | events/s | rerun events/s "
+        "| x of COPY ceiling |"
+    )
     print("|---|---|---|---|")
     ceiling = results["copy_ceiling"]["events_per_s"]
     for label, r in results.items():
-        print(f"| {label} | {r['events_per_s']:,} | {r.get('rerun_events_per_s', '')} | "
-              f"{r['events_per_s'] / ceiling:.2f} |")
+        print(
+            f"| {label} | {r['events_per_s']:,} | {r.get('rerun_events_per_s', '')} | "
+            f"{r['events_per_s'] / ceiling:.2f} |"
+        )
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "db_write_methods.json").write_text(json.dumps(
-        {"events": len(records), "batch": args.batch, "results": results}, indent=2))
+    (out / "db_write_methods.json").write_text(
+        json.dumps({"events": len(records), "batch": args.batch, "results": results}, indent=2)
+    )
 
 
 if __name__ == "__main__":
