@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.dialects.postgresql import distinct_on, insert
 
 from loader.report import Report
 from loader.sink import Tables
@@ -85,9 +85,12 @@ def start_run(
     started_at: datetime,
     loader_version: str,
 ) -> None:
+    """Record the run as `running`. Idempotent: this is retried, and a COMMIT whose reply was
+    lost may have landed - the retry must not fail on its own row (unique violation)."""
     with engine.begin() as conn:
         conn.execute(
-            sa.insert(tables.load_runs).values(
+            insert(tables.load_runs)
+            .values(
                 run_id=uuid.UUID(report.run_id),
                 hour=hour,
                 trigger=report.trigger,
@@ -97,6 +100,7 @@ def start_run(
                 loader_version=loader_version,
                 db_revision=report.db_revision,
             )
+            .on_conflict_do_nothing(index_elements=["run_id"])
         )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.sql.schema import RETAIN_SCHEMA
@@ -321,8 +322,9 @@ def _ensure_stage_tables(conn: sa.Connection, tables: Tables) -> None:
         return
     preparer = conn.dialect.identifier_preparer
     for table in (tables.events, tables.meta):
+        # Quoted like every Core statement quotes it (a mixed-case TARGET_TABLE stays itself).
         conn.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS stage_{table.name} "
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {preparer.quote(_stage(table).name)} "
             f"(LIKE {preparer.format_table(table)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
     # The CREATE belongs to the caller's transaction: if that batch rolls back (a poison row
@@ -339,12 +341,29 @@ def _copy_into(
     rows: Sequence[dict[str, Any]],
     columns: Sequence[str],
 ) -> None:
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    quote = conn.dialect.identifier_preparer.quote
+    statement = f"COPY pg_temp.{quote(stage.name)} ({', '.join(map(quote, columns))}) FROM STDIN"
+    dbapi_connection = conn.connection.dbapi_connection
+    cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.copy_expert(
-            f"COPY pg_temp.{stage.name} ({', '.join(columns)}) FROM STDIN",
-            _copy_rows(rows, columns),
-        )
+        cursor.copy_expert(statement, _copy_rows(rows, columns))
+    except psycopg2.Error as exc:
+        # The raw cursor's errors bypass SQLAlchemy: wrap them as it wraps every other statement's,
+        # so a value the staging table refuses (a NOT NULL a DBA added) is bisected and
+        # quarantined like one INSERT refuses, instead of failing the hour with its DETAIL.
+        raise sa.exc.DBAPIError.instance(
+            statement,
+            None,
+            exc,
+            psycopg2.Error,
+            hide_parameters=True,
+            connection_invalidated=conn.dialect.is_disconnect(
+                exc,  # type: ignore[arg-type]  # psycopg2.Error is this dialect's DBAPI Error
+                dbapi_connection,
+                cursor,
+            ),
+            dialect=conn.dialect,
+        ) from exc
     finally:
         cursor.close()
 

