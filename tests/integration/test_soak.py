@@ -20,7 +20,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -115,6 +114,7 @@ def test_a_day_backfilled_by_three_overlapping_processes_loses_and_duplicates_no
     bucket: str,
     dw_engine: sa.Engine,
     request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
     began = time.monotonic()
     planted: list[Planted] = []
@@ -126,7 +126,7 @@ def test_a_day_backfilled_by_three_overlapping_processes_loses_and_duplicates_no
     assert events >= 100_000
     generated_s = time.monotonic() - began
 
-    logs = Path(tempfile.mkdtemp(prefix="soak-"))
+    logs = tmp_path
     procs: dict[str, subprocess.Popen[bytes]] = {}
     started = time.monotonic()
     with SessionPoller(dw_engine) as poller:
