@@ -20,12 +20,33 @@ from loader.window import hour_prefix
 
 PAGES = ["/", "/p/running-shoe-42", "/p/trail-jacket-7", "/c/shoes", "/cart", "/checkout"]
 PRODUCTS = [
-    {"id": "SKU-42", "name": "Giày chạy bộ Aero", "category": "shoes", "brand": "Acme",
-     "price": 129000, "discountPrice": 99000, "urlPath": "/p/running-shoe-42"},
-    {"id": "SKU-7", "name": "Trail jacket", "category": "outerwear", "brand": "Nord",
-     "price": 249.9, "discountPrice": None, "urlPath": "/p/trail-jacket-7"},
+    {
+        "id": "SKU-42",
+        "name": "Giày chạy bộ Aero",
+        "category": "shoes",
+        "brand": "Acme",
+        "price": 129000,
+        "discountPrice": 99000,
+        "urlPath": "/p/running-shoe-42",
+    },
+    {
+        "id": "SKU-7",
+        "name": "Trail jacket",
+        "category": "outerwear",
+        "brand": "Nord",
+        "price": 249.9,
+        "discountPrice": None,
+        "urlPath": "/p/trail-jacket-7",
+    },
 ]
-MALFORMED_BODIES = [b"", b"{not json", b"null", b"[1, 2, 3]", b"\xff\xfe\x00garbage", b'"just a string"']
+MALFORMED_BODIES = [
+    b"",
+    b"{not json",
+    b"null",
+    b"[1, 2, 3]",
+    b"\xff\xfe\x00garbage",
+    b'"just a string"',
+]
 
 
 @dataclass(frozen=True)
@@ -58,15 +79,21 @@ def _event(rng: random.Random, hour: datetime, index: int) -> dict[str, Any]:
             product["price"] = str(product["price"])
         event["product"] = product
     if kind == "click":
-        event["element"] = {"tag": "button", "id": "add-to-cart", "role": "button",
-                            "text": "Thêm vào giỏ", "dataset": {"position": str(index % 12)}}
+        event["element"] = {
+            "tag": "button",
+            "id": "add-to-cart",
+            "role": "button",
+            "text": "Thêm vào giỏ",
+            "dataset": {"position": str(index % 12)},
+        }
     if kind == "custom":
         event["timestamp"] = int(at.timestamp() * 1000)
         event["custom_event"] = "newsletter_signup"
         event["properties"] = {"form": "footer", "variant": rng.choice("AB")}
     event["_ingest"] = {
         "receivedAt": (at + timedelta(milliseconds=rng.randrange(50, 900)))
-        .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
         "sourceIp": f"203.0.113.{rng.randrange(1, 255)}",
         "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15",
         "path": "/events",
@@ -89,7 +116,7 @@ def generate_hour(
     events_prefix: str = "events/",
 ) -> Iterator[RawObject]:
     """`count` objects under the hour's prefix, named `event-<uuid>.json` like the ingest Lambda."""
-    rng = random.Random(seed)  # noqa: S311 - test data, not security
+    rng = random.Random(seed)  # test data: reproducible, not secret
     prefix = hour_prefix(hour, events_prefix)
     for index in range(count):
         key = f"{prefix}event-{uuid.UUID(int=rng.getrandbits(128), version=4)}.json"
@@ -109,8 +136,9 @@ def generate_hour(
             yield RawObject(key, body)
 
 
-def upload(s3: Any, bucket: str, objects: Iterator[RawObject] | list[RawObject],
-           threads: int = 16) -> list[RawObject]:
+def upload(
+    s3: Any, bucket: str, objects: Iterator[RawObject] | list[RawObject], threads: int = 16
+) -> list[RawObject]:
     """PUT objects concurrently; returns them (for reconciliation)."""
     from concurrent.futures import ThreadPoolExecutor
 
