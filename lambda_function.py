@@ -13,10 +13,12 @@ from typing import Any
 
 from loader import __version__
 from loader.app import LoaderFactory
+from loader.db import sqlstate
 from loader.ledger import finalize_sharded_hour
 from loader.observability import emit_metrics, log
 from loader.pipeline import run_trigger
 from loader.report import Report
+from loader.secrets import forget_database_secrets
 from loader.window import (
     Shard,
     TriggerError,
@@ -28,6 +30,8 @@ from loader.window import (
 )
 
 _factory = LoaderFactory()
+#: invalid_authorization_specification, invalid_password
+_AUTH_FAILURES = frozenset({"28000", "28P01"})
 
 
 def _remaining_ms(context: Any) -> Any:
@@ -54,8 +58,12 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         summary = report.to_dict()
         log.info("run finished", extra={"report": summary})
         return summary
-    except Exception:
+    except Exception as exc:
         log.exception("run failed")
+        if sqlstate(exc) in _AUTH_FAILURES:
+            # The password may have been rotated: re-read the secret on the next invocation.
+            forget_database_secrets()
+            _factory.close()
         raise
     finally:
         _factory.release()

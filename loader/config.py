@@ -84,7 +84,7 @@ class Settings:
     max_object_bytes: int = 1_048_576
     max_decompressed_bytes: int = 8_388_608
     db_retry_budget_s: float = 30.0
-    db_max_attempts: int = 6
+    db_max_attempts: int = 10
     lookback_hours: int = 2
     anonymize_ip: bool = False
     lock_wait_s: float = 5.0
@@ -222,7 +222,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_object_bytes=_int(env, "MAX_OBJECT_BYTES", 1_048_576, minimum=1),
         max_decompressed_bytes=_int(env, "MAX_DECOMPRESSED_BYTES", 8_388_608, minimum=1),
         db_retry_budget_s=_float(env, "DB_RETRY_BUDGET_SECONDS", 30.0),
-        db_max_attempts=_int(env, "DB_MAX_ATTEMPTS", 6, minimum=1),
+        db_max_attempts=_int(env, "DB_MAX_ATTEMPTS", 10, minimum=1),
         lookback_hours=_int(env, "LOOKBACK_HOURS", 2),
         anonymize_ip=_bool(env, "ANONYMIZE_IP", False),
         lock_wait_s=_float(env, "LOCK_WAIT_SECONDS", 5.0),
