@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Final
 
 import psycopg2
@@ -293,11 +295,46 @@ def _copy_field(value: Any) -> str:
     return str(value)
 
 
+# The same text as `_copy_field`, chosen by exact type (a subclass takes `_copy_field`'s
+# isinstance chain): the loader's hot loop, ~2x faster than the chain (bench/README.md, profile).
+# Escaping is skipped only for text holding none of the four characters it would replace.
+_NEEDS_ESCAPE = re.compile(r"[\\\n\r\t]").search
+
+
+def _copy_text(value: str) -> str:
+    return value.translate(_COPY_ESCAPES) if _NEEDS_ESCAPE(value) else value
+
+
+def _copy_json(value: Any) -> str:
+    return _copy_text(dumps_json(value))
+
+
+_COPY_BY_TYPE: Final[dict[type, Callable[[Any], str]]] = {
+    type(None): lambda _: "\\N",
+    bool: lambda value: "t" if value else "f",
+    str: _copy_text,
+    bytes: lambda value: "\\\\x" + value.hex(),
+    datetime: datetime.isoformat,
+    dict: _copy_json,
+    list: _copy_json,
+    uuid.UUID: str,
+    Decimal: str,
+    int: str,
+}
+
+
 def _copy_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> io.StringIO:
+    formatter = _COPY_BY_TYPE.get
+    lines = []
+    for row in rows:
+        fields = []
+        for column in columns:
+            value = row.get(column)
+            format_value = formatter(type(value))
+            fields.append(_copy_field(value) if format_value is None else format_value(value))
+        lines.append("\t".join(fields) + "\n")
     buffer = io.StringIO()
-    buffer.writelines(
-        "\t".join(_copy_field(row.get(column)) for column in columns) + "\n" for row in rows
-    )
+    buffer.writelines(lines)
     buffer.seek(0)
     return buffer
 
