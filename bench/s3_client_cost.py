@@ -20,14 +20,8 @@ import gc
 import json
 import os
 import platform
-import re
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,9 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "bench" / ".work"
 RESULTS = ROOT / "bench" / "results" / "s3_client_cost.json"
-S3RVER_JS = WORK / "node_modules" / "s3rver" / "bin" / "s3rver.js"
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "S3RVER")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "S3RVER")
@@ -48,6 +40,7 @@ os.environ.pop("AWS_PROFILE", None)
 sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
+from servers import ensure_s3rver, s3rver  # noqa: E402  (bench/servers.py)
 
 from loader.config import DatabaseSettings, Settings  # noqa: E402
 from loader.s3_list import lister_for_boto3_client  # noqa: E402
@@ -60,71 +53,6 @@ SERVER_CPU = 1
 
 def _cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
-
-
-def ensure_s3rver() -> bool:
-    if S3RVER_JS.exists():
-        return True
-    if not shutil.which("npm") or not shutil.which("node"):
-        return False
-    print("installing s3rver@3 under bench/.work ...", file=sys.stderr)
-    WORK.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["npm", "install", "--prefix", str(WORK), "--no-audit", "--no-fund", "s3rver@3"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if done.returncode != 0:
-        print(done.stderr[-2000:], file=sys.stderr)
-    return S3RVER_JS.exists()
-
-
-@contextmanager
-def s3rver(server_cpu: int | None) -> Iterator[str]:
-    data = Path(tempfile.mkdtemp(prefix="s3rver-", dir=WORK))
-    proc = subprocess.Popen(
-        [
-            "node",
-            "--openssl-legacy-provider",
-            str(S3RVER_JS),
-            "-d",
-            str(data),
-            "-a",
-            "127.0.0.1",
-            "-p",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        if server_cpu is not None:
-            os.sched_setaffinity(proc.pid, {server_cpu})
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 30
-        port = None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            found = re.search(r"listening on [\d.]+:(\d+)", line)
-            if found:
-                port = int(found.group(1))
-                break
-        if port is None:
-            raise RuntimeError("s3rver did not start")
-        # Keep draining its output so it can never block on a full pipe.
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 @contextmanager

@@ -1,0 +1,532 @@
+"""One measured benchmark case, run in its own process by `bench/run.py`.
+
+    python bench/cases.py CASE --size N --out result.json
+
+The parent sets the environment exactly as a Lambda would see it (RAW_BUCKET_NAME, DW_PG_*,
+AWS_ENDPOINT_URL, S3_CLIENT, WRITE_METHOD, ...). Setup (imports, clients, engine, and for the DB
+cases generating and transforming the pre-fetched events) happens before the measured section;
+the measured section is timed with `time.perf_counter()` (wall) and `getrusage(RUSAGE_SELF)`
+(user+sys CPU of every thread of this process, the CRT's native threads included; never the
+servers'). Peak RSS is the process's VmHWM at exit
+(see `_peak_rss_mb`). The result is written as JSON to --out.
+
+Cases:
+  s3_boto3, s3_crt   S3 ceiling: list + concurrent GET + orjson.loads, no database, through the
+                     loader's real sources (Boto3Source / CrtSource).
+  naive              a hand-rolled Lambda: boto3 paginator, ThreadPoolExecutor(32) get_object,
+                     json.loads, psycopg2 executemany INSERT ... ON CONFLICT DO NOTHING into both
+                     tables per 500-event batch.
+  loader             the real loader end to end: HourLoader.load(HourJob(hour, "manual")) with
+                     the settings from the environment (S3_CLIENT, WRITE_METHOD).
+  db_stage           the loader's DB stage alone: its batching and writer (HourLoader._stream)
+                     over pre-fetched bodies whose transform was done beforehand (no S3, no
+                     transform, no per-run lock/ledger in the measured section).
+  db_ceiling         plain COPY of the same transformed rows into empty copies of both tables
+                     (LIKE ... INCLUDING ALL plus the meta -> events foreign key: same columns,
+                     defaults, keys, indexes), one COPY per table in one transaction; also into
+                     bare copies (columns and defaults only: no keys, no indexes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+
+from workload import BUCKET, hour_for, objects  # noqa: E402
+
+_CASES = ("s3_boto3", "s3_crt", "naive", "loader", "db_stage", "db_ceiling")
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def _cpu() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float:
+    """This process image's peak RSS (VmHWM). Not `ru_maxrss`: Linux carries the parent's RSS
+    high-water mark into an exec'd child's ru_maxrss, so it would report the benchmark runner's
+    memory, not the loader's."""
+    return _status_mb("VmHWM")
+
+
+class _RssSampler(threading.Thread):
+    """RSS every 0.25 s during the measured section: shows whether memory is flat or grows."""
+
+    def __init__(self) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.samples: list[tuple[float, float]] = []
+        self._stop_event = threading.Event()
+        self._start = time.perf_counter()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.25):
+            self.samples.append((time.perf_counter() - self._start, _rss_mb()))
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._stop_event.set()
+        self.join()
+        return self.samples
+
+
+def _timeline(samples: list[tuple[float, float]], points: int = 11) -> list[list[float]]:
+    """RSS at evenly spaced moments of the run (a handful of points, for the JSON)."""
+    if not samples:
+        return []
+    picks = sorted({round(i * (len(samples) - 1) / (points - 1)) for i in range(points)})
+    return [[round(samples[i][0], 2), round(samples[i][1], 1)] for i in picks]
+
+
+def measure(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run the measured section; its wall and CPU time, and the RSS around and during it."""
+    gc.collect()
+    rss_before = _rss_mb()
+    sampler = _RssSampler()
+    sampler.start()
+    user0, sys0 = _cpu()
+    wall0 = time.perf_counter()
+    details = run()
+    wall = time.perf_counter() - wall0
+    user1, sys1 = _cpu()
+    samples = sampler.stop()
+    return {
+        "wall_s": wall,
+        "cpu_user_s": user1 - user0,
+        "cpu_sys_s": sys1 - sys0,
+        "cpu_s": (user1 - user0) + (sys1 - sys0),
+        "rss_before_mb": rss_before,
+        "rss_after_mb": _rss_mb(),
+        "rss_timeline_mb": _timeline(samples),
+        "details": details,
+    }
+
+
+# ------------------------------------------------------------------------------ S3 ceiling
+
+
+def case_s3(size: int, client: str) -> dict[str, Any]:
+    import orjson
+
+    from loader.config import load_settings
+    from loader.source import Boto3Source
+    from loader.source_crt import CrtSource
+
+    settings = load_settings()
+    source = Boto3Source(settings) if client == "boto3" else CrtSource(settings)
+    prefix = hour_for(size).prefix
+
+    def run() -> dict[str, Any]:
+        listed = parsed = unparsable = fetch_errors = retries = 0
+        for fetched in source.fetch_many(source.list_objects(prefix)):
+            listed += 1
+            retries += fetched.retries
+            if fetched.body is None:
+                fetch_errors += 1
+                continue
+            try:
+                value = orjson.loads(fetched.body)
+            except orjson.JSONDecodeError:
+                unparsable += 1
+                continue
+            if isinstance(value, dict):
+                parsed += 1
+            else:
+                unparsable += 1
+        return {
+            "objects": listed,
+            "parsed": parsed,
+            "unparsable": unparsable,
+            "fetch_errors": fetch_errors,
+            "retries": retries,
+        }
+
+    try:
+        return measure(run)
+    finally:
+        source.close()
+
+
+# ------------------------------------------------------------------------------ naive baseline
+
+NAIVE_EVENT_COLUMNS = (
+    "event_id, event_name, event_timestamp, client_timestamp, page_url, referrer, user_id, "
+    "user_login_state, client_id, session_id, is_first_visit, context_product_id, "
+    "context_product_name, context_product_category, context_product_brand, "
+    "context_product_price, context_product_discount_price, context_product_url_path, "
+    "element, properties"
+)
+NAIVE_META_COLUMNS = (
+    "event_id, received_at, source_ip, user_agent, path, request_id, api_id, stage, trace_id, "
+    "s3_bucket, s3_key, s3_last_modified, ingest_metadata, payload_sha256"
+)
+NAIVE_EVENTS_SQL = (
+    f"INSERT INTO clickstream_events ({NAIVE_EVENT_COLUMNS}) VALUES ({', '.join(['%s'] * 20)}) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+NAIVE_META_SQL = (
+    f"INSERT INTO clickstream_ingest_meta ({NAIVE_META_COLUMNS}) "
+    f"VALUES ({', '.join(['%s'] * 14)}) ON CONFLICT (event_id) DO NOTHING"
+)
+_NAIVE_MAPPED = {
+    "event_name",
+    "timestamp",
+    "pageUrl",
+    "referrer",
+    "userId",
+    "userLoginState",
+    "clientId",
+    "sessionId",
+    "isFirstVisit",
+    "product",
+    "element",
+    "_ingest",
+}
+
+
+def naive_handler(bucket: str, prefix: str, dsn: str) -> dict[str, int]:
+    """What a hand-rolled loader Lambda looks like: list everything, then per 500 keys fetch them
+    with 32 threads and insert them row by row with executemany."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+    import psycopg2
+    from botocore.config import Config
+    from psycopg2.extras import Json
+
+    s3 = boto3.client("s3", config=Config(max_pool_connections=32))
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [(o["Key"], o["LastModified"]) for o in page.get("Contents", [])]
+
+    def fetch(item: tuple[str, Any]) -> tuple[str, Any, bytes]:
+        key, modified = item
+        return key, modified, s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    conn = psycopg2.connect(dsn)
+    loaded = skipped = 0
+    with ThreadPoolExecutor(32) as pool:
+        for start in range(0, len(keys), 500):
+            events, metas = [], []
+            for key, modified, body in pool.map(fetch, keys[start : start + 500]):
+                try:
+                    e = json.loads(body)
+                except ValueError:
+                    skipped += 1
+                    continue
+                if not isinstance(e, dict) or not isinstance(e.get("event_name"), str):
+                    skipped += 1
+                    continue
+                ingest = e.get("_ingest") if isinstance(e.get("_ingest"), dict) else {}
+                product = e.get("product") if isinstance(e.get("product"), dict) else {}
+                event_id = key.rsplit("event-", 1)[-1].removesuffix(".json")
+                ts = e.get("timestamp")
+                first = e.get("isFirstVisit")
+                events.append(
+                    (
+                        event_id,
+                        e["event_name"],
+                        ingest.get("receivedAt") or modified,
+                        ts if isinstance(ts, str) else None,
+                        e.get("pageUrl"),
+                        e.get("referrer"),
+                        e.get("userId"),
+                        e.get("userLoginState"),
+                        e.get("clientId"),
+                        e.get("sessionId"),
+                        first if isinstance(first, bool) else None,
+                        product.get("id"),
+                        product.get("name"),
+                        product.get("category"),
+                        product.get("brand"),
+                        product.get("price"),
+                        product.get("discountPrice"),
+                        product.get("urlPath"),
+                        Json(e.get("element")),
+                        Json({k: v for k, v in e.items() if k not in _NAIVE_MAPPED}),
+                    )
+                )
+                metas.append(
+                    (
+                        event_id,
+                        ingest.get("receivedAt"),
+                        ingest.get("sourceIp"),
+                        ingest.get("userAgent"),
+                        ingest.get("path"),
+                        ingest.get("requestId"),
+                        ingest.get("apiId"),
+                        ingest.get("stage"),
+                        ingest.get("traceId"),
+                        bucket,
+                        key,
+                        modified,
+                        Json(ingest),
+                        hashlib.sha256(body).digest(),
+                    )
+                )
+            with conn.cursor() as cur:
+                cur.executemany(NAIVE_EVENTS_SQL, events)
+                cur.executemany(NAIVE_META_SQL, metas)
+            conn.commit()
+            loaded += len(events)
+    conn.close()
+    return {"objects": len(keys), "loaded": loaded, "skipped": skipped}
+
+
+def case_naive(size: int) -> dict[str, Any]:
+    env = os.environ
+    dsn = (
+        f"host={env['DW_PG_HOST']} port={env['DW_PG_PORT']} user={env['DW_PG_USER']} "
+        f"dbname={env['DW_PG_DATABASE']}"
+    )
+    import boto3  # noqa: F401 - imported before the measured section, as a warm Lambda has it
+    import psycopg2  # noqa: F401
+
+    prefix = hour_for(size).prefix
+    return measure(lambda: naive_handler(env["RAW_BUCKET_NAME"], prefix, dsn))
+
+
+# ------------------------------------------------------------------------------ the loader
+
+
+def _report_details(report: Any) -> dict[str, Any]:
+    data = report.to_dict()
+    keep = (
+        "state",
+        "objects_listed",
+        "events_read",
+        "inserted",
+        "duplicates",
+        "duplicate_exact",
+        "duplicate_conflicting",
+        "sanitised",
+        "truncated",
+        "batches",
+        "retries",
+        "seconds",
+        "error",
+    )
+    out = {k: data.get(k) for k in keep}
+    for name in ("malformed", "invalid", "quarantined"):
+        value = data.get(name)
+        out[name] = value.get("count") if isinstance(value, dict) else value
+    out["objects"] = data.get("objects_listed")
+    return out
+
+
+def case_loader(size: int) -> dict[str, Any]:
+    from loader.config import load_settings
+    from loader.db import make_engine
+    from loader.pipeline import HourJob, HourLoader
+    from loader.source import make_source
+
+    settings = load_settings()
+    engine = make_engine(settings.db)
+    source = make_source(settings)
+    loader = HourLoader(settings, engine, source)
+    hour = hour_for(size).hour
+    try:
+        return measure(lambda: _report_details(loader.load(HourJob(hour, "manual"))))
+    finally:
+        engine.dispose()
+        source.close()
+
+
+# ------------------------------------------------------------------------------ DB stage / ceiling
+
+
+def _prefetched(size: int) -> list[tuple[Any, bytes]]:
+    """(ObjectRef, body) of every object of the hour, in key order (as S3 lists them)."""
+    from loader.source import ObjectRef
+
+    spec = hour_for(size)
+    modified = spec.hour + timedelta(minutes=59)
+    items = sorted(objects(size))
+    return [(ObjectRef(key, len(body), modified), body) for key, body, _, _ in items]
+
+
+class _Prefetched:
+    """An ObjectSource over bodies already in memory."""
+
+    def __init__(self, bucket: str, items: list[tuple[Any, bytes]]) -> None:
+        self.bucket = bucket
+        self._items = items
+
+    def list_objects(self, prefix: str, start_after: str | None = None) -> Iterator[Any]:
+        return (ref for ref, _ in self._items if ref.key.startswith(prefix))
+
+    def fetch_many(self, refs: Iterable[Any]) -> Iterator[Any]:
+        from loader.source import FetchedObject
+
+        return (FetchedObject(ref, b"") for ref in refs)
+
+    def close(self) -> None:
+        pass
+
+
+def case_db_stage(size: int) -> dict[str, Any]:
+    """The loader's own batching and writer over events fetched and transformed beforehand:
+    `HourLoader._stream` (the producer thread handing objects over the bounded queue, batches of
+    MAX_RECORDS_PER_BATCH ending on object boundaries, `_flush` -> `_commit` -> the COPY-staging
+    writer, one transaction per batch), without the per-run steps around it (schema check, hour
+    lock, ledger rows), which `loader` measures."""
+    import uuid
+
+    from loader.config import load_settings
+    from loader.db import make_engine
+    from loader.pipeline import HourJob, HourLoader
+    from loader.report import Report
+    from loader.source import FetchedObject
+    from loader.window import hour_label
+
+    settings = load_settings()
+    items = _prefetched(size)
+    engine = make_engine(settings.db)
+
+    class PreTransformed(HourLoader):
+        """The real loader, handed objects already fetched and transformed."""
+
+        prepared: dict[str, Any]
+
+        def _transform(self, fetched: Any) -> Any:
+            return self.prepared.pop(fetched.ref.key)
+
+    loader = PreTransformed(settings, engine, _Prefetched(settings.raw_bucket, items))
+    # Setup, not measured: the loader's own transform of every pre-fetched body. Its CPU per
+    # object is reported as the transform's cost.
+    cpu0 = sum(_cpu())
+    loader.prepared = {
+        ref.key: HourLoader._transform(loader, FetchedObject(ref, body)) for ref, body in items
+    }
+    transform_cpu_s = sum(_cpu()) - cpu0
+    spec = hour_for(size)
+    job = HourJob(spec.hour, "manual")
+    report = Report.new(hour_label(spec.hour), spec.prefix, "manual", str(uuid.uuid4()), 100)
+    with engine.connect():
+        pass  # the pool's connection, as the schema check would have opened it
+
+    def run() -> dict[str, Any]:
+        loader._stream(job, report, None, None)
+        return _report_details(report)
+
+    try:
+        result = measure(run)
+    finally:
+        engine.dispose()
+    result["details"]["transform_cpu_ms_per_object"] = 1000 * transform_cpu_s / len(items)
+    return result
+
+
+def case_db_ceiling(size: int) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    from loader.config import load_settings
+    from loader.db import make_engine
+    from loader.sink import EVENT_COLUMNS, META_COLUMNS, _copy_rows
+    from loader.transform import SourceObject, transform_object
+
+    settings = load_settings()
+    records = []
+    for ref, body in _prefetched(size):
+        source = SourceObject(settings.raw_bucket, ref.key, ref.last_modified)
+        records.extend(transform_object(source, body).events)
+    engine = make_engine(settings.db)
+    tables = {"events": "clickstream_events", "meta": "clickstream_ingest_meta"}
+    with engine.begin() as conn:
+        for variant, including in (("copy", "INCLUDING ALL"), ("bare", "INCLUDING DEFAULTS")):
+            for short, table in tables.items():
+                conn.exec_driver_sql(
+                    f"CREATE TABLE ceiling_{variant}_{short} (LIKE {table} {including})"
+                )
+        # LIKE copies keys, indexes and defaults but never foreign keys: add the real one.
+        conn.exec_driver_sql(
+            "ALTER TABLE ceiling_copy_meta ADD FOREIGN KEY (event_id) "
+            "REFERENCES ceiling_copy_events (event_id) ON DELETE CASCADE"
+        )
+
+    def copy(variant: str) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            with engine.begin() as conn:
+                cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                for short, rows, columns in (
+                    ("events", [r.event for r in records], EVENT_COLUMNS),
+                    ("meta", [r.meta for r in records], META_COLUMNS),
+                ):
+                    cursor.copy_expert(
+                        f"COPY ceiling_{variant}_{short} ({', '.join(columns)}) FROM STDIN",
+                        _copy_rows(rows, columns),
+                    )
+                cursor.close()
+            with engine.connect() as conn:
+                copied = conn.execute(
+                    sa.text(f"SELECT count(*) FROM ceiling_{variant}_events")
+                ).scalar_one()
+            return {"rows": copied}
+
+        return run
+
+    try:
+        result = measure(copy("copy"))
+        bare = measure(copy("bare"))
+    finally:
+        engine.dispose()
+    result["details"]["objects"] = size
+    result["details"]["events"] = len(records)
+    result["details"]["bare"] = {k: v for k, v in bare.items() if k != "details"}
+    return result
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("case", choices=_CASES)
+    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("RAW_BUCKET_NAME", BUCKET)
+    runners: dict[str, Callable[[int], dict[str, Any]]] = {
+        "s3_boto3": lambda n: case_s3(n, "boto3"),
+        "s3_crt": lambda n: case_s3(n, "crt"),
+        "naive": case_naive,
+        "loader": case_loader,
+        "db_stage": case_db_stage,
+        "db_ceiling": case_db_ceiling,
+    }
+    result = runners[args.case](args.size)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    result["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["process_cpu_s"] = sum(_cpu())
+    result["pid"] = os.getpid()
+    args.out.write_text(json.dumps(result, default=str, indent=2))
+
+
+if __name__ == "__main__":
+    main()
