@@ -22,6 +22,9 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
+from loader.config import load_database_settings
+from loader.local import LocalPostgres
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / ".demo"
 BUCKET = "clickstream-raw-demo"
@@ -116,16 +119,7 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
     os.environ["BOTO_DISABLE_CRT"] = "true"
     try:
         with moto_s3_server(separate_process=True) as endpoint:
-            admin = sa.create_engine(
-                sa.engine.URL.create(
-                    "postgresql+psycopg2",
-                    username=pg.user,
-                    database="postgres",
-                    query={"host": pg.host},
-                    port=pg.port,
-                ),
-                isolation_level="AUTOCOMMIT",
-            )
+            admin = sa.create_engine(_url(pg, "postgres"), isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:
                 conn.execute(sa.text("CREATE DATABASE warehouse"))
             admin.dispose()
@@ -175,15 +169,7 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
                 f"malformed {first['malformed']['count']}, invalid {first['invalid']['count']}"
             )
 
-            engine = sa.create_engine(
-                sa.engine.URL.create(
-                    "postgresql+psycopg2",
-                    username=pg.user,
-                    database="warehouse",
-                    query={"host": pg.host},
-                    port=pg.port,
-                ),
-            )
+            engine = sa.create_engine(_url(pg, "warehouse"))
             with engine.connect() as conn:
                 rows = conn.execute(
                     sa.text(
@@ -233,6 +219,11 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
     finally:
         if pg.server is not None:
             pg.server.cleanup()
+
+
+def _url(pg: LocalPostgres, database: str) -> sa.engine.URL:
+    """The demo server's URL, built by the loader's own settings code."""
+    return load_database_settings(pg.env(database)).url()
 
 
 def _invoke(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
