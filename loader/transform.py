@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -371,11 +371,12 @@ def map_record(
         leftovers["_ingest"] = record.get("_ingest")
     _shadowed(record, EVENT_NAME_FIELDS, name_field, leftovers)
 
-    def mapped(spellings: Spellings, coerce: Callable[[Any], Any]) -> Any:
-        """The winning spelling's value coerced; its original kept when coercion drops it."""
+    def winner(spellings: Spellings) -> tuple[str | None, Any]:
         field_name, raw = pick(record, spellings)
         _shadowed(record, spellings, field_name, leftovers)
-        coerced = coerce(raw)
+        return field_name, raw
+
+    def keep_original(field_name: str | None, raw: Any, coerced: Any) -> Any:
         if coerced is None and field_name is not None:
             leftovers[field_name] = raw
         return coerced
@@ -385,9 +386,10 @@ def map_record(
         "event_name": to_text(name.strip(), TEXT_CAPS["event_name"], repairs),
     }
     for column, spellings in TEXT_FIELDS.items():
-        cap = TEXT_CAPS[column]
-        event[column] = mapped(spellings, lambda raw, cap=cap: to_text(raw, cap, repairs))
-    event["is_first_visit"] = mapped(FIRST_VISIT_FIELDS, to_bool)
+        field_name, raw = winner(spellings)
+        event[column] = keep_original(field_name, raw, to_text(raw, TEXT_CAPS[column], repairs))
+    field_name, raw = winner(FIRST_VISIT_FIELDS)
+    event["is_first_visit"] = keep_original(field_name, raw, to_bool(raw))
     _map_product(record, event, leftovers, repairs)
 
     element_field, element = pick(record, ELEMENT_FIELDS)
@@ -395,7 +397,8 @@ def map_record(
     if element_field is not None and not isinstance(element, dict):
         leftovers[element_field] = element
 
-    client_timestamp = mapped(TIMESTAMP_FIELDS, to_instant)
+    field_name, raw = winner(TIMESTAMP_FIELDS)
+    client_timestamp = keep_original(field_name, raw, to_instant(raw))
     received_at = to_instant(ingest.get("receivedAt")) if ingest else None
     event["client_timestamp"] = client_timestamp
     # Never NULL: LastModified is always sane for a real object; the epoch floor is the
