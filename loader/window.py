@@ -18,8 +18,8 @@ from typing import Any
 HOUR = timedelta(hours=1)
 _HOUR_FORMAT = "%Y-%m-%dT%H"
 _HOUR_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}$")
-_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DIGITS = re.compile(r"^\d+$")
+_DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DIGITS = re.compile(r"[0-9]+")
 #: Epoch values from here up are milliseconds: 1e11 s is the year 5138, 1e11 ms is March 1973.
 _EPOCH_MS_FROM = 10**11
 #: hoursBack beyond a year is a typo (or an epoch in the wrong field); backfill is for that.
@@ -245,7 +245,7 @@ def parse_instant(value: Any, key: str = "targetUtcHour") -> datetime:
         f"{key} must be an ISO-8601 timestamp like 2026-11-24T13:00:00Z, or epoch seconds or "
         f"milliseconds, got {value!r}"
     )
-    if isinstance(value, str) and _DIGITS.match(value.strip()):
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise TriggerError(expected)
@@ -266,7 +266,7 @@ def parse_instant(value: Any, key: str = "targetUtcHour") -> datetime:
 def parse_date(value: Any) -> date:
     """`YYYY-MM-DD`, read as a UTC day. Nothing else: a timestamp with an offset would leave
     the operator guessing which UTC day it meant."""
-    if isinstance(value, str) and _DATE_ONLY.match(value.strip()):
+    if isinstance(value, str) and _DATE_ONLY.fullmatch(value.strip()):
         try:
             return date.fromisoformat(value.strip())
         except ValueError:
@@ -277,7 +277,7 @@ def parse_date(value: Any) -> date:
 def parse_hours_back(value: Any) -> int:
     """A whole number of hours, 0 (the current hour) to MAX_HOURS_BACK; digits in a string are
     accepted too, as the original ETL's `Number()` does."""
-    if isinstance(value, str) and _DIGITS.match(value.strip()):
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_HOURS_BACK:
         raise TriggerError(
@@ -295,7 +295,7 @@ def parse_override_prefix(value: Any, events_prefix: str = "events/") -> tuple[d
         f"overridePrefix must name an hour folder '{events_prefix}YYYY/MM/DD/HH/' or a day "
         f"folder '{events_prefix}YYYY/MM/DD/' under EVENTS_PREFIX, got {value!r}"
     )
-    pattern = re.escape(events_prefix) + r"(\d{4})/(\d{2})/(\d{2})(?:/(\d{2}))?/?"
+    pattern = re.escape(events_prefix) + r"([0-9]{4})/([0-9]{2})/([0-9]{2})(?:/([0-9]{2}))?/?"
     match = re.fullmatch(pattern, value) if isinstance(value, str) else None
     if match is None:
         raise TriggerError(expected)
