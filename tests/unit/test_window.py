@@ -286,8 +286,23 @@ def test_target_utc_hour_is_that_hour(value: Any, hour: datetime) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [None, "", "yesterday", "2026-11-24T25", "-1795526825", True, False, [1795526825], {}, 0, -5]
-    + [float("nan"), float("inf"), 10**20, "1" * 30],
+    [
+        None,
+        "",
+        "yesterday",
+        "2026-11-24T25",
+        "-1795526825",
+        True,
+        False,
+        [1795526825],
+        {},
+        0,
+        -5,
+        float("nan"),
+        float("inf"),
+        10**20,
+        "1" * 30,
+    ],
 )
 def test_a_bad_target_utc_hour_names_the_expected_forms(value: Any) -> None:
     with pytest.raises(TriggerError, match="targetUtcHour must be an ISO-8601 timestamp") as exc:
@@ -327,8 +342,19 @@ def test_a_day_that_has_not_begun_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["2026-11-24T13", "2026-11-24T00:00:00Z", "2026/11/24", "24-11-2026", "2026-02-30"]
-    + ["2026-11-24x", "", None, 20261124, 1795526825, True],
+    [
+        "2026-11-24T13",
+        "2026-11-24T00:00:00Z",
+        "2026/11/24",
+        "24-11-2026",
+        "2026-02-30",
+        "2026-11-24x",
+        "",
+        None,
+        20261124,
+        1795526825,
+        True,
+    ],
 )
 def test_a_bad_target_utc_date_names_the_expected_form(value: Any) -> None:
     with pytest.raises(TriggerError, match="targetUtcDate must be a UTC date like 2026-11-24"):
