@@ -16,7 +16,7 @@ from loader.app import LoaderFactory
 from loader.db import sqlstate
 from loader.ledger import finalize_sharded_hour
 from loader.observability import emit_metrics, log
-from loader.pipeline import run_trigger
+from loader.pipeline import run_hours, run_trigger
 from loader.report import Report
 from loader.secrets import forget_database_secrets
 from loader.window import (
@@ -32,6 +32,12 @@ from loader.window import (
 _factory = LoaderFactory()
 #: invalid_authorization_specification, invalid_password
 _AUTH_FAILURES = frozenset({"28000", "28P01"})
+
+
+def _clock() -> datetime:
+    """The instant the original ETL's payloads count from (`hoursBack`, hours not begun yet);
+    tests replace it with a fixed one."""
+    return datetime.now(UTC)
 
 
 def _remaining_ms(context: Any) -> Any:
@@ -52,15 +58,24 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         loader = _factory.get()
         if action == "finalize":
             return _finalize(loader, event)
-        trigger = parse_trigger(event)
-        report = run_trigger(loader, trigger, _remaining_ms(context))
-        emit_metrics(report, datetime.now(UTC))
-        summary = report.to_dict()
+        trigger = parse_trigger(event, events_prefix=loader.settings.events_prefix, now=_clock())
+        if trigger.day is not None:
+            summary = run_hours(
+                loader,
+                trigger,
+                _remaining_ms(context),
+                lambda hour_report: emit_metrics(hour_report, datetime.now(UTC)),
+            ).to_dict()
+        else:
+            report = run_trigger(loader, trigger, _remaining_ms(context))
+            emit_metrics(report, datetime.now(UTC))
+            summary = report.to_dict()
         log.info("run finished", extra={"report": summary})
         return summary
     except Exception as exc:
         log.exception("run failed")
-        if sqlstate(exc) in _AUTH_FAILURES:
+        # A day run wraps the failing hour's error: look behind it too.
+        if {sqlstate(exc), sqlstate(exc.__cause__ or exc)} & _AUTH_FAILURES:
             # The password may have been rotated: re-read the secret on the next invocation.
             forget_database_secrets()
             _factory.close()

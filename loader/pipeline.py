@@ -34,7 +34,7 @@ from loader.db import (
 )
 from loader.ledger import finish_run, hour_lock, hour_records, loaded_keys, start_run
 from loader.observability import log
-from loader.report import Report
+from loader.report import KeyList, Report
 from loader.sink import (
     BatchOutcome,
     Tables,
@@ -502,3 +502,113 @@ def run_trigger(
 def _has_objects(loader: HourLoader, hour: datetime) -> bool:
     prefix = hour_prefix(hour, loader.settings.events_prefix)
     return next(iter(loader.source.list_objects(prefix)), None) is not None
+
+
+@dataclass
+class HoursResult:
+    """A manual run over the hours of one UTC day: one report (and one ledger run) per hour."""
+
+    trigger: Trigger
+    prefix: str
+    key_cap: int
+    reports: list[Report] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        """`complete` once every hour that has begun is; `partial` means rerun the payload."""
+        done = all(r.state == "complete" for r in self.reports)
+        return "complete" if done and not self.not_started else "partial"
+
+    def to_dict(self) -> dict[str, Any]:
+        totals = (
+            "objects_listed",
+            "objects_skipped_loaded",
+            "events_read",
+            "inserted",
+            "duplicates",
+            "duplicate_exact",
+            "duplicate_conflicting",
+            "sanitised",
+            "truncated",
+            "batches",
+            "retries",
+        )
+        out: dict[str, Any] = {
+            "day": self.trigger.day.isoformat() if self.trigger.day else None,
+            "prefix": self.prefix,
+            "trigger": self.trigger.kind,
+            "state": self.state,
+        }
+        out.update({name: sum(getattr(r, name) for r in self.reports) for name in totals})
+        for name in ("conflicting", "malformed", "invalid", "quarantined"):
+            out[name] = _merged_keys([getattr(r, name) for r in self.reports], self.key_cap)
+        out["seconds"] = round(sum(r.seconds for r in self.reports), 3)
+        out["hours_not_started"] = list(self.not_started)
+        out["hours_in_future"] = [hour_label(h) for h in self.trigger.future_hours()]
+        out["hours"] = [r.to_dict() for r in self.reports]
+        return out
+
+
+class HoursFailed(RuntimeError):
+    """An hour of a day run raised; its message says what was loaded and what was not."""
+
+    def __init__(self, message: str, result: HoursResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def run_hours(
+    loader: HourLoader,
+    trigger: Trigger,
+    remaining_ms: RemainingMs | None = None,
+    on_report: Callable[[Report], None] | None = None,
+) -> HoursResult:
+    """Load `trigger.hours` in order, each as its own run, as `backfill` does.
+
+    Stops before starting an hour when less than twice the safety margin remains, or after an
+    hour that ran out of time; the hours left are reported as not started. Stops at the first
+    hour that raises, because what raises (warehouse or S3 down, schema behind) would fail the
+    following hours the same way, each after a full retry budget; bad data never raises. The
+    error then names the hours loaded and the hours not started. Rerunning the payload is safe:
+    hours already loaded insert nothing again.
+    """
+    result = HoursResult(
+        trigger,
+        f"{loader.settings.events_prefix}{trigger.hour:%Y/%m/%d}/",
+        loader.settings.key_list_cap,
+    )
+    margin = 2 * loader.settings.safety_margin_ms
+    for index, hour in enumerate(trigger.hours):
+        if remaining_ms is not None and remaining_ms() < margin:
+            result.not_started = [hour_label(h) for h in trigger.hours[index:]]
+            log.warning(
+                "time is running out: hours not started",
+                extra={"hours_not_started": result.not_started},
+            )
+            break
+        try:
+            report = loader.load(HourJob(hour, trigger.kind, trigger.shard), remaining_ms)
+        except Exception as exc:
+            result.not_started = [hour_label(h) for h in trigger.hours[index + 1 :]]
+            loaded = [r.hour for r in result.reports]
+            raise HoursFailed(
+                f"hour {hour_label(hour)} failed ({_summary(exc)}); loaded before it: "
+                f"{loaded or 'none'}; not started: {result.not_started or 'none'}. "
+                "Rerun the same payload: loaded hours insert nothing again.",
+                result,
+            ) from exc
+        result.reports.append(report)
+        if on_report is not None:
+            on_report(report)
+        if report.state == "partial":
+            result.not_started = [hour_label(h) for h in trigger.hours[index + 1 :]]
+            break
+    return result
+
+
+def _merged_keys(lists: list[KeyList], cap: int) -> dict[str, Any]:
+    """The hours' key lists as one, in the shape and within the cap of each."""
+    count = sum(k.count for k in lists)
+    keys = [key for k in lists for key in k.keys][:cap]
+    return {"count": count, "keys": keys, "keys_truncated": count > len(keys)}
