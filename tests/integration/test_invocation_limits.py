@@ -70,7 +70,7 @@ def make_inserts_slow(engine: sa.Engine, *, only_the_first: bool) -> None:
 
 @pytest.fixture
 def short_statement_timeout(loader_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DW_PG_STATEMENT_TIMEOUT_MS", "300")
+    monkeypatch.setenv("DW_PG_STATEMENT_TIMEOUT_MS", "1000")
     monkeypatch.setenv("DB_MAX_ATTEMPTS", "6")
     monkeypatch.setenv("DB_RETRY_BUDGET_SECONDS", "30")
 
