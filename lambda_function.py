@@ -7,23 +7,18 @@ Lambda's retry and on-failure destination see them.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from loader import __version__
 from loader.app import LoaderFactory
 from loader.db import sqlstate
-from loader.ledger import finalize_sharded_hour
 from loader.observability import emit_metrics, log
-from loader.pipeline import run_hours, run_trigger
-from loader.report import Report
+from loader.pipeline import finalize_fanned_out_hour, run_hours, run_trigger
 from loader.secrets import forget_database_secrets
 from loader.window import (
     Shard,
     TriggerError,
     hour_label,
-    hour_prefix,
     parse_hour,
     parse_trigger,
     previous_hour,
@@ -57,7 +52,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             return _plan(event)
         loader = _factory.get()
         if action == "finalize":
-            return _finalize(loader, event)
+            return _finalize(loader, event, context)
         trigger = parse_trigger(event, events_prefix=loader.settings.events_prefix, now=_clock())
         if trigger.day is not None:
             summary = run_hours(
@@ -102,23 +97,14 @@ def _plan(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _finalize(loader: Any, event: dict[str, Any]) -> dict[str, Any]:
-    """Step Functions' last step: record the fanned-out hour complete once every shard is."""
+def _finalize(loader: Any, event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Step Functions' last step: record the fanned-out hour complete once every shard is (the
+    same ledger row however often it is retried), then look back over the previous hours."""
     hour = parse_hour(str(event.get("hour", "")))
     count = int(event.get("shard_count", 0))
     Shard(0, count)
-    report = Report.new(
-        hour_label(hour),
-        hour_prefix(hour, loader.settings.events_prefix),
-        "schedule",
-        str(uuid.uuid4()),
-        loader.settings.key_list_cap,
-    )
-    report.db_revision = loader.check_schema()
-    missing = finalize_sharded_hour(loader.engine, loader.tables, hour, count, report, __version__)
-    if missing:
-        raise RuntimeError(
-            f"hour {report.hour} is not complete: shards {missing} have no complete run"
-        )
+    report = finalize_fanned_out_hour(loader, hour, count, _remaining_ms(context))
     emit_metrics(report, datetime.now(UTC))
-    return report.to_dict()
+    summary = report.to_dict()
+    log.info("hour finalized", extra={"report": summary})
+    return summary
