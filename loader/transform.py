@@ -107,6 +107,9 @@ class EventRecord:
     position: int
     event: dict[str, Any]
     meta: dict[str, Any]
+    #: False when the payload had no id and event_id was derived from the key: the original
+    #: ETL stored such events under a random id, so only these can duplicate an adopted row.
+    id_from_payload: bool = True
 
 
 @dataclass(slots=True)
@@ -386,7 +389,9 @@ def map_record(
             to_text(ingest.get(ingest_field), TEXT_CAPS[column], repairs) if ingest else None
         )
 
-    return EventRecord(event_id, source.key, position, event, meta)
+    return EventRecord(
+        event_id, source.key, position, event, meta, id_from_payload=id_source is not None
+    )
 
 
 _FALLBACK_INSTANT: Final = datetime(2000, 1, 1, tzinfo=UTC)
