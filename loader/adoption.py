@@ -18,8 +18,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from loader.transform import EventRecord
 
@@ -65,42 +67,52 @@ def adopted_duplicates(
 ) -> set[uuid.UUID]:
     """The event_ids of `records` that duplicate an adopted row. No query when none can.
 
-    One statement for the whole batch: the candidates as a VALUES list, each kept when an
-    adopted row matches it. `(event_name, event_timestamp)` is indexed, so each candidate costs
-    an index probe, and the primary key of clickstream_ingest_meta proves a row adopted.
+    One statement for the whole batch: the candidates as a derived table, each kept when an
+    adopted row matches it.
     """
     candidates = adoption_candidates(records, adopted)
     if not candidates:
         return set()
-    candidate = sa.values(
-        sa.column("position", sa.Integer),
-        sa.column("event_timestamp", sa.DateTime(timezone=True)),
-        sa.column("event_name", sa.Text),
-        sa.column("client_id", sa.Text),
-        sa.column("session_id", sa.Text),
-        name="candidate",
-    ).data(
-        [
-            (
-                position,
-                r.event["event_timestamp"],
-                r.event["event_name"],
-                r.event["client_id"],
-                r.event["session_id"],
-            )
-            for position, r in enumerate(candidates)
-        ]
+    # The candidates as four arrays unnested side by side: four parameters, whatever the batch
+    # size (a VALUES list of 500 rows took ~0.1-0.2 s to compile per batch).
+    candidate = (
+        sa.func.unnest(
+            _array("event_timestamp", sa.DateTime(timezone=True), candidates),
+            _array("event_name", sa.Text(), candidates),
+            _array("client_id", sa.Text(), candidates),
+            _array("session_id", sa.Text(), candidates),
+        )
+        .table_valued(
+            sa.column("event_timestamp", sa.DateTime(timezone=True)),
+            sa.column("event_name", sa.Text()),
+            sa.column("client_id", sa.Text()),
+            sa.column("session_id", sa.Text()),
+            with_ordinality="position",
+        )
+        .render_derived(name="candidate")
     )
-    matching_adopted_row = (
-        sa.select(events.c.event_id)
+    # LATERAL ... LIMIT 1 keeps this a probe per candidate. Measured (EXPLAIN ANALYZE, 100k
+    # adopted rows): an index scan on (event_name, event_timestamp) and an index-only probe of
+    # clickstream_ingest_meta's primary key per candidate, 3 ms for 500; the flattened
+    # semi-join it replaces hash-joined the whole of both tables for every batch.
+    adopted_row = (
+        sa.select(sa.literal(1).label("found"))
+        .select_from(events)
         .where(
-            events.c.event_timestamp == candidate.c.event_timestamp,
             events.c.event_name == candidate.c.event_name,
+            events.c.event_timestamp == candidate.c.event_timestamp,
             events.c.client_id.is_not_distinct_from(candidate.c.client_id),
             events.c.session_id.is_not_distinct_from(candidate.c.session_id),
             ~sa.exists().where(meta.c.event_id == events.c.event_id),
         )
-        .exists()
+        .limit(1)
+        .lateral("adopted_row")
     )
-    matched = conn.execute(sa.select(candidate.c.position).where(matching_adopted_row)).scalars()
-    return {candidates[position].event_id for position in matched}
+    matched = conn.execute(
+        sa.select(candidate.c.position).select_from(candidate.join(adopted_row, sa.true()))
+    ).scalars()
+    return {candidates[position - 1].event_id for position in matched}  # ordinality is 1-based
+
+
+def _array(column: str, element: sa.types.TypeEngine[Any], records: Sequence[EventRecord]) -> Any:
+    return sa.bindparam(column, [r.event[column] for r in records], type_=postgresql.ARRAY(element))

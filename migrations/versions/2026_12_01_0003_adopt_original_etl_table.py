@@ -26,17 +26,20 @@ recorded only while clickstream_ingest_meta is still empty (0001 has just create
 adopted table): on a warehouse the loader has been filling the recording is skipped without
 reading clickstream_events.
 
-Locks and cost, on an adopted table (measured: bench/adoption.py, bench/results/adoption.md):
+Locks and cost, on an adopted table (bench/adoption.py, bench/results/adoption.md: 1,000,000
+original-ETL rows, 250 MB; embedded PostgreSQL 18, default settings incl. maintenance_work_mem
+64 MB; a shared 2-CPU machine; median of 3 runs, range in brackets):
 - The first ALTER TABLE takes ACCESS EXCLUSIVE on clickstream_events, and the revision is one
-  transaction, so every reader (the dashboard) and writer waits until it commits: @@ s per
-  million rows measured for the whole revision.
-- Of that, the BIGINT -> numeric change rewrites the table and its primary key: @@ s per
-  million rows. Adding the columns is catalog-only (loaded_at's now() default is stored once,
-  not written per row).
-- The four index builds take @@ s per million rows. Alone they would need only SHARE (reads
-  allowed, writes blocked); here they run under the ACCESS EXCLUSIVE already held.
-- Recording the adoption reads the table once: @@ s per million rows.
-- Disk: the rewrite needs room for a second copy of the table while it runs.
+  transaction, so every reader (the dashboard) and writer waits until it commits: 18 s per
+  million rows for the whole revision [13-19 s]; a reader probe was blocked 18 s [12-18 s].
+- Of that, the BIGINT -> numeric change rewrites the table and its primary key: 5.4 s per
+  million rows [4.8-7.1 s], with disk for a second copy of the table while it runs. Adding the
+  columns is catalog-only (loaded_at's now() default is stored once, not written per row).
+- The four index builds take 10.5 s per million rows [6.7-12.3 s]. Alone they
+  would need only SHARE (reads allowed, writes blocked); here they run under the ACCESS
+  EXCLUSIVE already held.
+- Recording the adoption reads the table once: 0.4 s per million rows [0.3-0.6 s].
+- Table and indexes grew from 250 MB to 374 MB. Not linear: 250,000 rows took 2.3 s in all.
 On a fresh warehouse nothing is rewritten or built: the ALTER TABLEs take ACCESS EXCLUSIVE for
 an instant and change nothing but comments.
 
