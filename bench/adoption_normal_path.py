@@ -13,8 +13,10 @@ template for every run. Cases:
 - `inside`: the same warehouse, where the original ETL had loaded half of this very hour
   (10,000 rows under random ids): the switch-over path, for reference.
 
-Reported per case and write method: the median seconds and events/s over the runs, the
-statements sent (the match query is the only statement the check adds), and the events matched.
+Reported per case and write method: the median wall seconds and events/s over the runs, the
+median CPU seconds of the loader's process (the machine is shared: wall time swings with other
+sessions' load, the loader's own CPU much less), the statements sent (the match query is the
+only statement the check adds), and the events matched.
 
     .venv/bin/python bench/adoption_normal_path.py --label after [--repeats 3] [--cases ...]
     PYTHONPATH=<tree of the commit before> .venv/bin/python bench/adoption_normal_path.py \
@@ -22,6 +24,11 @@ statements sent (the match query is the only statement the check adds), and the 
 
 The migrations and the loader come from whichever tree `loader` is imported from, so one script
 measures both. Writes bench/results/adoption_normal_path_<label>.json.
+
+    .venv/bin/python bench/adoption_normal_path.py --check-cost
+
+times only the check itself, in-process (no database): `adoption_candidates` over one batch of
+500 derived-id events, with nothing adopted and with an adopted range the batch is outside of.
 """
 
 from __future__ import annotations
@@ -153,12 +160,13 @@ def _run(
         check_s = time.perf_counter() - started
         sa.event.listen(engine, "before_cursor_execute", count)
         inserted = duplicates = 0
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for i in range(0, len(records), BATCH):
             outcome = hour_loader._commit(records[i : i + BATCH], [], job, [])
             inserted += outcome.inserted
             duplicates += outcome.duplicate_exact
         seconds = time.perf_counter() - started
+        cpu_s = time.process_time() - cpu_started
     finally:
         engine.dispose()
         with admin.connect() as conn:
@@ -167,6 +175,7 @@ def _run(
     assert inserted == expected_new, (case, inserted)
     return {
         "seconds": seconds,
+        "cpu_s": cpu_s,
         "check_schema_s": check_s,
         "inserted": inserted,
         "duplicates": duplicates,
@@ -175,13 +184,36 @@ def _run(
     }
 
 
+def check_cost() -> dict[str, float]:
+    """Microseconds per batch of BATCH events spent deciding whether to look for matches."""
+    import timeit
+
+    from loader.adoption import AdoptedRange, adoption_candidates
+
+    batch = _records()[:BATCH]
+    outside = AdoptedRange(datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 31, tzinfo=UTC))
+    cost = {}
+    for label, adopted in (("nothing adopted", None), ("batch outside the range", outside)):
+        best = min(
+            timeit.repeat(lambda a=adopted: adoption_candidates(batch, a), number=2000, repeat=5)
+        )
+        cost[label] = round(best / 2000 * 1e6, 1)
+    return cost
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--label", required=True)
+    parser.add_argument("--check-cost", action="store_true")
+    parser.add_argument("--label")
     parser.add_argument("--cases", default="fresh,outside,inside")
     parser.add_argument("--methods", default="copy,insert")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.check_cost:
+        print(json.dumps({"us_per_batch_of_500": check_cost()}))
+        return
+    if not args.label:
+        parser.error("--label is required")
     cases = args.cases.split(",")
     methods = args.methods.split(",")
     print(f"loader from {Path(loader.__file__).parent}", flush=True)
@@ -206,6 +238,7 @@ def main() -> None:
     summary = {
         key: {
             "median_s": round(statistics.median(r["seconds"] for r in results), 3),
+            "median_cpu_s": round(statistics.median(r["cpu_s"] for r in results), 3),
             "events_per_s": round(EVENTS / statistics.median(r["seconds"] for r in results)),
             "statements": sorted({r["statements"] for r in results}),
             "duplicates": results[0]["duplicates"],
