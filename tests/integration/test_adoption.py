@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import command
 from conftest import alembic_config, db_settings
 from test_grants import run_psql
-from test_migrations import HEAD, _alembic_cli, _env_for, _env_without_database
+from test_migrations import HEAD, _alembic_cli, _env_for, _env_without_database, _script
 
 import lambda_function
 from loader.adoption import AdoptedRange, read_adopted_range
@@ -74,6 +74,9 @@ HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
 PREFIX = "events/2026/11/24/13/"
 LAST_MODIFIED = HOUR + timedelta(minutes=30)
 TABLES = tables_for(Settings(raw_bucket="b", db=DatabaseSettings()))
+ADOPTION = "0003_adopt_original_etl_table"
+#: The revision the adoption follows (read, not assumed: revisions may be re-chained).
+BEFORE_ADOPTION = str(_script().get_revision(ADOPTION).down_revision)
 
 
 def _coalesce(*values: Any) -> Any:
@@ -328,7 +331,7 @@ def test_upgrade_head_adopts_the_original_etl_table_in_place(
     # ... and the adoption is on record: how many rows, over which time range
     stamps = [row[1] for row in before.values()]
     assert adoption.table_name == "clickstream_events"
-    assert adoption.revision == "0003_adopt_original_etl_table"
+    assert adoption.revision == ADOPTION
     assert adoption.adopted_rows == 60
     assert (adoption.first_event_at, adoption.last_event_at) == (min(stamps), max(stamps))
     assert loaded_at == {adoption.adopted_at}
@@ -347,7 +350,7 @@ def test_a_warehouse_already_loading_is_not_taken_for_an_adopted_one(
     engine = _engine(postgresql.info)
     try:
         with engine.begin() as conn:
-            command.upgrade(alembic_config(conn), "0002_load_ledger")
+            command.upgrade(alembic_config(conn), BEFORE_ADOPTION)
         records = _records(3, with_id=False)
         with engine.begin() as conn:
             write_batch(conn, TABLES, records)
@@ -393,6 +396,18 @@ def test_the_adoption_renders_offline_for_review_and_applies_with_psql(
     assert HEAD in current.stdout
     checked = _alembic_cli("check", env=env)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_the_adoption_revision_renders_the_same_for_fresh_and_adopted_warehouses() -> None:
+    revision_range = f"{BEFORE_ADOPTION}:{ADOPTION}"
+
+    fresh = _render("upgrade", revision_range, "--sql")
+    adopted = _render("-x", "adopt_original_etl=true", "upgrade", revision_range, "--sql")
+
+    assert fresh.returncode == 0, fresh.stderr
+    assert adopted.returncode == 0, adopted.stderr
+    assert fresh.stdout == adopted.stdout
+    assert "ADD COLUMN IF NOT EXISTS loaded_at" in fresh.stdout
 
 
 def test_the_fresh_warehouse_sql_fails_cleanly_on_the_original_etl_table(
@@ -450,12 +465,12 @@ def test_downgrade_refuses_on_an_adopted_warehouse(
     many_legacy_rows(legacy, 5)
     adopt(legacy_engine)
 
-    # WHEN a DBA downgrades one revision
+    # WHEN a DBA downgrades below the adoption
     with (
         pytest.raises(sa.exc.DBAPIError, match="restore the backup") as excinfo,
         legacy_engine.begin() as conn,
     ):
-        command.downgrade(alembic_config(conn), "-1")
+        command.downgrade(alembic_config(conn), BEFORE_ADOPTION)
 
     # THEN it is refused and nothing changes: still at head, the adoption still on record
     assert excinfo.value.orig.pgcode == "P0001"  # raise_exception
@@ -470,11 +485,11 @@ def test_downgrade_of_a_fresh_warehouse_puts_back_the_previous_comments(
     engine = _engine(postgresql.info)
     try:
         with engine.begin() as conn:
-            command.upgrade(alembic_config(conn), "0002_load_ledger")
+            command.upgrade(alembic_config(conn), BEFORE_ADOPTION)
         before = catalog(postgresql)
         adopt(engine)
         with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "0002_load_ledger")
+            command.downgrade(alembic_config(conn), BEFORE_ADOPTION)
     finally:
         engine.dispose()
     assert catalog(postgresql) == before
