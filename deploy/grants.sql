@@ -46,6 +46,10 @@
 --   alembic_version               The loader records the schema revision it ran against
 --     SELECT                      (clickstream_load_runs.db_revision) and can refuse a schema
 --                                 it does not know. It never writes it.
+--   clickstream_adoptions         What the migration adopted from the original ETL (rows and
+--     SELECT                      their time range), read once per process so only events in
+--                                 that range are checked against the adopted rows. Written
+--                                 only by the migration.
 --
 -- Deliberately not granted:
 --   - sequences: the only one backs clickstream_quarantine.quarantine_id, an identity column
@@ -87,7 +91,7 @@ SELECT
     SELECT 1 FROM pg_tables
     WHERE schemaname = :'schema'
       AND tablename IN ('clickstream_events', 'clickstream_ingest_meta', 'clickstream_load_runs',
-                        'clickstream_quarantine', 'alembic_version')
+                        'clickstream_quarantine', 'clickstream_adoptions', 'alembic_version')
       AND pg_has_role(:'loader_role', tableowner, 'MEMBER')
   ) AS loader_role_owns_tables,
   current_database() AS database_name
@@ -111,6 +115,7 @@ REVOKE ALL ON TABLE
   :"schema".clickstream_ingest_meta,
   :"schema".clickstream_load_runs,
   :"schema".clickstream_quarantine,
+  :"schema".clickstream_adoptions,
   :"schema".alembic_version
 FROM :"loader_role";
 REVOKE CREATE ON SCHEMA :"schema" FROM :"loader_role";
@@ -130,8 +135,9 @@ GRANT SELECT, INSERT, UPDATE ON TABLE
   :"schema".clickstream_quarantine
 TO :"loader_role";
 
--- The schema revision: read-only.
-GRANT SELECT ON TABLE :"schema".alembic_version TO :"loader_role";
+-- The schema revision and what was adopted from the original ETL: read-only.
+GRANT SELECT ON TABLE :"schema".alembic_version, :"schema".clickstream_adoptions
+TO :"loader_role";
 
 COMMIT;
 

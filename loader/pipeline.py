@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from tenacity import RetryCallState, Retrying
 
 from loader import __version__
+from loader.adoption import AdoptedRange, adopted_duplicates, read_adopted_range
 from loader.config import Settings
 from loader.db import (
     check_revision,
@@ -156,18 +157,23 @@ class HourLoader:
         self.writer = batch_writer(settings.write_method)
         self._db_revision: str | None = None
         self._remaining_ms: RemainingMs | None = None
+        self._adopted: AdoptedRange | None = None
 
     def check_schema(self) -> str:
         """Fail fast, before any S3 work, if the DW is not at a revision this loader may load
-        into. One read per invocation: see `expire_schema_check`."""
+        into. One read per invocation: see `expire_schema_check`.
+
+        The same read fetches what was adopted from the original ETL: nothing on a warehouse
+        that started empty, and then no batch ever looks for adopted duplicates."""
         if self._db_revision is None:
             code = code_revisions()
 
-            def read() -> str:
+            def read() -> tuple[str, AdoptedRange | None]:
                 with self.engine.connect() as conn:
-                    return check_revision(conn, code)
+                    revision = check_revision(conn, code)
+                    return revision, read_adopted_range(conn, self.tables.adoptions)
 
-            self._db_revision = self.retrying("connect")(read)
+            self._db_revision, self._adopted = self.retrying("connect")(read)
         return self._db_revision
 
     def expire_schema_check(self) -> None:
@@ -496,6 +502,7 @@ class HourLoader:
         report.inserted += outcome.inserted
         report.duplicate_exact += outcome.duplicate_exact
         report.duplicate_conflicting += outcome.duplicate_conflicting
+        report.duplicate_adopted += outcome.duplicate_adopted
         report.duplicates = report.duplicate_exact + report.duplicate_conflicting
         for key, event_id in outcome.conflicting:
             report.conflicting.add(key)
@@ -524,7 +531,7 @@ class HourLoader:
         now = datetime.now(UTC)
         try:
             with self.engine.begin() as conn:
-                outcome = self.writer(conn, self.tables, records)
+                outcome = self.writer(conn, self.tables, records, self._adopted)
                 quarantine(conn, self.tables, rows)
                 resolve_quarantined(conn, self.tables, resolved_keys, now)
                 return outcome
@@ -532,7 +539,9 @@ class HourLoader:
             if not is_data_error(exc):
                 raise
             log.warning("batch refused by the database: isolating the offending events")
-        outcome = write_isolating_poison(self.engine, self.tables, records, self.writer)
+        outcome = write_isolating_poison(
+            self.engine, self.tables, records, self.writer, self._adopted
+        )
         poisoned = {r.key for r in outcome.rejected}
         extra = [
             rejection_row(r, self.settings.raw_bucket, job.hour, now) for r in outcome.rejected
@@ -545,12 +554,19 @@ class HourLoader:
         return outcome
 
     def _count_new(self, records: list[EventRecord]) -> int:
-        """Dry run: how many of these events the warehouse does not hold yet (reads only)."""
-        ids = list({r.event_id for r in records})
-        if not ids:
+        """Dry run: how many of these events the warehouse does not hold yet (reads only),
+        neither under their id nor as a row adopted from the original ETL."""
+        first_copies = list({r.event_id: r for r in records}.values())
+        if not first_copies:
             return 0
         events = self.tables.events
         with self.engine.connect() as conn:
+            adopted = adopted_duplicates(
+                conn, events, self.tables.meta, first_copies, self._adopted
+            )
+            ids = [r.event_id for r in first_copies if r.event_id not in adopted]
+            if not ids:
+                return 0
             present = conn.execute(
                 sa.select(sa.func.count()).where(events.c.event_id.in_(ids))
             ).scalar_one()

@@ -45,6 +45,8 @@ class Report:
     duplicates: int = 0
     duplicate_exact: int = 0
     duplicate_conflicting: int = 0
+    #: Of duplicate_exact: events the original ETL had already stored under another id.
+    duplicate_adopted: int = 0
     conflicting: KeyList = field(default_factory=KeyList)
     malformed: KeyList = field(default_factory=KeyList)
     invalid: KeyList = field(default_factory=KeyList)

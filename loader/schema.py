@@ -50,6 +50,7 @@ EVENTS_TABLE: Final = "clickstream_events"
 INGEST_META_TABLE: Final = "clickstream_ingest_meta"
 LOAD_RUNS_TABLE: Final = "clickstream_load_runs"
 QUARANTINE_TABLE: Final = "clickstream_quarantine"
+ADOPTIONS_TABLE: Final = "clickstream_adoptions"
 
 INDEXED_TEXT_CAP: Final = 256
 URL_CAP: Final = 4096
@@ -92,33 +93,79 @@ clickstream_events = Table(
         "event_id",
         UUID(as_uuid=True),
         primary_key=True,
-        comment="Event identifier: the tracker's id, the UUID in the S3 key, or a uuid5 derived "
-        "from the key and record position. Never random, so reruns deduplicate.",
+        comment="Event identifier: the payload's event id (a UUID as is, any other id as a uuid5 "
+        "of it), else the UUID in the S3 key, else a uuid5 of key and record position. Never "
+        "random, so reruns deduplicate. Rows adopted from the original ETL keep its ids, random "
+        "where the event had none.",
     ),
-    Column("event_name", Text, nullable=False, comment="Event type: page_view, click, custom, ..."),
+    Column(
+        "event_name",
+        Text,
+        nullable=False,
+        comment="The tracker's event name, free text, stored as sent and never checked against "
+        "a list. The real tracker sends page_view, click, home_view, category_view, "
+        "product_view, add_to_cart_click, remove_from_cart_click, wishlist_toggle, "
+        "checkout_start and checkout_complete. Adopted rows may read 'unknown': the original "
+        "ETL stored that for events without a name, which the loader reports as invalid "
+        "instead.",
+    ),
     Column(
         "event_timestamp",
         DateTime(timezone=True),
         nullable=False,
         comment="When the event happened, as best known: _ingest.receivedAt, else the payload "
-        "timestamp, else the S3 object's LastModified.",
+        "timestamp, else the S3 object's LastModified. The real tracker sends no timestamp, so "
+        "on real data this is the time the ingest Lambda received the event, as in the original "
+        "ETL.",
     ),
     Column(
         "client_timestamp",
         DateTime(timezone=True),
-        comment="The payload's own timestamp (client clock), when it parses to a sane instant.",
+        comment="The payload's own timestamp (client clock), when it parses to a sane instant. "
+        "NULL on real data: the tracker sends none.",
     ),
-    Column("page_url", Text, comment="pageUrl: the page the event happened on."),
-    Column("referrer", Text, comment="referrer: the page that linked to page_url."),
-    Column("user_id", Text, comment="userId: the logged-in user, NULL when anonymous."),
-    Column("user_login_state", Text, comment="userLoginState, e.g. anonymous / logged_in."),
-    Column("identity_source", Text, comment="identity_source: the identity provider, if sent."),
+    Column(
+        "page_url",
+        Text,
+        comment="pageUrl: the page the event happened on (the browser's full URL, query "
+        "included). NULL on adopted rows: the original ETL did not keep it.",
+    ),
+    Column(
+        "referrer",
+        Text,
+        comment="referrer: the referrer of the page load, unchanged across in-app navigation; "
+        "NULL when there is none, and on adopted rows.",
+    ),
+    Column(
+        "user_id",
+        Text,
+        comment="userId: the signed-in user; NULL when anonymous (the tracker sends null or "
+        "leaves it out).",
+    ),
+    Column(
+        "user_login_state", Text, comment="userLoginState: logged_in or anonymous on real data."
+    ),
+    Column(
+        "identity_source",
+        Text,
+        comment="identity_source: the identity provider, if sent. NULL on real data: the "
+        "tracker sends none.",
+    ),
     Column("client_id", Text, comment="clientId: the browser's persistent tracker id."),
     Column("session_id", Text, comment="sessionId: the tracker's session id."),
     Column("is_first_visit", Boolean, comment="isFirstVisit; NULL when absent or not a boolean."),
-    Column("context_product_id", Text, comment="product.id"),
+    Column(
+        "context_product_id",
+        Text,
+        comment="product.id: the product's id. On category_view the tracker sends the "
+        "category's URL slug here (and in context_product_category), not a product.",
+    ),
     Column("context_product_name", Text, comment="product.name"),
-    Column("context_product_category", Text, comment="product.category"),
+    Column(
+        "context_product_category",
+        Text,
+        comment="product.category. On category_view the category's URL slug.",
+    ),
     Column("context_product_brand", Text, comment="product.brand"),
     Column(
         "context_product_price",
@@ -128,25 +175,33 @@ clickstream_events = Table(
     Column(
         "context_product_discount_price",
         Numeric,
-        comment="product.discountPrice as sent; NULL when not a finite number.",
+        comment="product.discountPrice as sent: today the tracker sends the discount as a "
+        "percent (0 for none), not a price. NULL when not a finite number.",
     ),
     Column("context_product_url_path", Text, comment="product.urlPath"),
     Column(
-        "element", JSON_OR_NULL, comment="Click metadata: element {tag, id, role, text, dataset}."
+        "element",
+        JSON_OR_NULL,
+        comment="element as sent: {tag, id, role, text, dataset} on click ({} for an SVG icon), "
+        "{dataset} on wishlist_toggle and the checkout events; dataset values are strings.",
     ),
     Column(
         "properties",
         JSON_OR_NULL,
-        comment="Every payload field not mapped to a column, so nothing the tracker sends is lost.",
+        comment="Every payload field not mapped to a column, so nothing the tracker sends is "
+        "lost. NULL on adopted rows: the original ETL kept no other field.",
     ),
     Column(
         "loaded_at",
         DateTime(timezone=True),
         nullable=False,
         server_default=func.now(),
-        comment="When the loader inserted this row (transaction time).",
+        comment="When the loader inserted this row (transaction time); on adopted rows, when "
+        "the adoption ran.",
     ),
-    comment="One row per clickstream event, loaded hourly from S3 by clickstream-loader.",
+    comment="One row per clickstream event, loaded hourly from S3 by clickstream-loader. On an "
+    "adopted warehouse also the rows the original ETL wrote: those have no "
+    "clickstream_ingest_meta row (see clickstream_adoptions).",
 )
 
 # Events arrive roughly in time order, so event_timestamp correlates with the physical order and
@@ -356,4 +411,49 @@ Index(
     "ix_clickstream_quarantine_hour",
     clickstream_quarantine.c.hour,
     postgresql_where=clickstream_quarantine.c.resolved_at.is_(None),
+)
+
+# Written once, by the revision that adopts the original ETL's table (0003); read by the loader
+# once per process. A warehouse that started empty has no row, and the loader then never looks
+# for adopted duplicates at all.
+clickstream_adoptions = Table(
+    ADOPTIONS_TABLE,
+    metadata,
+    Column(
+        "table_name",
+        Text,
+        primary_key=True,
+        comment="The table adopted: clickstream_events as the original ETL created it.",
+    ),
+    Column("revision", Text, nullable=False, comment="The Alembic revision that adopted it."),
+    Column(
+        "adopted_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.now(),
+        comment="When the adoption ran; also the loaded_at of every adopted row.",
+    ),
+    Column(
+        "adopted_rows",
+        BigInteger,
+        nullable=False,
+        comment="Rows the original ETL had written, all kept with their ids.",
+    ),
+    Column(
+        "first_event_at",
+        DateTime(timezone=True),
+        nullable=False,
+        comment="Earliest event_timestamp of an adopted row.",
+    ),
+    Column(
+        "last_event_at",
+        DateTime(timezone=True),
+        nullable=False,
+        comment="Latest event_timestamp of an adopted row.",
+    ),
+    comment="What alembic upgrade adopted from the original ETL; no row on a warehouse that "
+    "started empty. The loader reads it once per process: an event without a payload id whose "
+    "event_timestamp is in [first_event_at, last_event_at] and that matches an adopted row (no "
+    "clickstream_ingest_meta row; same event_timestamp, client_id, session_id and event_name) "
+    "is a duplicate, not inserted.",
 )

@@ -4,7 +4,8 @@
 clickstream_ingest_meta in one transaction: a batch lands in both tables or in neither, a rerun
 inserts only what is missing, and RETURNING tells inserted rows from duplicates. Rows go in
 `event_id` order so concurrent runs of the same hour take row locks in the same order and
-cannot deadlock each other.
+cannot deadlock each other. On a warehouse adopted from the original ETL, events that duplicate
+one of its rows under another id are taken out of the batch first (loader/adoption.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import psycopg2
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.sql.schema import RETAIN_SCHEMA
 
 from loader import schema
+from loader.adoption import AdoptedRange, adopted_duplicates
 from loader.config import Settings
 from loader.db import describe_error, dumps_json, is_data_error, sqlstate
 from loader.transform import EventRecord, Rejection
@@ -43,6 +45,7 @@ class Tables:
     meta: sa.Table
     load_runs: sa.Table
     quarantine: sa.Table
+    adoptions: sa.Table
 
 
 def tables_for(settings: Settings) -> Tables:
@@ -53,6 +56,7 @@ def tables_for(settings: Settings) -> Tables:
             schema.clickstream_ingest_meta,
             schema.clickstream_load_runs,
             schema.clickstream_quarantine,
+            schema.clickstream_adoptions,
         )
     md = sa.MetaData()
     target = settings.target_schema or RETAIN_SCHEMA
@@ -62,18 +66,22 @@ def tables_for(settings: Settings) -> Tables:
         schema.clickstream_ingest_meta.to_metadata(md, schema=target),
         schema.clickstream_load_runs.to_metadata(md, schema=target),
         schema.clickstream_quarantine.to_metadata(md, schema=target),
+        schema.clickstream_adoptions.to_metadata(md, schema=target),
     )
 
 
 @dataclass
 class BatchOutcome:
     """What one batch did. Duplicates are split by payload hash: exact repeats are harmless,
-    conflicting ones (same id, other payload) are worth a look."""
+    conflicting ones (same id, other payload) are worth a look. `duplicate_adopted` counts the
+    exact duplicates that matched a row adopted from the original ETL (included in
+    `duplicate_exact`)."""
 
     inserted: int = 0
     meta_inserted: int = 0
     duplicate_exact: int = 0
     duplicate_conflicting: int = 0
+    duplicate_adopted: int = 0
     conflicting: list[tuple[str, uuid.UUID]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     newest_event_at: datetime | None = None
@@ -83,6 +91,7 @@ class BatchOutcome:
         self.meta_inserted += other.meta_inserted
         self.duplicate_exact += other.duplicate_exact
         self.duplicate_conflicting += other.duplicate_conflicting
+        self.duplicate_adopted += other.duplicate_adopted
         self.conflicting.extend(other.conflicting)
         self.rejected.extend(other.rejected)
         if other.newest_event_at and (
@@ -105,13 +114,34 @@ def _split_in_batch_duplicates(
     return sorted(firsts.values(), key=lambda r: r.event_id), repeats
 
 
+def _without_adopted_duplicates(
+    conn: sa.Connection,
+    tables: Tables,
+    outcome: BatchOutcome,
+    unique: list[EventRecord],
+    adopted: AdoptedRange | None,
+) -> list[EventRecord]:
+    """Take out (and count as exact duplicates) the events the original ETL already stored."""
+    matched = adopted_duplicates(conn, tables.events, tables.meta, unique, adopted)
+    if not matched:
+        return unique
+    outcome.duplicate_exact += len(matched)
+    outcome.duplicate_adopted += len(matched)
+    return [r for r in unique if r.event_id not in matched]
+
+
 def write_batch(
-    conn: sa.Connection, tables: Tables, records: Sequence[EventRecord]
+    conn: sa.Connection,
+    tables: Tables,
+    records: Sequence[EventRecord],
+    adopted: AdoptedRange | None = None,
 ) -> BatchOutcome:
     """Insert a batch into both tables inside the caller's transaction."""
     outcome = BatchOutcome()
     unique, repeats = _split_in_batch_duplicates(records)
+    unique = _without_adopted_duplicates(conn, tables, outcome, unique, adopted)
     if not unique:
+        _classify(conn, tables, outcome, unique, repeats, set())
         return outcome
     events_stmt = (
         insert(tables.events)
@@ -172,7 +202,16 @@ def _stored_digests(
     return {row.event_id: row.payload_sha256 for row in rows}
 
 
-BatchWriter = Callable[[sa.Connection, Tables, Sequence[EventRecord]], BatchOutcome]
+class BatchWriter(Protocol):
+    """`write_batch` or `write_batch_copy`."""
+
+    def __call__(
+        self,
+        conn: sa.Connection,
+        tables: Tables,
+        records: Sequence[EventRecord],
+        adopted: AdoptedRange | None = None,
+    ) -> BatchOutcome: ...
 
 
 def write_isolating_poison(
@@ -180,6 +219,7 @@ def write_isolating_poison(
     tables: Tables,
     records: Sequence[EventRecord],
     writer: BatchWriter = write_batch,
+    adopted: AdoptedRange | None = None,
 ) -> BatchOutcome:
     """Write a batch; if the database rejects a row the transform let through, bisect until
     the offending events are alone, load everything else, and return those as rejections.
@@ -189,7 +229,7 @@ def write_isolating_poison(
     """
     try:
         with engine.begin() as conn:
-            return writer(conn, tables, records)
+            return writer(conn, tables, records, adopted)
     except sa.exc.DBAPIError as exc:
         if not is_data_error(exc):
             raise
@@ -208,8 +248,8 @@ def write_isolating_poison(
             )
             return outcome
         middle = len(records) // 2
-        outcome = write_isolating_poison(engine, tables, records[:middle], writer)
-        outcome.add(write_isolating_poison(engine, tables, records[middle:], writer))
+        outcome = write_isolating_poison(engine, tables, records[:middle], writer, adopted)
+        outcome.add(write_isolating_poison(engine, tables, records[middle:], writer, adopted))
         return outcome
 
 
@@ -406,12 +446,17 @@ def _copy_into(
 
 
 def write_batch_copy(
-    conn: sa.Connection, tables: Tables, records: Sequence[EventRecord]
+    conn: sa.Connection,
+    tables: Tables,
+    records: Sequence[EventRecord],
+    adopted: AdoptedRange | None = None,
 ) -> BatchOutcome:
     """`write_batch` through COPY staging: same result, same transaction discipline."""
     outcome = BatchOutcome()
     unique, repeats = _split_in_batch_duplicates(records)
+    unique = _without_adopted_duplicates(conn, tables, outcome, unique, adopted)
     if not unique:
+        _classify(conn, tables, outcome, unique, repeats, set())
         return outcome
     _ensure_stage_tables(conn, tables)
     stage_events, stage_meta = _stage(tables.events), _stage(tables.meta)

@@ -162,9 +162,9 @@ class EventRecord:
     position: int
     event: dict[str, Any]
     meta: dict[str, Any]
-    #: False when the id was derived from the key (the payload had none): the switch-over from
-    #: the original ETL matches such events against its randomly keyed rows.
-    id_from_payload: bool = False
+    #: False when the payload had no id and event_id was derived from the key: the original
+    #: ETL stored such events under a random id, so only these can duplicate an adopted row.
+    id_from_payload: bool = True
 
 
 @dataclass(slots=True)

@@ -16,6 +16,15 @@ btree tuple limit (~2.7 kB), so no event can fail an index insert for being too 
 
 Locks: both tables are new and empty; nothing else is touched.
 
+Adopting the original ETL's warehouse (issue 11): where `clickstream_events` already exists (the
+original ETL's `ensureTableExists` made it, and there is no alembic_version), this revision leaves
+that table and its rows alone and creates only clickstream_ingest_meta (its foreign key takes a
+SHARE ROW EXCLUSIVE lock on clickstream_events for an instant: the new table is empty).
+0003_adopt_original_etl_table then aligns the table. Online the catalog decides; offline there
+is no catalog, so a DBA rendering SQL for such a warehouse says so with
+`alembic -x adopt_original_etl=true upgrade head --sql`. A `clickstream_events` without the
+original ETL's columns or with another primary key is refused, naming what is missing.
+
 Downgrade drops both tables. Every loaded event is lost; reload the hours from S3 afterwards.
 
 Squawk waivers:
@@ -31,7 +40,7 @@ Create Date: 2026-11-25 22:40:45 UTC
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 from sqlalchemy.dialects import postgresql
 
 # Revision identifiers, used by Alembic. Revisions import only alembic and sqlalchemy: never
@@ -42,8 +51,58 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+#: The columns of the original ETL's `CREATE TABLE IF NOT EXISTS clickstream_events`.
+ORIGINAL_ETL_COLUMNS = frozenset(
+    {
+        "event_id",
+        "event_timestamp",
+        "event_name",
+        "user_id",
+        "user_login_state",
+        "identity_source",
+        "client_id",
+        "session_id",
+        "is_first_visit",
+        "context_product_id",
+        "context_product_name",
+        "context_product_category",
+        "context_product_brand",
+        "context_product_price",
+        "context_product_discount_price",
+        "context_product_url_path",
+    }
+)
+
+
+def _original_etl_table_present() -> bool:
+    """True where clickstream_events already exists and is the original ETL's table to adopt."""
+    if context.is_offline_mode():
+        flag = context.get_x_argument(as_dictionary=True).get("adopt_original_etl", "false")
+        if flag.lower() not in ("true", "false"):
+            raise ValueError(f"-x adopt_original_etl must be true or false, got {flag!r}")
+        return flag.lower() == "true"
+    inspector = sa.inspect(op.get_bind())
+    if not inspector.has_table("clickstream_events"):
+        return False
+    columns = {c["name"] for c in inspector.get_columns("clickstream_events")}
+    missing = ORIGINAL_ETL_COLUMNS - columns
+    primary_key = inspector.get_pk_constraint("clickstream_events")["constrained_columns"]
+    if missing or primary_key != ["event_id"]:
+        raise RuntimeError(
+            "clickstream_events exists but is not the original ETL's table (missing columns: "
+            f"{sorted(missing)}, primary key: {primary_key}); refusing to adopt it"
+        )
+    return True
+
+
 def upgrade() -> None:
     """Apply: create clickstream_events and clickstream_ingest_meta with their indexes."""
+    if not _original_etl_table_present():
+        _create_clickstream_events()
+    _create_clickstream_ingest_meta()
+
+
+def _create_clickstream_events() -> None:
     op.create_table(
         "clickstream_events",
         sa.Column(
@@ -193,6 +252,8 @@ def upgrade() -> None:
         unique=False,
     )
 
+
+def _create_clickstream_ingest_meta() -> None:
     op.create_table(
         "clickstream_ingest_meta",
         sa.Column(

@@ -234,7 +234,12 @@ def login_without_insert(
         conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'"))
         conn.execute(sa.text(f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO {role}'))
         conn.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {role}"))
-        conn.execute(sa.text(f"GRANT SELECT ON clickstream_events, alembic_version TO {role}"))
+        conn.execute(
+            sa.text(
+                f"GRANT SELECT ON clickstream_events, alembic_version, clickstream_adoptions "
+                f"TO {role}"
+            )
+        )
         conn.execute(sa.text(f"GRANT SELECT, INSERT ON clickstream_ingest_meta TO {role}"))
         conn.execute(
             sa.text(
