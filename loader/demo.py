@@ -141,7 +141,8 @@ def _spread_document(rng: random.Random, case: str, hour: datetime) -> dict[str,
         browse = Browse(rng, visitor, start_ms=received - 2_000, number=-1)
         browse.land("/shop")
         browse.click({})
-        body = {str(i): sent.payload for i, sent in enumerate(browse.sent[:2])}
+        pair = (browse.sent[0], browse.sent[-1])  # the page load's page_view and the click
+        body = {str(i): sent.payload for i, sent in enumerate(pair)}
     elif case == "spread_string":
         visitor.user_agent = "curl/8.5.0"
         body = {str(i): char for i, char in enumerate("ping")}
