@@ -104,7 +104,7 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
     import boto3
 
     import lambda_function
-    from loader.demo import generate_hour, upload
+    from loader.demo import ODD_CASES, generate_hour, upload
     from loader.local import DUMMY_AWS_ENV, moto_s3_server, start_embedded_postgres
     from loader.window import parse_hour
 
@@ -157,7 +157,7 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
                 f"{kinds['malformed']} malformed)"
             )
             odd = Counter(o.odd for o in objects if o.odd)
-            say("   odd objects kept: " + ", ".join(f"{n} {case}" for case, n in odd.items()))
+            say("   odd objects kept: " + ", ".join(f"{odd[c]} {c}" for c in ODD_CASES if odd[c]))
 
             say("[bold]4. Invoking the Lambda handler with the EventBridge event of 14:05Z[/]")
             started = time.perf_counter()
