@@ -266,23 +266,28 @@ def test_the_twelve_real_shaped_objects_load_field_by_field(
 # PREPARE/EXECUTE, so PostgreSQL parses this very text with its own $n parameters (as RPostgres
 # sends it), and once more through SQLAlchemy text(), where only the placeholders change
 # ($n -> :pn), as that driver needs.
-DASHBOARD_SQL = (
-    "SELECT "
-    "  event_timestamp, "
-    "  event_name, "
-    "  user_login_state, "
-    "  client_id, "
-    "  session_id, "
-    "  is_first_visit, "
-    "  context_product_id              AS product_id, "
-    "  context_product_name            AS product_name, "
-    "  context_product_category        AS product_category, "
-    "  context_product_brand           AS product_brand, "
-    "  context_product_price::numeric  AS product_price, "
-    "  context_product_discount_price  AS product_discount_price, "
-    "  context_product_url_path        AS product_url_path "
-    "FROM " + "clickstream_events" + " "
-    "WHERE event_timestamp >= $1 AND event_timestamp < $2 "
+TB = "clickstream_events"  # hard-coded in the app, unqualified
+DASHBOARD_SQL = "".join(  # paste0(...)
+    (
+        "SELECT ",
+        "  event_timestamp, ",
+        "  event_name, ",
+        "  user_login_state, ",
+        "  client_id, ",
+        "  session_id, ",
+        "  is_first_visit, ",
+        "  context_product_id              AS product_id, ",
+        "  context_product_name            AS product_name, ",
+        "  context_product_category        AS product_category, ",
+        "  context_product_brand           AS product_brand, ",
+        "  context_product_price::numeric  AS product_price, ",
+        "  context_product_discount_price  AS product_discount_price, ",
+        "  context_product_url_path        AS product_url_path ",
+        "FROM ",
+        TB,
+        " ",
+        "WHERE event_timestamp >= $1 AND event_timestamp < $2 ",
+    )
 )
 DASHBOARD_SQL_LOGIN = DASHBOARD_SQL + "AND user_login_state = $3"
 COLUMNS = (
