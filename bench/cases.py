@@ -195,7 +195,8 @@ NAIVE_META_SQL = (
     f"VALUES ({', '.join(['%s'] * 14)}) ON CONFLICT (event_id) DO NOTHING"
 )
 _NAIVE_MAPPED = {
-    "event_name",
+    "eventName",
+    "eventId",
     "timestamp",
     "pageUrl",
     "referrer",
@@ -240,18 +241,20 @@ def naive_handler(bucket: str, prefix: str, dsn: str) -> dict[str, int]:
                 except ValueError:
                     skipped += 1
                     continue
-                if not isinstance(e, dict) or not isinstance(e.get("event_name"), str):
+                # What the real tracker sends: `eventName`, and `eventId` (a UUID) unless the
+                # tracker predates it.
+                if not isinstance(e, dict) or not isinstance(e.get("eventName"), str):
                     skipped += 1
                     continue
                 ingest = e.get("_ingest") if isinstance(e.get("_ingest"), dict) else {}
                 product = e.get("product") if isinstance(e.get("product"), dict) else {}
-                event_id = key.rsplit("event-", 1)[-1].removesuffix(".json")
+                event_id = e.get("eventId") or key.rsplit("event-", 1)[-1].removesuffix(".json")
                 ts = e.get("timestamp")
                 first = e.get("isFirstVisit")
                 events.append(
                     (
                         event_id,
-                        e["event_name"],
+                        e["eventName"],
                         ingest.get("receivedAt") or modified,
                         ts if isinstance(ts, str) else None,
                         e.get("pageUrl"),

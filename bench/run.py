@@ -4,7 +4,7 @@
     .venv/bin/python bench/run.py --profile before --sizes 20k      # py-spy profile of the loader
 
 Starts s3rver (npm, installed under bench/.work on first use) on 127.0.0.1 and the embedded
-PostgreSQL, writes a realistic hour per size (~850 B events, ~1% malformed) straight into
+PostgreSQL, writes a real-shaped hour per size (~790 B events, ~1% malformed) straight into
 s3rver's store (the layout is verified against a real PUT first), and measures per size, each
 case in its own process (bench/cases.py), side by side:
 

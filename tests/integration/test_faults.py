@@ -145,7 +145,7 @@ def loader_sessions(engine: sa.Engine) -> list[Any]:
         return list(
             conn.execute(
                 sa.text(
-                    "SELECT pid, state, query FROM pg_stat_activity "
+                    "SELECT pid, state, wait_event_type, query FROM pg_stat_activity "
                     "WHERE application_name = 'clickstream-loader' AND pid <> pg_backend_pid()"
                 )
             ).all()
@@ -436,13 +436,19 @@ def test_dba_lock_shorter_than_the_retry_budget_lock_timeout_retried(
     dw_engine: sa.Engine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A DBA's CREATE INDEX (SHARE lock: reads pass, writes wait) in a transaction held for 2.5 s:
-    the batch insert hits lock_timeout (55P03) and is retried until the DBA commits."""
+    """A DBA's CREATE INDEX (SHARE lock: reads pass, writes wait) in a transaction held for 2.5 s
+    once the loader waits on it: the batch insert hits lock_timeout (55P03) and is retried until
+    the DBA commits."""
     monkeypatch.setenv("DW_PG_LOCK_TIMEOUT_MS", "200")
     planted = plant(s3, bucket, seed=160)
     with dw_engine.connect() as dba:
         dba.execute(sa.text("LOCK TABLE clickstream_events IN SHARE MODE"))
         run = Background()
+        # On a busy machine the loader may take longer than the hold to reach its first batch.
+        wait_until(
+            lambda: any(row.wait_event_type == "Lock" for row in loader_sessions(dw_engine)),
+            what="the loader waiting on the DBA's lock",
+        )
         time.sleep(2.5)
         dba.commit()
     report = run.join()

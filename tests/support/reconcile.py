@@ -1,15 +1,16 @@
 """Reconciliation for the fault and soak suites: what the generator planted against what the
 warehouse holds, independently of the loader's own counters.
 
-Expected event ids are derived from the planted objects with the documented rule (the uuid in
-`event-<uuid>.json` for the first record, uuid5(that uuid, position) for later NDJSON lines),
-not by running the loader's transform, so a bug there cannot hide behind its own arithmetic.
+Expected event ids are derived from the planted documents with the documented rule
+(docs/mapping.md, event_id: the payload's `eventId` as is when it is a UUID, uuid5 of any other
+id; without one, the uuid in `event-<uuid>.json` for the first record and uuid5(that uuid,
+position) for later NDJSON lines), not by running the loader's transform, so a bug there cannot
+hide behind its own arithmetic.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import random
 import uuid
 from collections import Counter
@@ -20,7 +21,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loader.demo import MALFORMED_BODIES, RawObject, _event
+from loader.demo import MALFORMED_BODIES, RawObject, serialize, shop_documents
+from loader.transform import EVENT_ID_NAMESPACE
 from loader.window import hour_prefix
 
 
@@ -41,11 +43,27 @@ def key_uuid(key: str) -> uuid.UUID:
     return uuid.UUID(key.rsplit("event-", 1)[1].removesuffix(".json"))
 
 
+def expected_event_id(document: dict[str, Any], key: str, position: int = 0) -> uuid.UUID:
+    """The id the documented rule gives a tracker event (the tracker's only id field is
+    `eventId`): a UUID as is, any other string (the `<epoch ms>-<8 hex>` fallback) uuid5 in the
+    loader's namespace, none at all (trackers before eventId) the key's uuid."""
+    event_id = document.get("eventId")
+    if isinstance(event_id, str) and event_id.strip():
+        try:
+            return uuid.UUID(event_id.strip())
+        except ValueError:
+            return uuid.uuid5(EVENT_ID_NAMESPACE, f"id:{event_id.strip()}")
+    own = key_uuid(key)
+    return own if position == 0 else uuid.uuid5(own, str(position))
+
+
 def from_demo(objects: Iterable[RawObject]) -> list[Planted]:
-    """`loader.demo.generate_hour` objects (one event each) as Planted."""
+    """`loader.demo.generate_hour` objects as Planted."""
     out = []
     for obj in objects:
-        ids = (key_uuid(obj.key),) if obj.expect == "event" else ()
+        ids: tuple[uuid.UUID, ...] = ()
+        if obj.expect == "event":
+            ids = tuple(expected_event_id(d, obj.key, i) for i, d in enumerate(obj.documents))
         out.append(Planted(obj.key, obj.body, obj.content_encoding, ids, obj.expect != "event"))
     return out
 
@@ -58,31 +76,36 @@ def mixed_hour(
     objects or single lines of an NDJSON object: the object's good lines still load)."""
     rng = random.Random(seed)
     prefix = hour_prefix(hour)
-    out: list[Planted] = []
-    for index in range(objects):
-        uid = uuid.UUID(int=rng.getrandbits(128), version=4)
-        key = f"{prefix}event-{uid}.json"
+    # Objects first (what each is, how many lines), then as many real-shaped events as needed.
+    plan: list[tuple[str, int]] = []
+    for _ in range(objects):
+        key = f"{prefix}event-{uuid.UUID(int=rng.getrandbits(128), version=4)}.json"
         roll = rng.random()
         if roll < malformed_ratio:
+            plan.append((key, 0))
+        elif roll < 0.80:
+            plan.append((key, 1))
+        elif roll < 0.95:
+            plan.append((key, rng.randint(5, 40)))
+        else:
+            plan.append((key, rng.randint(20, 120)))
+    documents = iter(shop_documents(hour, sum(lines for _, lines in plan), seed=seed))
+    out: list[Planted] = []
+    for key, lines in plan:
+        if lines == 0:
             out.append(Planted(key, rng.choice(MALFORMED_BODIES), rejected=True))
             continue
-        if roll < 0.80:
-            lines = 1
-        elif roll < 0.95:
-            lines = rng.randint(5, 40)
-        else:
-            lines = rng.randint(20, 120)
         ids: list[uuid.UUID] = []
         rows: list[bytes] = []
         rejected = False
         for position in range(lines):
+            document = next(documents)
             if lines > 1 and rng.random() < malformed_ratio:
-                rows.append(b'{"event_name": "page_view", "broken": ')
+                rows.append(b'{"eventName": "page_view", "broken": ')
                 rejected = True
                 continue
-            event = _event(rng, hour, index)
-            rows.append(json.dumps(event, ensure_ascii=False).encode())
-            ids.append(uid if position == 0 else uuid.uuid5(uid, str(position)))
+            rows.append(serialize(document))
+            ids.append(expected_event_id(document, key, position))
         body = b"\n".join(rows)
         encoding = None
         if lines >= 20:
