@@ -29,7 +29,7 @@ from test_migrations import HEAD, _alembic_cli, _env_for, _env_without_database,
 import lambda_function
 from loader.adoption import AdoptedRange, read_adopted_range
 from loader.config import DatabaseSettings, Settings
-from loader.db import check_revision, code_head_revision
+from loader.db import check_revision, code_revisions
 from loader.pipeline import HourJob
 from loader.schema import metadata
 from loader.sink import BatchWriter, tables_for, write_batch, write_batch_copy
@@ -321,7 +321,7 @@ def test_upgrade_head_adopts_the_original_etl_table_in_place(
     engine = _engine(legacy.info)
     try:
         with engine.connect() as conn:
-            assert check_revision(conn, code_head_revision()) == HEAD
+            assert check_revision(conn, code_revisions()) == HEAD
             adoption = conn.execute(sa.text("SELECT * FROM clickstream_adoptions")).one()
             loaded_at = set(
                 conn.execute(sa.text("SELECT DISTINCT loaded_at FROM clickstream_events")).scalars()
@@ -475,7 +475,7 @@ def test_downgrade_refuses_on_an_adopted_warehouse(
     # THEN it is refused and nothing changes: still at head, the adoption still on record
     assert excinfo.value.orig.pgcode == "P0001"  # raise_exception
     with legacy_engine.connect() as conn:
-        assert check_revision(conn, code_head_revision()) == HEAD
+        assert check_revision(conn, code_revisions()) == HEAD
         assert conn.execute(sa.text("SELECT count(*) FROM clickstream_adoptions")).scalar() == 1
 
 
