@@ -7,23 +7,18 @@ Lambda's retry and on-failure destination see them.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from loader import __version__
 from loader.app import LoaderFactory
 from loader.db import sqlstate
-from loader.ledger import finalize_sharded_hour
 from loader.observability import emit_metrics, log
-from loader.pipeline import run_trigger
-from loader.report import Report
+from loader.pipeline import finalize_fanned_out_hour, run_hours, run_trigger
 from loader.secrets import forget_database_secrets
 from loader.window import (
     Shard,
     TriggerError,
     hour_label,
-    hour_prefix,
     parse_hour,
     parse_trigger,
     previous_hour,
@@ -32,6 +27,12 @@ from loader.window import (
 _factory = LoaderFactory()
 #: invalid_authorization_specification, invalid_password
 _AUTH_FAILURES = frozenset({"28000", "28P01"})
+
+
+def _clock() -> datetime:
+    """The instant the original ETL's payloads count from (`hoursBack`, hours not begun yet);
+    tests replace it with a fixed one."""
+    return datetime.now(UTC)
 
 
 def _remaining_ms(context: Any) -> Any:
@@ -51,16 +52,25 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             return _plan(event)
         loader = _factory.get()
         if action == "finalize":
-            return _finalize(loader, event)
-        trigger = parse_trigger(event)
-        report = run_trigger(loader, trigger, _remaining_ms(context))
-        emit_metrics(report, datetime.now(UTC))
-        summary = report.to_dict()
+            return _finalize(loader, event, context)
+        trigger = parse_trigger(event, events_prefix=loader.settings.events_prefix, now=_clock())
+        if trigger.day is not None:
+            summary = run_hours(
+                loader,
+                trigger,
+                _remaining_ms(context),
+                lambda hour_report: emit_metrics(hour_report, datetime.now(UTC)),
+            ).to_dict()
+        else:
+            report = run_trigger(loader, trigger, _remaining_ms(context))
+            emit_metrics(report, datetime.now(UTC))
+            summary = report.to_dict()
         log.info("run finished", extra={"report": summary})
         return summary
     except Exception as exc:
         log.exception("run failed")
-        if sqlstate(exc) in _AUTH_FAILURES:
+        # A day run wraps the failing hour's error: look behind it too.
+        if {sqlstate(exc), sqlstate(exc.__cause__ or exc)} & _AUTH_FAILURES:
             # The password may have been rotated: re-read the secret on the next invocation.
             forget_database_secrets()
             _factory.close()
@@ -87,23 +97,14 @@ def _plan(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _finalize(loader: Any, event: dict[str, Any]) -> dict[str, Any]:
-    """Step Functions' last step: record the fanned-out hour complete once every shard is."""
+def _finalize(loader: Any, event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Step Functions' last step: record the fanned-out hour complete once every shard is (the
+    same ledger row however often it is retried), then look back over the previous hours."""
     hour = parse_hour(str(event.get("hour", "")))
     count = int(event.get("shard_count", 0))
     Shard(0, count)
-    report = Report.new(
-        hour_label(hour),
-        hour_prefix(hour, loader.settings.events_prefix),
-        "schedule",
-        str(uuid.uuid4()),
-        loader.settings.key_list_cap,
-    )
-    report.db_revision = loader.check_schema()
-    missing = finalize_sharded_hour(loader.engine, loader.tables, hour, count, report, __version__)
-    if missing:
-        raise RuntimeError(
-            f"hour {report.hour} is not complete: shards {missing} have no complete run"
-        )
+    report = finalize_fanned_out_hour(loader, hour, count, _remaining_ms(context))
     emit_metrics(report, datetime.now(UTC))
-    return report.to_dict()
+    summary = report.to_dict()
+    log.info("hour finalized", extra={"report": summary})
+    return summary

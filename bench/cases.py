@@ -381,7 +381,7 @@ class _Prefetched:
     def list_objects(self, prefix: str, start_after: str | None = None) -> Iterator[Any]:
         return (ref for ref, _ in self._items if ref.key.startswith(prefix))
 
-    def fetch_many(self, refs: Iterable[Any]) -> Iterator[Any]:
+    def fetch_many(self, refs: Iterable[Any], stop: Any = None) -> Iterator[Any]:
         from loader.source import FetchedObject
 
         return (FetchedObject(ref, b"") for ref in refs)

@@ -2,7 +2,8 @@
 
 A warm Lambda container keeps the settings, the S3 client and the engine object, but never a
 connection: `release()` closes the pool after every invocation, so no stale connection
-outlives it and none lingers on the warehouse between hourly runs.
+outlives it and none lingers on the warehouse between hourly runs. Nor a schema check: each
+invocation reads the warehouse's revision once.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ class LoaderFactory:
         return self._loader
 
     def release(self) -> None:
-        """Close every pooled connection; keep clients and settings for the next invocation."""
+        """Close every pooled connection; keep clients and settings for the next invocation,
+        which reads the warehouse's revision again (a DBA may migrate in between)."""
         if self._loader is not None:
             self._loader.engine.dispose()
+            self._loader.expire_schema_check()
 
     def close(self) -> None:
         if self._loader is not None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -21,13 +23,18 @@ from psycopg2 import errorcodes
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception,
+    retry_base,
     stop_after_attempt,
     stop_after_delay,
+    stop_before_delay,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
 from loader.config import DatabaseSettings
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
 
 T = TypeVar("T")
 
@@ -37,7 +44,6 @@ TRANSIENT_SQLSTATES: Final = frozenset(
         "40001",  # serialization_failure
         "40P01",  # deadlock_detected
         "55P03",  # lock_not_available (lock_timeout)
-        "57014",  # query_canceled (statement_timeout)
         "57P01",  # admin_shutdown (server restart, pg_terminate_backend)
         "57P02",  # crash_shutdown
         "57P03",  # cannot_connect_now (server starting up)
@@ -46,6 +52,11 @@ TRANSIENT_SQLSTATES: Final = frozenset(
         "25P03",  # idle_in_transaction_session_timeout
     }
 )
+#: query_canceled: statement_timeout ran out, or a DBA's pg_cancel_backend. A cancel is worth one
+#: more try; a statement that timed out will most likely time out again, and every attempt costs
+#: a whole DW_PG_STATEMENT_TIMEOUT_MS, so it is retried at most this many times per operation.
+QUERY_CANCELED: Final = "57014"
+QUERY_CANCELED_RETRIES: Final = 1
 #: Whole SQLSTATE classes that are transient: 08 connection exception, 53 insufficient resources.
 TRANSIENT_CLASSES: Final = ("08", "53", "58")
 #: Classes where the data itself is at fault: retrying cannot help, bisecting can.
@@ -66,10 +77,15 @@ def sqlstate(exc: BaseException) -> str | None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Connection trouble, lock/serialization conflicts, resource limits: try again."""
+    """Connection trouble, lock/serialization conflicts, resource limits, a cancelled
+    statement: try again (a cancelled one only once, see `retrying`)."""
     code = sqlstate(exc)
     if code is not None:
-        return code in TRANSIENT_SQLSTATES or code.startswith(TRANSIENT_CLASSES)
+        return (
+            code in TRANSIENT_SQLSTATES
+            or code == QUERY_CANCELED
+            or code.startswith(TRANSIENT_CLASSES)
+        )
     # No SQLSTATE: the client lost or never had the connection (refused, reset, timed out).
     if isinstance(exc, sa.exc.DBAPIError):
         return bool(exc.connection_invalidated) or isinstance(
@@ -139,47 +155,178 @@ def make_engine(db: DatabaseSettings, *, pool_size: int = 1, max_overflow: int =
     )
 
 
-def code_head_revision(migrations_dir: Path = MIGRATIONS_DIR) -> str:
-    """The Alembic head this code expects, read from the migrations shipped beside it."""
+@dataclass(frozen=True)
+class CodeRevisions:
+    """The Alembic history shipped beside this code: its head, and every revision it knows."""
+
+    head: str
+    known: frozenset[str]
+
+
+def _script_directory(migrations_dir: Path) -> ScriptDirectory:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))
-    head = ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(config)
+
+
+@lru_cache(maxsize=4)
+def code_revisions(migrations_dir: Path = MIGRATIONS_DIR) -> CodeRevisions:
+    """Read once per process: parsing the revision files imports every one of them."""
+    script = _script_directory(migrations_dir)
+    head = script.get_current_head()
     if head is None:
         raise SchemaRevisionError(f"no Alembic revisions found in {migrations_dir}")
-    return head
+    return CodeRevisions(head, frozenset(rev.revision for rev in script.walk_revisions()))
 
 
-def database_revision(conn: sa.Connection) -> str | None:
+def code_head_revision(migrations_dir: Path = MIGRATIONS_DIR) -> str:
+    """The Alembic head this code expects, read from the migrations shipped beside it."""
+    return code_revisions(migrations_dir).head
+
+
+# --- expand/contract: which loaders may load into a newer warehouse ------------------------------
+#
+# A loader knows only the revisions shipped with it, so it cannot read the file of a newer one.
+# The newer release's env.py can: after every migration step it writes, in the same transaction,
+# the list of revisions whose loaders may load into the new head as the comment of the
+# alembic_version table. The loader reads it with the version, in the same statement.
+
+#: Module-level flag a revision sets when a loader built for its down_revision still loads
+#: correctly into it: additive changes (a nullable column or one with a default, an index, a
+#: table the loader does not use). Anything the old loader would write wrongly, or fail on, leaves
+#: it unset, and the chain of compatibility stops there.
+COMPATIBLE_MARKER: Final = "loader_compatible"
+_COMPATIBILITY_PREFIX: Final = "clickstream-loader: loaders built for these revisions may load here"
+_COMPATIBILITY_SEPARATOR: Final = " (this one first): "
+
+
+def compatible_loader_revisions(script: ScriptDirectory, head: str | None) -> list[str]:
+    """`head`, then each down_revision for as long as the revision above it declares
+    `loader_compatible = True`: the revisions whose loaders may load into `head`."""
+    chain: list[str] = []
+    revision = script.get_revision(head) if head else None
+    while revision is not None:
+        chain.append(revision.revision)
+        down = revision.down_revision
+        if not getattr(revision.module, COMPATIBLE_MARKER, False) or not isinstance(down, str):
+            break
+        revision = script.get_revision(down)
+    return chain
+
+
+def compatibility_comment(chain: list[str]) -> str | None:
+    """The alembic_version table comment that records `compatible_loader_revisions`."""
+    if not chain:
+        return None
+    return _COMPATIBILITY_PREFIX + _COMPATIBILITY_SEPARATOR + " ".join(chain)
+
+
+def parse_compatibility_comment(comment: str | None, version: str) -> frozenset[str]:
+    """The revisions a warehouse at `version` accepts loaders of; only `version` itself unless
+    the comment was written for that very version (an edited or stale comment counts for
+    nothing)."""
+    if comment and comment.startswith(_COMPATIBILITY_PREFIX + _COMPATIBILITY_SEPARATOR):
+        chain = comment.split(_COMPATIBILITY_SEPARATOR, 1)[1].split()
+        if chain and chain[0] == version:
+            return frozenset(chain)
+    return frozenset({version})
+
+
+@dataclass(frozen=True)
+class WarehouseRevision:
+    version: str | None
+    accepts_loaders_of: frozenset[str]
+
+
+#: One statement per check: the version and the compatibility comment of the same table.
+_READ_REVISION = sa.text(
+    "SELECT version_num, obj_description('alembic_version'::regclass, 'pg_class') "
+    "FROM alembic_version"
+)
+
+
+def database_revision(conn: sa.Connection) -> WarehouseRevision:
+    """The warehouse's Alembic version; no version at all when alembic_version does not exist.
+    A role without SELECT on it is told so: that is a missing grant, not a missing table."""
     try:
         with conn.begin_nested():
-            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-    except sa.exc.ProgrammingError:
-        return None
+            row = conn.execute(_READ_REVISION).first()
+    except sa.exc.ProgrammingError as exc:
+        code = sqlstate(exc)
+        if code == "42P01":  # undefined_table
+            return WarehouseRevision(None, frozenset())
+        if code == "42501":  # insufficient_privilege
+            raise SchemaRevisionError(
+                "the loader's role may not read alembic_version (SQLSTATE 42501, permission "
+                "denied): the DBA grants it SELECT there (deploy/grants.sql)"
+            ) from None
+        raise
+    if row is None or row[0] is None:
+        return WarehouseRevision(None, frozenset())
+    version = str(row[0])
+    return WarehouseRevision(version, parse_compatibility_comment(row[1], version))
 
 
-def check_revision(conn: sa.Connection, expected: str) -> str:
-    """Refuse to load into a warehouse at another revision: the loader never runs DDL."""
-    current = database_revision(conn)
-    if current != expected:
+def check_revision(conn: sa.Connection, code: CodeRevisions) -> str:
+    """Refuse to load into a warehouse this loader was not built for; the loader never runs DDL.
+
+    Loads when the warehouse is at the loader's head, or ahead of it by revisions that all
+    declare themselves loader-compatible (expand/contract: the DBA applies the additive step,
+    the loader is deployed after). Behind, ahead by anything else, or unknown: refused, naming
+    both revisions and what to do."""
+    found = database_revision(conn)
+    current = found.version
+    if current == code.head:
+        return current
+    if current is None or current in code.known:
         raise SchemaRevisionError(
             f"DW is at revision {current or '<none: alembic_version missing>'}, loader needs "
-            f"{expected}: run `alembic upgrade head` against the warehouse first"
+            f"{code.head}: run `alembic upgrade head` against the warehouse first"
         )
-    return current
+    if code.head in found.accepts_loaders_of:
+        return current
+    raise SchemaRevisionError(
+        f"DW is at revision {current}, which this loader (built for {code.head}) does not know "
+        f"and which is not declared loader-compatible back to {code.head}: deploy the loader "
+        f"built for {current}, or downgrade the warehouse to {code.head}"
+    )
+
+
+class _RetryTransient(retry_base):
+    """Transient errors, a cancelled statement (57014) at most QUERY_CANCELED_RETRIES times."""
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        if exc is None or not is_transient(exc):
+            return False
+        if sqlstate(exc) == QUERY_CANCELED:
+            # Retrying's statistics are per call (reset when a call begins) and per thread.
+            stats = retry_state.retry_object.statistics
+            stats["query_canceled"] = int(stats.get("query_canceled", 0)) + 1
+            return int(stats["query_canceled"]) <= QUERY_CANCELED_RETRIES
+        return True
 
 
 def retrying(
     budget_s: float,
     max_attempts: int,
     on_retry: Callable[[RetryCallState], None] | None = None,
+    deadline_s: float | None = None,
 ) -> Retrying:
-    """Exponential backoff with full jitter, on transient errors only, within a time budget."""
+    """Exponential backoff with full jitter, on transient errors only, within a time budget.
+
+    `deadline_s` (the Lambda's time left before its safety margin) is a hard end: no backoff
+    sleep is started that would end past it, whatever the budget says."""
+    stop: stop_base = stop_after_delay(budget_s) | stop_after_attempt(max_attempts)
+    if deadline_s is not None:
+        stop = stop | stop_before_delay(max(deadline_s, 0.0))
     return Retrying(
-        retry=retry_if_exception(is_transient),
-        stop=stop_after_delay(budget_s) | stop_after_attempt(max_attempts),
+        retry=_RetryTransient(),
+        stop=stop,
         wait=wait_random_exponential(multiplier=0.25, max=8),
         before_sleep=on_retry,
         reraise=True,

@@ -1,9 +1,13 @@
 """The load ledger and the per-hour lock: what ran, what it did, and who is running now.
 
 One `clickstream_load_runs` row per run per hour, written when the run starts and updated when
-it ends, so a killed run stays visible as `running` with no `finished_at`. A session-level
-advisory lock per hour (and shard) keeps two runs of the same hour from doing the same work;
-runs of different hours take different locks and proceed in parallel.
+it ends, so a killed run stays visible as `running` with no `finished_at`.
+
+One locking rule per hour, session-level advisory locks: a full-hour run (schedule, `run`,
+backfill, lookback, reprocess, finalize) holds the hour's lock exclusively; a shard holds it
+shared, plus its own shard's lock exclusively. Shards of an hour run in parallel with each other,
+never with a full-hour run of that hour, and never twice at once; different hours never wait on
+each other.
 """
 
 from __future__ import annotations
@@ -30,18 +34,39 @@ def lock_key(hour_label: str, shard: str | None) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def _try_lock(conn: sa.Connection, hour_key: int, shard_key: int | None) -> bool:
+    """One attempt at the hour's locks, all or nothing."""
+    if shard_key is None:
+        return bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(hour_key))).scalar())
+    if not conn.execute(sa.select(sa.func.pg_try_advisory_lock_shared(hour_key))).scalar():
+        return False
+    if conn.execute(sa.select(sa.func.pg_try_advisory_lock(shard_key))).scalar():
+        return True
+    conn.execute(sa.select(sa.func.pg_advisory_unlock_shared(hour_key)))
+    return False
+
+
+def _unlock(conn: sa.Connection, hour_key: int, shard_key: int | None) -> None:
+    if shard_key is None:
+        conn.execute(sa.select(sa.func.pg_advisory_unlock(hour_key)))
+        return
+    conn.execute(sa.select(sa.func.pg_advisory_unlock(shard_key)))
+    conn.execute(sa.select(sa.func.pg_advisory_unlock_shared(hour_key)))
+
+
 @contextmanager
 def hour_lock(
     engine: sa.Engine, hour_label: str, shard: str | None, wait_s: float
 ) -> Iterator[bool]:
-    """Hold the hour's advisory lock for the block; yields False if another run holds it after
-    waiting up to `wait_s`. The lock lives on its own connection and dies with it, so a killed
-    loader never leaves an hour locked."""
-    key = lock_key(hour_label, shard)
+    """Hold the hour's advisory locks for the block (see the module docstring for the rule);
+    yields False if they are still taken after waiting up to `wait_s`. The locks live on their
+    own connection and die with it, so a killed loader never leaves an hour locked."""
+    hour_key = lock_key(hour_label, None)
+    shard_key = None if shard is None else lock_key(hour_label, shard)
     with engine.connect() as conn:
         deadline = time.monotonic() + wait_s
         while True:
-            acquired = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
+            acquired = _try_lock(conn, hour_key, shard_key)
             conn.commit()
             if acquired or time.monotonic() >= deadline:
                 break
@@ -51,10 +76,10 @@ def hour_lock(
         finally:
             if acquired:
                 try:
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                    _unlock(conn, hour_key, shard_key)
                     conn.commit()
                 except sa.exc.DBAPIError:
-                    pass  # connection gone: the server already released the lock
+                    pass  # connection gone: the server already released the locks
 
 
 _COUNT_COLUMNS = (
@@ -226,6 +251,25 @@ def open_quarantine(
     return conn.execute(stmt).all()
 
 
+def finalize_run_id(hour_label: str, shard_count: int) -> uuid.UUID:
+    """The same id for every finalize of an hour fanned out `shard_count` ways: a retried
+    finalize updates its one ledger row instead of adding another."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"clickstream-loader:finalize:{hour_label}:{shard_count}")
+
+
+def _covering_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """A shard's runs, oldest first → its newest complete run and the partial passes it
+    resumed from (the passes that together listed the shard once); None if none completed."""
+    complete = [i for i, run in enumerate(runs) if run["state"] == "complete"]
+    if not complete:
+        return None
+    end = complete[-1]
+    start = end
+    while start > 0 and runs[start - 1]["state"] == "partial":
+        start -= 1
+    return runs[start : end + 1]
+
+
 def finalize_sharded_hour(
     engine: sa.Engine,
     tables: Tables,
@@ -236,47 +280,65 @@ def finalize_sharded_hour(
 ) -> list[str]:
     """Record a fanned-out hour as one full-hour run once every shard has completed.
 
-    Returns the shards (`i/n`) still missing a complete run; when none is missing the hour gets
-    a `complete` ledger row whose counts are the sum of each shard's newest complete run.
+    Returns the shards (`i/n`) still missing a complete run. When none is missing, the hour's
+    finalize row (one per hour and shard count, whatever the number of retries) holds:
+    `inserted` and `retries` summed over every run of every shard (each event is inserted by
+    exactly one run, whichever pass or attempt it was), the other counts summed over the passes
+    that listed each shard once (its newest complete run and the partial passes it resumed from).
     """
     runs = tables.load_runs
     expected = {f"{i}/{shard_count}" for i in range(shard_count)}
     with engine.begin() as conn:
-        newest_complete = (
-            sa.select(runs)
-            .where(runs.c.hour == hour, runs.c.shard.in_(expected), runs.c.state == "complete")
-            .ext(distinct_on(runs.c.shard))
-            .order_by(runs.c.shard, runs.c.started_at.desc())
+        shard_runs = (
+            conn.execute(
+                sa.select(runs)
+                .where(runs.c.hour == hour, runs.c.shard.in_(expected))
+                .order_by(runs.c.shard, runs.c.started_at)
+            )
+            .mappings()
+            .all()
         )
-        rows = conn.execute(newest_complete).mappings().all()
-        missing = sorted(expected - {row["shard"] for row in rows})
+        by_shard: dict[str, list[dict[str, Any]]] = {}
+        for row in shard_runs:
+            by_shard.setdefault(row["shard"], []).append(dict(row))
+        covering = {shard: _covering_runs(by_shard.get(shard, [])) for shard in expected}
+        missing = sorted(shard for shard, passes in covering.items() if passes is None)
         if missing:
             return missing
-        totals = {
-            name: sum(int(row[name]) for row in rows)
+        passes = [run for shard_passes in covering.values() for run in shard_passes or []]
+        every_run = [dict(row) for row in shard_runs]
+        totals: dict[str, int] = {
+            name: sum(int(run[name]) for run in passes)
             for name in (*_COUNT_COLUMNS, "malformed", "invalid", "quarantined")
         }
+        for name in ("inserted", "retries"):
+            totals[name] = sum(int(run[name]) for run in every_run)
         newest = max(
-            (row["newest_event_at"] for row in rows if row["newest_event_at"]), default=None
+            (run["newest_event_at"] for run in passes if run["newest_event_at"]), default=None
         )
+        run_id = finalize_run_id(report.hour, shard_count)
+        values: dict[str, Any] = {
+            "started_at": min(run["started_at"] for run in passes),
+            "finished_at": datetime.now(UTC),
+            "state": "complete",
+            "newest_event_at": newest,
+            "loader_version": loader_version,
+            "db_revision": report.db_revision,
+            **totals,
+        }
         conn.execute(
-            sa.insert(runs).values(
-                run_id=uuid.UUID(report.run_id),
-                hour=hour,
-                trigger=report.trigger,
-                shard=None,
-                started_at=min(row["started_at"] for row in rows),
-                finished_at=datetime.now(UTC),
-                state="complete",
-                newest_event_at=newest,
-                loader_version=loader_version,
-                db_revision=report.db_revision,
-                **totals,
-            )
+            insert(runs)
+            .values(run_id=run_id, hour=hour, trigger=report.trigger, shard=None, **values)
+            .on_conflict_do_update(index_elements=["run_id"], set_=values)
         )
-        report.inserted = totals["inserted"]
-        report.objects_listed = totals["objects_listed"]
-        report.events_read = totals["events_read"]
-        report.state = "complete"
-        report.newest_event_at = newest.isoformat() if newest else None
+    report.run_id = str(run_id)
+    report.inserted = totals["inserted"]
+    report.objects_listed = totals["objects_listed"]
+    report.events_read = totals["events_read"]
+    report.duplicate_exact = totals["duplicate_exact"]
+    report.duplicate_conflicting = totals["duplicate_conflicting"]
+    report.duplicates = report.duplicate_exact + report.duplicate_conflicting
+    report.retries = totals["retries"]
+    report.state = "complete"
+    report.newest_event_at = newest.isoformat() if newest else None
     return []

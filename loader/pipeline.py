@@ -15,7 +15,8 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -27,16 +28,24 @@ from loader import __version__
 from loader.config import Settings
 from loader.db import (
     check_revision,
-    code_head_revision,
+    code_revisions,
     describe_error,
     is_data_error,
     log_retry,
     retrying,
     sqlstate,
 )
-from loader.ledger import completed_objects, finish_run, hour_lock, hour_records, start_run
+from loader.ledger import (
+    completed_objects,
+    finalize_run_id,
+    finalize_sharded_hour,
+    finish_run,
+    hour_lock,
+    hour_records,
+    start_run,
+)
 from loader.observability import log
-from loader.report import Report
+from loader.report import KeyList, Report
 from loader.sink import (
     BatchOutcome,
     Completion,
@@ -55,6 +64,13 @@ from loader.window import HOUR, Shard, Trigger, hour_label, hour_prefix
 
 RemainingMs = Callable[[], int]
 
+#: How often the writer, waiting for the next object, looks at the Lambda's clock, and how often
+#: a source waiting on S3 looks at the stop signal.
+_POLL_S = 0.1
+#: How long an ending invocation waits for its producer thread to see the stop signal. The real
+#: sources stop within _POLL_S; only a source that ignores the signal can use this up.
+_PRODUCER_JOIN_S = 30.0
+
 
 def in_shard(key: str, shard: Shard | None) -> bool:
     """Hash partitioning: every key belongs to exactly one of `count` shards, whatever its name."""
@@ -72,6 +88,8 @@ class _Prepared:
     events: list[EventRecord]
     rejections: list[Rejection]
     last_modified: datetime | None = None
+    #: Keys listed just before this one and skipped as already loaded.
+    skipped_before: int = 0
     events_read: int = 0
     sanitised: int = 0
     truncated: int = 0
@@ -83,6 +101,26 @@ class _Done:
     """End of the producer's stream, with its error if it failed."""
 
     error: BaseException | None
+    #: Keys after the last object that were skipped as already loaded.
+    skipped_after: int = 0
+
+
+@dataclass
+class _StreamEnd:
+    """How the producer's stream ended, for the writer."""
+
+    skipped_after: int = 0
+    #: Lambda time ran out while the writer waited for the next object.
+    out_of_time: bool = False
+
+
+class _Listing:
+    """The keys to fetch, in order, and how many already-loaded keys were skipped before each:
+    the writer counts those as processed only once it has committed the object after them."""
+
+    def __init__(self) -> None:
+        self.skipped_before: dict[str, int] = {}
+        self.skipped_after = 0
 
 
 @dataclass
@@ -93,6 +131,9 @@ class _Batch:
     completed: list[Completion] = field(default_factory=list)
     last_key: str | None = None
     resolved_keys: list[str] = field(default_factory=list)
+    #: Objects whose last events are in this batch, and already-loaded keys skipped before them.
+    objects: int = 0
+    skipped_loaded: int = 0
 
 
 @dataclass
@@ -120,32 +161,61 @@ class HourLoader:
         self.source = source
         self.tables: Tables = tables_for(settings)
         self.writer = batch_writer(settings.write_method)
-        self._expected_revision: str | None = None
         self._db_revision: str | None = None
+        self._remaining_ms: RemainingMs | None = None
 
     def check_schema(self) -> str:
-        """Fail fast, before any S3 work, if the DW is not at the code's Alembic head."""
+        """Fail fast, before any S3 work, if the DW is not at a revision this loader may load
+        into. One read per invocation: see `expire_schema_check`."""
         if self._db_revision is None:
-            expected = code_head_revision()
+            code = code_revisions()
 
             def read() -> str:
                 with self.engine.connect() as conn:
-                    return check_revision(conn, expected)
+                    return check_revision(conn, code)
 
             self._db_revision = self.retrying("connect")(read)
         return self._db_revision
 
+    def expire_schema_check(self) -> None:
+        """Called between invocations of a warm container: a DBA may have migrated (or
+        downgraded) the warehouse since, so the next invocation reads the revision again."""
+        self._db_revision = None
+
+    @contextmanager
+    def lambda_clock(self, remaining_ms: RemainingMs | None) -> Iterator[None]:
+        """Within the block, retries end before the Lambda's safety margin (see `retrying`)."""
+        outer = self._remaining_ms
+        self._remaining_ms = remaining_ms if remaining_ms is not None else outer
+        try:
+            yield
+        finally:
+            self._remaining_ms = outer
+
     def retrying(self, what: str, report: Report | None = None) -> Retrying:
-        """The transient-error retry policy, counting retries into `report`."""
+        """The transient-error retry policy, counting retries into `report`. Its budget is
+        DB_RETRY_BUDGET_SECONDS, cut to the Lambda's time left before SAFETY_MARGIN_MS."""
 
         def on_retry(state: RetryCallState) -> None:
             if report is not None:
                 report.retries += 1
             log_retry(log, what)(state)
 
-        return retrying(self.settings.db_retry_budget_s, self.settings.db_max_attempts, on_retry)
+        deadline_s = None
+        if self._remaining_ms is not None:
+            deadline_s = (self._remaining_ms() - self.settings.safety_margin_ms) / 1000
+        return retrying(
+            self.settings.db_retry_budget_s,
+            self.settings.db_max_attempts,
+            on_retry,
+            deadline_s=deadline_s,
+        )
 
     def load(self, job: HourJob, remaining_ms: RemainingMs | None = None) -> Report:
+        with self.lambda_clock(remaining_ms):
+            return self._load(job, remaining_ms)
+
+    def _load(self, job: HourJob, remaining_ms: RemainingMs | None) -> Report:
         label = hour_label(job.hour)
         prefix = hour_prefix(job.hour, self.settings.events_prefix)
         report = Report.new(
@@ -211,27 +281,48 @@ class HourLoader:
         return None
 
     def _refs(
-        self, job: HourJob, report: Report, start_after: str | None, skip: set[str]
+        self,
+        job: HourJob,
+        prefix: str,
+        start_after: str | None,
+        skip: set[str],
+        listing: _Listing,
+        stop: threading.Event,
     ) -> Iterator[ObjectRef]:
-        for ref in self.source.list_objects(report.prefix, start_after=start_after):
+        """The keys of this job, in order; already-loaded ones are left out and counted into
+        `listing` (the writer counts them, not this producer-side generator, which runs ahead)."""
+        skipped = 0
+        for ref in self.source.list_objects(prefix, start_after=start_after):
+            if stop.is_set():
+                return
             if not in_shard(ref.key, job.shard):
                 continue
             if job.only_keys is not None and ref.key not in job.only_keys:
                 continue
-            report.objects_listed += 1
             if ref.key in skip:
-                report.objects_skipped_loaded += 1
+                skipped += 1
                 continue
+            listing.skipped_before[ref.key] = skipped
+            skipped = 0
             yield ref
+        listing.skipped_after = skipped
 
     def _prepared(
-        self, job: HourJob, report: Report, start_after: str | None
-    ) -> Iterator[_Prepared]:
+        self,
+        job: HourJob,
+        report: Report,
+        start_after: str | None,
+        remaining_ms: RemainingMs | None,
+        end: _StreamEnd,
+    ) -> Generator[_Prepared, None, None]:
         """Fetch and transform on a producer thread, handing objects over a bounded queue.
 
         The writer (the caller) and the fetch/transform stage overlap: while a batch commits,
         the next objects are already being fetched and parsed. The queue bound keeps memory
-        flat; an error on either side stops the other.
+        flat; an error on either side stops the other. The producer never outlives this
+        generator: on the way out it is told to stop (the source gives up its in-flight GETs)
+        and joined. A writer waiting for the next object gives up when the Lambda's time runs
+        out (`end.out_of_time`), however long S3 takes to answer.
         """
         skip: set[str] = set()
         if job.skip_loaded_keys:
@@ -241,24 +332,28 @@ class HourLoader:
             maxsize=max(2 * self.settings.max_records_per_batch, 64)
         )
         stop = threading.Event()
+        listing = _Listing()
 
         def put(item: _Prepared | _Done) -> bool:
             while not stop.is_set():
                 try:
-                    handoff.put(item, timeout=0.1)
+                    handoff.put(item, timeout=_POLL_S)
                     return True
                 except queue.Full:
                     continue
             return False
 
         def produce() -> None:
-            refs = self._refs(job, report, start_after, skip)
-            fetched_objects = self.source.fetch_many(refs)
+            refs = self._refs(job, report.prefix, start_after, skip, listing, stop)
+            fetched_objects = self.source.fetch_many(refs, stop)
             try:
                 for fetched in fetched_objects:
-                    if not put(self._transform(fetched)):
+                    prepared = self._transform(fetched)
+                    prepared.skipped_before = listing.skipped_before.pop(prepared.key, 0)
+                    if not put(prepared):
                         return
-                put(_Done(None))
+                if not stop.is_set():
+                    put(_Done(None, listing.skipped_after))
             except BaseException as exc:  # handed to the writer, which re-raises it
                 put(_Done(exc))
             finally:
@@ -270,15 +365,27 @@ class HourLoader:
         producer.start()
         try:
             while True:
-                item = handoff.get()
+                try:
+                    item = handoff.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if self._out_of_time(report, remaining_ms):
+                        end.out_of_time = True
+                        return
+                    continue
                 if isinstance(item, _Done):
                     if item.error is not None:
                         raise item.error
+                    end.skipped_after = item.skipped_after
                     return
                 yield item
         finally:
             stop.set()
-            producer.join(timeout=60)
+            producer.join(timeout=_PRODUCER_JOIN_S)
+            if producer.is_alive():
+                log.error(
+                    "the fetch thread ignored the stop signal and is still running",
+                    extra={"source": type(self.source).__name__},
+                )
 
     def _stream(
         self,
@@ -287,16 +394,30 @@ class HourLoader:
         remaining_ms: RemainingMs | None,
         start_after: str | None,
     ) -> None:
+        end = _StreamEnd()
+        # closing(): an error here must stop the producer now, not when the traceback holding
+        # this frame (and so the generator) is freed.
+        with closing(self._prepared(job, report, start_after, remaining_ms, end)) as prepared:
+            self._write_all(job, report, remaining_ms, prepared, end)
+
+    def _write_all(
+        self,
+        job: HourJob,
+        report: Report,
+        remaining_ms: RemainingMs | None,
+        prepared: Iterator[_Prepared],
+        end: _StreamEnd,
+    ) -> None:
         limit = self.settings.max_records_per_batch
         batch = _Batch()
-        for item in self._prepared(job, report, start_after):
+        for item in prepared:
             report.retries += item.retries
             report.events_read += item.events_read
             report.sanitised += item.sanitised
             report.truncated += item.truncated
             events = item.events
             if batch.records and len(batch.records) + len(events) > limit:
-                self._flush(job, report, batch)
+                self._flush_counted(job, report, batch)
                 batch = _Batch()
                 if self._out_of_time(report, remaining_ms):
                     return
@@ -317,15 +438,28 @@ class HourLoader:
                 )
             )
             batch.last_key = item.key
+            batch.objects += 1 + item.skipped_before
+            batch.skipped_loaded += item.skipped_before
             if job.resolve_quarantine and not item.rejections:
                 batch.resolved_keys.append(item.key)
             if len(batch.records) >= limit:
-                self._flush(job, report, batch)
+                self._flush_counted(job, report, batch)
                 batch = _Batch()
                 if self._out_of_time(report, remaining_ms):
                     return
-        self._flush(job, report, batch)
+        self._flush_counted(job, report, batch)
+        if end.out_of_time:
+            return
+        report.objects_listed += end.skipped_after
+        report.objects_skipped_loaded += end.skipped_after
         report.state = "complete"
+
+    def _flush_counted(self, job: HourJob, report: Report, batch: _Batch) -> None:
+        """Write the batch, then count its objects as processed: `objects_listed` is what this
+        run got through, never what the producer had listed ahead of the writer."""
+        self._flush(job, report, batch)
+        report.objects_listed += batch.objects
+        report.objects_skipped_loaded += batch.skipped_loaded
 
     def _transform(self, fetched: FetchedObject) -> _Prepared:
         """One fetched object → its events, its rejections and its counts (producer thread)."""
@@ -497,6 +631,11 @@ def lookback_hours(hour: datetime, count: int) -> list[datetime]:
     return [hour - HOUR * i for i in range(1, count + 1)]
 
 
+class HourNotFinalized(RuntimeError):
+    """A fanned-out hour cannot be recorded complete (yet): a shard has no complete run, or a
+    run of the hour still holds it. Step Functions retries FinalizeHour on this."""
+
+
 def run_trigger(
     loader: HourLoader,
     trigger: Trigger,
@@ -505,26 +644,86 @@ def run_trigger(
     dry_run: bool = False,
 ) -> Report:
     """What the Lambda and `run` do: load the trigger's hour in full; scheduled runs also
-    re-check the previous LOOKBACK_HOURS hours for late objects and report hours never loaded."""
+    re-check the previous LOOKBACK_HOURS hours for late objects and report hours never loaded.
+
+    A shard never looks back: that would repeat the lookback once per shard. The fan-out's
+    lookback is done once per hour, by `finalize_fanned_out_hour`."""
     job = HourJob(trigger.hour, trigger.kind, trigger.shard, dry_run=dry_run)
     report = loader.load(job, remaining_ms)
     if trigger.kind != "schedule" or trigger.shard is not None or dry_run:
         return report
     if report.state not in ("complete", "already_running"):
         return report
-    previous = lookback_hours(trigger.hour, loader.settings.lookback_hours)
+    look_back(loader, trigger.hour, report, remaining_ms)
+    return report
+
+
+def finalize_fanned_out_hour(
+    loader: HourLoader,
+    hour: datetime,
+    shard_count: int,
+    remaining_ms: RemainingMs | None = None,
+) -> Report:
+    """The state machine's last step: record the hour complete once every shard is (one ledger
+    row however often it is retried), then give the previous hours the scheduled lookback a
+    single run would have given them.
+
+    It holds the hour's lock exclusively while it sums the shards' runs, so no shard of the hour
+    is writing meanwhile; a run that holds the hour makes it raise `HourNotFinalized`."""
+    label = hour_label(hour)
+    report = Report.new(
+        label,
+        hour_prefix(hour, loader.settings.events_prefix),
+        "schedule",
+        str(finalize_run_id(label, shard_count)),
+        loader.settings.key_list_cap,
+    )
+    with loader.lambda_clock(remaining_ms):
+        report.db_revision = loader.check_schema()
+        with hour_lock(loader.engine, label, None, loader.settings.lock_wait_s) as held:
+            if not held:
+                raise HourNotFinalized(f"hour {label} is held by another run: finalize it later")
+            missing = loader.retrying("ledger", report)(
+                finalize_sharded_hour,
+                loader.engine,
+                loader.tables,
+                hour,
+                shard_count,
+                report,
+                __version__,
+            )
+        if missing:
+            raise HourNotFinalized(
+                f"hour {label} is not complete: shards {missing} have no complete run"
+            )
+        look_back(loader, hour, report, remaining_ms)
+    return report
+
+
+def look_back(
+    loader: HourLoader, hour: datetime, report: Report, remaining_ms: RemainingMs | None
+) -> None:
+    """Re-check the LOOKBACK_HOURS before `hour` for objects that landed after their hour was
+    loaded (full-hour runs that skip loaded keys), into `report.lookback`; hours with objects
+    but no run at all go to `report.missing_hours`."""
+    previous = lookback_hours(hour, loader.settings.lookback_hours)
     if not previous:
-        return report
-    with loader.engine.connect() as conn:
-        records = hour_records(conn, loader.tables, min(previous), max(previous))
-    for hour in sorted(previous):
+        return
+
+    def read_records() -> dict[datetime, Any]:
+        with loader.engine.connect() as conn:
+            return hour_records(conn, loader.tables, min(previous), max(previous))
+
+    with loader.lambda_clock(remaining_ms):
+        records = loader.retrying("ledger", report)(read_records)
+    for each_hour in sorted(previous):
         if remaining_ms is not None and remaining_ms() < 2 * loader.settings.safety_margin_ms:
             break
-        if hour not in records:
-            if _has_objects(loader, hour):
-                report.missing_hours.append(hour_label(hour))
+        if each_hour not in records:
+            if _has_objects(loader, each_hour):
+                report.missing_hours.append(hour_label(each_hour))
             continue
-        late = loader.load(HourJob(hour, "lookback", skip_loaded_keys=True), remaining_ms)
+        late = loader.load(HourJob(each_hour, "lookback", skip_loaded_keys=True), remaining_ms)
         report.lookback.append(
             {
                 "hour": late.hour,
@@ -540,9 +739,118 @@ def run_trigger(
             "backfill` for them",
             extra={"missing_hours": report.missing_hours},
         )
-    return report
 
 
 def _has_objects(loader: HourLoader, hour: datetime) -> bool:
     prefix = hour_prefix(hour, loader.settings.events_prefix)
     return next(iter(loader.source.list_objects(prefix)), None) is not None
+
+
+@dataclass
+class HoursResult:
+    """A manual run over the hours of one UTC day: one report (and one ledger run) per hour."""
+
+    trigger: Trigger
+    prefix: str
+    key_cap: int
+    reports: list[Report] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        """`complete` once every hour that has begun is; `partial` means rerun the payload."""
+        done = all(r.state == "complete" for r in self.reports)
+        return "complete" if done and not self.not_started else "partial"
+
+    def to_dict(self) -> dict[str, Any]:
+        totals = (
+            "objects_listed",
+            "objects_skipped_loaded",
+            "events_read",
+            "inserted",
+            "duplicates",
+            "duplicate_exact",
+            "duplicate_conflicting",
+            "sanitised",
+            "truncated",
+            "batches",
+            "retries",
+        )
+        out: dict[str, Any] = {
+            "day": self.trigger.day.isoformat() if self.trigger.day else None,
+            "prefix": self.prefix,
+            "trigger": self.trigger.kind,
+            "state": self.state,
+        }
+        out.update({name: sum(getattr(r, name) for r in self.reports) for name in totals})
+        for name in ("conflicting", "malformed", "invalid", "quarantined"):
+            out[name] = _merged_keys([getattr(r, name) for r in self.reports], self.key_cap)
+        out["seconds"] = round(sum(r.seconds for r in self.reports), 3)
+        out["hours_not_started"] = list(self.not_started)
+        out["hours_in_future"] = [hour_label(h) for h in self.trigger.future_hours()]
+        out["hours"] = [r.to_dict() for r in self.reports]
+        return out
+
+
+class HoursFailed(RuntimeError):
+    """An hour of a day run raised; its message says what was loaded and what was not."""
+
+    def __init__(self, message: str, result: HoursResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def run_hours(
+    loader: HourLoader,
+    trigger: Trigger,
+    remaining_ms: RemainingMs | None = None,
+    on_report: Callable[[Report], None] | None = None,
+) -> HoursResult:
+    """Load `trigger.hours` in order, each as its own run, as `backfill` does.
+
+    Stops before starting an hour when less than twice the safety margin remains, or after an
+    hour that ran out of time; the hours left are reported as not started. Stops at the first
+    hour that raises, because what raises (warehouse or S3 down, schema behind) would fail the
+    following hours the same way, each after a full retry budget; bad data never raises. The
+    error then names the hours loaded and the hours not started. Rerunning the payload is safe:
+    hours already loaded insert nothing again.
+    """
+    result = HoursResult(
+        trigger,
+        f"{loader.settings.events_prefix}{trigger.hour:%Y/%m/%d}/",
+        loader.settings.key_list_cap,
+    )
+    margin = 2 * loader.settings.safety_margin_ms
+    for index, hour in enumerate(trigger.hours):
+        if remaining_ms is not None and remaining_ms() < margin:
+            result.not_started = [hour_label(h) for h in trigger.hours[index:]]
+            log.warning(
+                "time is running out: hours not started",
+                extra={"hours_not_started": result.not_started},
+            )
+            break
+        try:
+            report = loader.load(HourJob(hour, trigger.kind, trigger.shard), remaining_ms)
+        except Exception as exc:
+            result.not_started = [hour_label(h) for h in trigger.hours[index + 1 :]]
+            loaded = [r.hour for r in result.reports]
+            raise HoursFailed(
+                f"hour {hour_label(hour)} failed ({_summary(exc)}); loaded before it: "
+                f"{loaded or 'none'}; not started: {result.not_started or 'none'}. "
+                "Rerun the same payload: loaded hours insert nothing again.",
+                result,
+            ) from exc
+        result.reports.append(report)
+        if on_report is not None:
+            on_report(report)
+        if report.state == "partial":
+            result.not_started = [hour_label(h) for h in trigger.hours[index + 1 :]]
+            break
+    return result
+
+
+def _merged_keys(lists: list[KeyList], cap: int) -> dict[str, Any]:
+    """The hours' key lists as one, in the shape and within the cap of each."""
+    count = sum(k.count for k in lists)
+    keys = [key for k in lists for key in k.keys][:cap]
+    return {"count": count, "keys": keys, "keys_truncated": count > len(keys)}

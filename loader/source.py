@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -71,11 +72,20 @@ class ObjectSource(Protocol):
         """Every object under `prefix` in key order, directory markers left out."""
         ...
 
-    def fetch_many(self, refs: Iterable[ObjectRef]) -> Iterator[FetchedObject]:
-        """Fetch concurrently with bounded memory; yield results in the order of `refs`."""
+    def fetch_many(
+        self, refs: Iterable[ObjectRef], stop: threading.Event | None = None
+    ) -> Iterator[FetchedObject]:
+        """Fetch concurrently with bounded memory; yield results in the order of `refs`.
+
+        When `stop` is set, return within about STOP_POLL_S, even while S3 has not answered:
+        the caller's invocation is ending and its thread must not outlive it."""
         ...
 
     def close(self) -> None: ...
+
+
+#: How often a source waiting on S3 looks at the caller's stop signal.
+STOP_POLL_S = 0.1
 
 
 def is_directory_marker(key: str, size: int) -> bool:
@@ -146,7 +156,9 @@ class Boto3Source:
         # paginator's ~90 ms (bench/s3_client_cost.py), same keys, sizes and order.
         return self._lister.list_objects(prefix, start_after)
 
-    def fetch_many(self, refs: Iterable[ObjectRef]) -> Iterator[FetchedObject]:
+    def fetch_many(
+        self, refs: Iterable[ObjectRef], stop: threading.Event | None = None
+    ) -> Iterator[FetchedObject]:
         pool = self._executor()
         window = self._concurrency * 4
         pending: deque[Future[FetchedObject]] = deque()
@@ -154,10 +166,18 @@ class Boto3Source:
             for ref in refs:
                 pending.append(pool.submit(self.fetch_one, ref))
                 if len(pending) >= window:
-                    yield pending.popleft().result()
+                    result = _result(pending.popleft(), stop)
+                    if result is None:
+                        return
+                    yield result
             while pending:
-                yield pending.popleft().result()
+                result = _result(pending.popleft(), stop)
+                if result is None:
+                    return
+                yield result
         finally:
+            # Queued GETs are dropped; one already running finishes in its pool thread within
+            # botocore's timeouts, and its result is dropped too.
             for future in pending:
                 future.cancel()
 
@@ -226,6 +246,19 @@ class Boto3Source:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
+
+
+def _result(future: Future[FetchedObject], stop: threading.Event | None) -> FetchedObject | None:
+    """The fetch's result, or None as soon as `stop` is set."""
+    if stop is None:
+        return future.result()
+    while True:
+        try:
+            return future.result(timeout=STOP_POLL_S)
+        except FutureTimeout:
+            if stop.is_set():
+                future.cancel()
+                return None
 
 
 def make_source(settings: Settings) -> ObjectSource:

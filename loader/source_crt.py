@@ -54,7 +54,13 @@ from loader.s3_list import (
     error_code,
     resolve_address,
 )
-from loader.source import FetchedObject, ObjectRef, S3AccessError, S3TransientError
+from loader.source import (
+    STOP_POLL_S,
+    FetchedObject,
+    ObjectRef,
+    S3AccessError,
+    S3TransientError,
+)
 
 _TERMINAL_CODES = {"NoSuchKey": "not_found", "InvalidObjectState": "not_readable"}
 
@@ -270,8 +276,11 @@ class CrtSource:
         finally:
             results.close()
 
-    def fetch_many(self, refs: Iterable[ObjectRef]) -> Generator[FetchedObject, None, None]:
-        """GET up to fetch_concurrency*4 objects at once; yield results in the order of `refs`."""
+    def fetch_many(
+        self, refs: Iterable[ObjectRef], stop: threading.Event | None = None
+    ) -> Generator[FetchedObject, None, None]:
+        """GET up to fetch_concurrency*4 objects at once; yield results in the order of `refs`.
+        Returns within STOP_POLL_S of `stop` being set; in-flight GETs are cancelled."""
         # No local reference to the client here or in `_start`: a traceback that outlives this
         # generator (pytest keeps them) would keep the client, and `close()` waiting for it.
         self._require_client()
@@ -305,6 +314,8 @@ class CrtSource:
                     return
                 head = pending[0]
                 while head.result is None:
+                    if stop is not None and stop.is_set():
+                        return
                     # Sleep until a GET finishes, a retry is due or an in-flight GET times out.
                     now = time.monotonic()
                     while started and (
@@ -314,6 +325,8 @@ class CrtSource:
                     wake = started[0].deadline if started else now + self._timeout_s
                     if retry_heap:
                         wake = min(wake, retry_heap[0][0])
+                    if stop is not None:
+                        wake = min(wake, now + STOP_POLL_S)
                     try:
                         attempt: _Attempt | None = done_q.get(timeout=max(0.0, wake - now))
                     except queue.Empty:

@@ -35,7 +35,6 @@ from loader.schema import TEXT_CAPS
 
 #: Namespace of every uuid5 the loader derives: changing it would re-key history.
 EVENT_ID_NAMESPACE: Final = uuid.UUID("6b1f3c1e-8f5d-5a4e-9c37-2d0f6a1b7e42")
-ID_FIELDS: Final = ("event_id", "eventId", "id")
 _KEY_UUID = re.compile(
     r"event-([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\.json"
 )
@@ -43,27 +42,49 @@ _KEY_UUID = re.compile(
 _LONG_INTEGER = re.compile(rb"\d{19,}")
 _BOM = b"\xef\xbb\xbf"
 
-#: payload field → events column, for the plain text columns.
-TEXT_FIELDS: Final = {
-    "pageUrl": "page_url",
-    "referrer": "referrer",
-    "userId": "user_id",
-    "userLoginState": "user_login_state",
-    "identity_source": "identity_source",
-    "clientId": "client_id",
-    "sessionId": "session_id",
+# Spellings. The real tracker sends camelCase (`eventName`, `userId`, ...); the original ETL also
+# read snake_case, so older or hand-made payloads use it. One precedence rule for every field:
+# the spellings are tried in the order listed and the first one present with a non-null value
+# wins. The tracker's own name is always listed first.
+Spellings = tuple[str, ...]
+
+#: The payload's event id (its own usability rule: see `payload_event_id`).
+ID_FIELDS: Final[Spellings] = ("eventId", "event_id", "id")
+EVENT_NAME_FIELDS: Final[Spellings] = ("eventName", "event_name")
+#: The client clock. The real tracker sends none; the original ETL read the two long forms.
+TIMESTAMP_FIELDS: Final[Spellings] = ("timestamp", "eventTimestamp", "event_timestamp")
+FIRST_VISIT_FIELDS: Final[Spellings] = ("isFirstVisit", "is_first_visit")
+PRODUCT_FIELDS: Final[Spellings] = ("product", "context_product")
+ELEMENT_FIELDS: Final[Spellings] = ("element",)
+
+#: events column → payload spellings, for the plain text columns.
+TEXT_FIELDS: Final[dict[str, Spellings]] = {
+    "page_url": ("pageUrl", "page_url"),
+    "referrer": ("referrer",),
+    "user_id": ("userId", "user_id"),
+    "user_login_state": ("userLoginState", "user_login_state"),
+    "identity_source": ("identitySource", "identity_source"),
+    "client_id": ("clientId", "client_id"),
+    "session_id": ("sessionId", "session_id"),
 }
-PRODUCT_TEXT_FIELDS: Final = {
-    "id": "context_product_id",
-    "name": "context_product_name",
-    "category": "context_product_category",
-    "brand": "context_product_brand",
-    "urlPath": "context_product_url_path",
+#: events column → spellings inside the product object.
+PRODUCT_TEXT_FIELDS: Final[dict[str, Spellings]] = {
+    "context_product_id": ("id", "product_id"),
+    "context_product_name": ("name", "product_name"),
+    "context_product_category": ("category", "product_category"),
+    "context_product_brand": ("brand", "brandName", "product_brand"),
+    "context_product_url_path": ("urlPath", "product_url_path"),
 }
-PRODUCT_PRICE_FIELDS: Final = {
-    "price": "context_product_price",
-    "discountPrice": "context_product_discount_price",
+PRODUCT_PRICE_FIELDS: Final[dict[str, Spellings]] = {
+    "context_product_price": ("price", "product_price"),
+    "context_product_discount_price": ("discountPrice", "product_discount_price"),
 }
+_PRODUCT_SPELLINGS: Final = frozenset(
+    name
+    for names in (*PRODUCT_TEXT_FIELDS.values(), *PRODUCT_PRICE_FIELDS.values())
+    for name in names
+)
+#: _ingest field → ingest_meta column (the ingest Lambda's own names; no other spelling exists).
 INGEST_TEXT_FIELDS: Final = {
     "userAgent": "user_agent",
     "path": "path",
@@ -72,9 +93,43 @@ INGEST_TEXT_FIELDS: Final = {
     "stage": "stage",
     "traceId": "trace_id",
 }
+#: Top-level fields consumed by a column, whichever spelling carried them. The id spellings are
+#: not here: only the one used for event_id is consumed.
 _MAPPED_TOP_LEVEL: Final = frozenset(
-    {"event_name", "timestamp", "isFirstVisit", "element", "product", "_ingest", *TEXT_FIELDS}
+    {
+        *EVENT_NAME_FIELDS,
+        *TIMESTAMP_FIELDS,
+        *FIRST_VISIT_FIELDS,
+        *PRODUCT_FIELDS,
+        *ELEMENT_FIELDS,
+        "_ingest",
+        *(name for names in TEXT_FIELDS.values() for name in names),
+    }
 )
+#: What the ingest Lambda stores for a POSTed array or string: its elements spread as "0", "1"...
+_SPREAD_KEY = re.compile(r"\d+")
+
+
+def pick(record: Mapping[str, Any], spellings: Spellings) -> tuple[str | None, Any]:
+    """The first spelling present with a non-null value, and that value; (None, None) if none."""
+    for name in spellings:
+        value = record.get(name)
+        if value is not None:
+            return name, value
+    return None, None
+
+
+def _shadowed(
+    record: Mapping[str, Any], spellings: Spellings, winner: str | None, leftovers: dict[str, Any]
+) -> None:
+    """Keep a losing spelling whose value differs from the winner's: nothing sent is lost, and a
+    repeat of the same value under both names is not noise in `properties`."""
+    if winner is None:
+        return
+    chosen = record[winner]
+    for name in spellings:
+        if name != winner and record.get(name) is not None and record[name] != chosen:
+            leftovers[name] = record[name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +162,9 @@ class EventRecord:
     position: int
     event: dict[str, Any]
     meta: dict[str, Any]
+    #: False when the id was derived from the key (the payload had none): the switch-over from
+    #: the original ETL matches such events against its randomly keyed rows.
+    id_from_payload: bool = False
 
 
 @dataclass(slots=True)
@@ -236,11 +294,14 @@ def payload_event_id(record: Mapping[str, Any]) -> tuple[str, uuid.UUID] | None:
 
 
 def derive_event_id(record: Mapping[str, Any], key: str, position: int) -> uuid.UUID:
-    """The payload's id (a UUID as is, other ids via uuid5), else the key's UUID (uuid5 of it and
-    the position for later NDJSON records), else uuid5 of key and position. Never random."""
+    """The payload's id (a UUID as is, other ids via uuid5), else the key's id. Never random."""
     from_payload = payload_event_id(record)
-    if from_payload is not None:
-        return from_payload[1]
+    return from_payload[1] if from_payload is not None else key_event_id(key, position)
+
+
+def key_event_id(key: str, position: int) -> uuid.UUID:
+    """The UUID in the key (uuid5 of it and the position for later NDJSON records), else uuid5 of
+    key and position: an event without an id of its own gets the same id on every rerun."""
     match = _KEY_UUID.search(key.rsplit("/", 1)[-1])
     if match:
         key_uuid = uuid.UUID(match.group(1))
@@ -278,7 +339,7 @@ def map_record(
     *,
     anonymize: bool = False,
 ) -> EventRecord | Rejection:
-    """One JSON object → an EventRecord, or a Rejection when it has no usable event_name.
+    """One JSON object → an EventRecord, or a Rejection when it has no usable event name.
 
     Values changed on the way (sanitised, truncated) are counted in `repairs`."""
     raw_ingest = record.get("_ingest")
@@ -292,31 +353,31 @@ def map_record(
         record = {k: v for k, v in record.items() if k != "_ingest"}
     record = clean_json(record, repairs)
     ingest = record.get("_ingest") if ingest is not None else None
-    event_id = derive_event_id(record, source.key, position)
+    id_source = payload_event_id(record)
+    event_id = id_source[1] if id_source else key_event_id(source.key, position)
 
-    name = record.get("event_name")
+    name_field, name = pick(record, EVENT_NAME_FIELDS)
     if not isinstance(name, str) or not name.strip():
-        return Rejection(
-            source.key,
-            position,
-            "invalid",
-            "no usable event_name (missing, empty or not a string)",
-            event_id,
-        )
+        return Rejection(source.key, position, "invalid", _invalid_name_detail(record), event_id)
 
     # Every field not mapped to a column stays in properties, ids not used for event_id too.
-    id_source = payload_event_id(record)
     used_id_field = id_source[0] if id_source else None
     leftovers: dict[str, Any] = {
         k: v for k, v in record.items() if k not in _MAPPED_TOP_LEVEL and k != used_id_field
     }
     if raw_ingest is not None and ingest is None:
-        # Fix: this kept `raw_ingest`, the value from before clean_json, so a non-object _ingest
-        # holding NUL, a lone surrogate or NaN reached jsonb unrepaired and failed the batch.
+        # The repaired value: the raw one may hold NUL, a lone surrogate or NaN, which jsonb
+        # refuses.
         leftovers["_ingest"] = record.get("_ingest")
+    _shadowed(record, EVENT_NAME_FIELDS, name_field, leftovers)
 
-    def keep_original(field_name: str, raw: Any, coerced: Any) -> Any:
-        if coerced is None and raw is not None:
+    def winner(spellings: Spellings) -> tuple[str | None, Any]:
+        field_name, raw = pick(record, spellings)
+        _shadowed(record, spellings, field_name, leftovers)
+        return field_name, raw
+
+    def keep_original(field_name: str | None, raw: Any, coerced: Any) -> Any:
+        if coerced is None and field_name is not None:
             leftovers[field_name] = raw
         return coerced
 
@@ -324,44 +385,20 @@ def map_record(
         "event_id": event_id,
         "event_name": to_text(name.strip(), TEXT_CAPS["event_name"], repairs),
     }
-    for payload_field, column in TEXT_FIELDS.items():
-        raw = record.get(payload_field)
-        event[column] = keep_original(payload_field, raw, to_text(raw, TEXT_CAPS[column], repairs))
-    raw_first = record.get("isFirstVisit")
-    event["is_first_visit"] = keep_original("isFirstVisit", raw_first, to_bool(raw_first))
+    for column, spellings in TEXT_FIELDS.items():
+        field_name, raw = winner(spellings)
+        event[column] = keep_original(field_name, raw, to_text(raw, TEXT_CAPS[column], repairs))
+    field_name, raw = winner(FIRST_VISIT_FIELDS)
+    event["is_first_visit"] = keep_original(field_name, raw, to_bool(raw))
+    _map_product(record, event, leftovers, repairs)
 
-    product = record.get("product")
-    product_extra: dict[str, Any] = {}
-    if isinstance(product, dict):
-        for payload_field, column in PRODUCT_TEXT_FIELDS.items():
-            raw = product.get(payload_field)
-            event[column] = to_text(raw, TEXT_CAPS[column], repairs)
-            if event[column] is None and raw is not None:
-                product_extra[payload_field] = raw
-        for payload_field, column in PRODUCT_PRICE_FIELDS.items():
-            raw = product.get(payload_field)
-            event[column] = to_price(raw)
-            if event[column] is None and raw is not None:
-                product_extra[payload_field] = raw
-        mapped = PRODUCT_TEXT_FIELDS.keys() | PRODUCT_PRICE_FIELDS.keys()
-        product_extra.update({k: v for k, v in product.items() if k not in mapped})
-        if product_extra:
-            leftovers["product"] = product_extra
-    else:
-        for column in (*PRODUCT_TEXT_FIELDS.values(), *PRODUCT_PRICE_FIELDS.values()):
-            event[column] = None
-        if product is not None:
-            leftovers["product"] = product
-
-    element = record.get("element")
+    element_field, element = pick(record, ELEMENT_FIELDS)
     event["element"] = element if isinstance(element, dict) else None
-    if element is not None and not isinstance(element, dict):
-        leftovers["element"] = element
+    if element_field is not None and not isinstance(element, dict):
+        leftovers[element_field] = element
 
-    raw_timestamp = record.get("timestamp")
-    client_timestamp = to_instant(raw_timestamp)
-    if client_timestamp is None and raw_timestamp is not None:
-        leftovers["timestamp"] = raw_timestamp
+    field_name, raw = winner(TIMESTAMP_FIELDS)
+    client_timestamp = keep_original(field_name, raw, to_instant(raw))
     received_at = to_instant(ingest.get("receivedAt")) if ingest else None
     event["client_timestamp"] = client_timestamp
     # Never NULL: LastModified is always sane for a real object; the epoch floor is the
@@ -386,7 +423,53 @@ def map_record(
             to_text(ingest.get(ingest_field), TEXT_CAPS[column], repairs) if ingest else None
         )
 
-    return EventRecord(event_id, source.key, position, event, meta)
+    return EventRecord(
+        event_id, source.key, position, event, meta, id_from_payload=id_source is not None
+    )
+
+
+def _map_product(
+    record: dict[str, Any], event: dict[str, Any], leftovers: dict[str, Any], repairs: Repairs
+) -> None:
+    """The product columns, from `product` (or `context_product`) and its sub-field spellings.
+
+    What the columns do not take stays in `properties` under the spelling it came with: unmapped
+    sub-fields, originals a coercion dropped, and a losing spelling with a different value."""
+    product_field, product = pick(record, PRODUCT_FIELDS)
+    _shadowed(record, PRODUCT_FIELDS, product_field, leftovers)
+    if not isinstance(product, dict):
+        for column in (*PRODUCT_TEXT_FIELDS, *PRODUCT_PRICE_FIELDS):
+            event[column] = None
+        if product_field is not None:
+            leftovers[product_field] = product
+        return
+    extra: dict[str, Any] = {k: v for k, v in product.items() if k not in _PRODUCT_SPELLINGS}
+    for column, spellings in PRODUCT_TEXT_FIELDS.items():
+        field_name, raw = pick(product, spellings)
+        _shadowed(product, spellings, field_name, extra)
+        event[column] = to_text(raw, TEXT_CAPS[column], repairs)
+        if event[column] is None and field_name is not None:
+            extra[field_name] = raw
+    for column, spellings in PRODUCT_PRICE_FIELDS.items():
+        field_name, raw = pick(product, spellings)
+        _shadowed(product, spellings, field_name, extra)
+        event[column] = to_price(raw)
+        if event[column] is None and field_name is not None:
+            extra[field_name] = raw
+    if extra:
+        assert product_field is not None
+        leftovers[product_field] = extra
+
+
+def _invalid_name_detail(record: Mapping[str, Any]) -> str:
+    names = "/".join(EVENT_NAME_FIELDS)
+    keys = [k for k in record if k != "_ingest"]
+    if (keys and all(isinstance(k, str) and _SPREAD_KEY.fullmatch(k) for k in keys)) or not keys:
+        return (
+            f"no {names}: the body POSTed to the ingest API was not a JSON object (an array, "
+            'string or null, which the ingest Lambda stores spread as {"0": ..., "_ingest": ...})'
+        )
+    return f"no usable {names} (missing, empty or not a string)"
 
 
 _FALLBACK_INSTANT: Final = datetime(2000, 1, 1, tzinfo=UTC)

@@ -1,20 +1,37 @@
 """Which UTC hour a run loads, and the S3 prefix that hour lives under.
 
 The hour comes from the trigger, never from the wall clock: an EventBridge event delivered late
-or retried an hour later still loads the hour it was scheduled for.
+or retried an hour later still loads the hour it was scheduled for. The one exception is the
+original ETL's `hoursBack`, which operators' runbooks define relative to "now"; the clock is a
+parameter here, so parsing stays a pure function.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 HOUR = timedelta(hours=1)
 _HOUR_FORMAT = "%Y-%m-%dT%H"
 _HOUR_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}$")
+_DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DIGITS = re.compile(r"[0-9]+")
+#: Epoch values from here up are milliseconds: 1e11 s is the year 5138, 1e11 ms is March 1973.
+_EPOCH_MS_FROM = 10**11
+#: hoursBack beyond a year is a typo (or an epoch in the wrong field); backfill is for that.
+MAX_HOURS_BACK = 24 * 366
+#: The payload keys that choose the hour; a payload names at most one of them.
+HOUR_KEYS = ("hour", "targetUtcHour", "targetUtcDate", "hoursBack", "overridePrefix")
+_ACCEPTED = (
+    "an EventBridge scheduled event (detail-type 'Scheduled Event' with 'time'), "
+    "a manual {'hour': 'YYYY-MM-DDTHH'}, or one of the original ETL's "
+    "{'targetUtcHour': ISO-8601 or epoch s/ms}, {'targetUtcDate': 'YYYY-MM-DD'}, "
+    "{'hoursBack': N, 'scope': 'hour'|'day'}, {'overridePrefix': '<EVENTS_PREFIX>YYYY/MM/DD[/HH]/'}"
+)
 
 
 class TriggerError(ValueError):
@@ -111,25 +128,69 @@ def parse_shard(raw: Any) -> Shard | None:
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
-    """What an invocation asks for: the hour, why it runs, and optionally one shard of it."""
+    """What an invocation asks for: the hour, why it runs, and optionally one shard of it.
+
+    A payload naming a whole UTC day sets `day`; `hours` then holds its hours that have begun,
+    each loaded and ledgered as its own run, and `hour` is the first of them.
+    """
 
     hour: datetime
     kind: str
     shard: Shard | None = None
+    day: date | None = None
+    hours: tuple[datetime, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.hours:
+            object.__setattr__(self, "hours", (self.hour,))
+
+    def future_hours(self) -> list[datetime]:
+        """The hours of `day` left out because they had not begun when the run was asked for."""
+        if self.day is None:
+            return []
+        return [h for h in day_hours(self.day) if h > self.hours[-1]]
 
 
-def parse_trigger(event: Any) -> Trigger:
-    """EventBridge scheduled event → previous hour of its `time`; `{"hour": ...}` → that hour."""
+def day_hours(day: date) -> list[datetime]:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return [start + HOUR * i for i in range(24)]
+
+
+def parse_trigger(
+    event: Any, *, events_prefix: str = "events/", now: datetime | None = None
+) -> Trigger:
+    """EventBridge scheduled event → previous hour of its `time`; `{"hour": ...}` → that hour;
+    the original ETL's manual payloads → the hour or day they name (see `_parse_etl_payload`).
+
+    `now` (default: the wall clock) is read only by the ETL payloads: `hoursBack` counts from it,
+    and hours that have not begun yet are never loaded.
+    """
     if not isinstance(event, Mapping):
         raise TriggerError(
-            "expected an EventBridge scheduled event or {'hour': 'YYYY-MM-DDTHH'}, "
-            f"got {type(event).__name__}"
+            "expected an EventBridge scheduled event or {'hour': 'YYYY-MM-DDTHH'} "
+            f"(or an original ETL payload), got {type(event).__name__}"
         )
     shard = parse_shard(event.get("shard"))
+    chosen = [key for key in HOUR_KEYS if key in event]
+    if len(chosen) > 1:
+        # The original ETL silently takes the first in its own order; a runbook that names two
+        # hours gets one of them loaded and the other silently not, so refuse instead.
+        raise TriggerError(
+            f"give only one of {', '.join(HOUR_KEYS)}; this payload has {', '.join(chosen)}"
+        )
+    if "scope" in event and chosen not in ([], ["hoursBack"]):
+        raise TriggerError(
+            f"scope applies only to hoursBack, not to {chosen[0]}: for a whole day use "
+            "{'targetUtcDate': 'YYYY-MM-DD'}"
+        )
     if "hour" in event:
         if not isinstance(event["hour"], str):
             raise TriggerError(f"hour must be a string like 2026-11-24T13, got {event['hour']!r}")
         return Trigger(parse_hour(event["hour"]), "manual", shard)
+    if chosen or "scope" in event:
+        key = chosen[0] if chosen else "hoursBack"
+        current = floor_hour(now if now is not None else datetime.now(UTC))
+        return _parse_etl_payload(event, key, shard, events_prefix, current)
     if is_scheduled_event(event):
         time = event.get("time")
         if not isinstance(time, str):
@@ -141,8 +202,117 @@ def parse_trigger(event: Any) -> Trigger:
         if instant.tzinfo is None:
             instant = instant.replace(tzinfo=UTC)
         return Trigger(previous_hour(instant), "schedule", shard)
-    raise TriggerError(
-        "expected an EventBridge scheduled event (detail-type 'Scheduled Event' with 'time') "
-        "or a manual {'hour': 'YYYY-MM-DDTHH'}; got keys "
-        f"{sorted(str(k) for k in event)[:10]}"
+    raise TriggerError(f"expected {_ACCEPTED}; got keys {sorted(str(k) for k in event)[:10]}")
+
+
+def _parse_etl_payload(
+    event: Mapping[str, Any], key: str, shard: Shard | None, events_prefix: str, current: datetime
+) -> Trigger:
+    """The original ETL's manual payloads, with its semantics where they are sound: an ISO or
+    epoch `targetUtcHour`, a `targetUtcDate` day, `hoursBack` from the current hour (default 1
+    when only `scope` is given, as there) with `scope` "day" widening to that hour's day, and an
+    `overridePrefix` that must name an hour or day folder. Unlike there, a day is loaded hour by
+    hour (each its own ledger run), and hours after `current` are never loaded."""
+    if key == "targetUtcHour":
+        return _single_hour(key, parse_instant(event[key], key), current, shard)
+    if key == "targetUtcDate":
+        return _whole_day(key, parse_date(event[key]), current, shard)
+    if key == "overridePrefix":
+        hour, is_day = parse_override_prefix(event[key], events_prefix)
+        if is_day:
+            return _whole_day(key, hour.date(), current, shard)
+        return _single_hour(key, hour, current, shard)
+    back = parse_hours_back(event.get("hoursBack", 1))
+    hour = current - HOUR * back
+    scope = event.get("scope", "hour")
+    if scope == "day":
+        return _whole_day("hoursBack", hour.date(), current, shard)
+    if scope != "hour":
+        raise TriggerError(f"scope must be 'hour' or 'day', got {scope!r}")
+    return Trigger(hour, "manual", shard)
+
+
+def _single_hour(key: str, hour: datetime, current: datetime, shard: Shard | None) -> Trigger:
+    if hour > current:
+        raise TriggerError(
+            f"{key} names {hour_label(hour)}, which has not begun yet (now {hour_label(current)})"
+        )
+    return Trigger(hour, "manual", shard)
+
+
+def _whole_day(key: str, day: date, current: datetime, shard: Shard | None) -> Trigger:
+    hours = tuple(h for h in day_hours(day) if h <= current)
+    if not hours:
+        raise TriggerError(
+            f"{key} names {day.isoformat()}, which has not begun yet (now {hour_label(current)})"
+        )
+    return Trigger(hours[0], "manual", shard, day=day, hours=hours)
+
+
+def parse_instant(value: Any, key: str = "targetUtcHour") -> datetime:
+    """An ISO-8601 string, or epoch seconds or milliseconds (a number or a string of digits;
+    the unit is told by magnitude), floored to its UTC hour."""
+    expected = (
+        f"{key} must be an ISO-8601 timestamp like 2026-11-24T13:00:00Z, or epoch seconds or "
+        f"milliseconds, got {value!r}"
     )
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TriggerError(expected)
+    if isinstance(value, str):
+        try:
+            return parse_hour(value)
+        except TriggerError:
+            raise TriggerError(expected) from None
+    if not math.isfinite(value) or value <= 0:
+        raise TriggerError(expected)
+    seconds = value / 1000 if value >= _EPOCH_MS_FROM else value
+    try:
+        return floor_hour(datetime.fromtimestamp(seconds, UTC))
+    except (OverflowError, OSError, ValueError):
+        raise TriggerError(expected) from None
+
+
+def parse_date(value: Any) -> date:
+    """`YYYY-MM-DD`, read as a UTC day. Nothing else: a timestamp with an offset would leave
+    the operator guessing which UTC day it meant."""
+    if isinstance(value, str) and _DATE_ONLY.fullmatch(value.strip()):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise TriggerError(f"targetUtcDate must be a UTC date like 2026-11-24, got {value!r}")
+
+
+def parse_hours_back(value: Any) -> int:
+    """A whole number of hours, 0 (the current hour) to MAX_HOURS_BACK; digits in a string are
+    accepted too, as the original ETL's `Number()` does."""
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_HOURS_BACK:
+        raise TriggerError(
+            f"hoursBack must be a whole number of hours from 0 (the current hour) to "
+            f"{MAX_HOURS_BACK} (366 days), got {value!r}"
+        )
+    return value
+
+
+def parse_override_prefix(value: Any, events_prefix: str = "events/") -> tuple[datetime, bool]:
+    """`<events_prefix>YYYY/MM/DD/HH/` (an hour) or `<events_prefix>YYYY/MM/DD/` (a day), the
+    trailing slash optional; returns the hour (or the day's first hour) and whether it is a day.
+    Anything else is refused before a single S3 call: the ETL listed whatever it was given."""
+    expected = (
+        f"overridePrefix must name an hour folder '{events_prefix}YYYY/MM/DD/HH/' or a day "
+        f"folder '{events_prefix}YYYY/MM/DD/' under EVENTS_PREFIX, got {value!r}"
+    )
+    pattern = re.escape(events_prefix) + r"([0-9]{4})/([0-9]{2})/([0-9]{2})(?:/([0-9]{2}))?/?"
+    match = re.fullmatch(pattern, value) if isinstance(value, str) else None
+    if match is None:
+        raise TriggerError(expected)
+    year, month, day, hour = match.groups()
+    try:
+        start = datetime(int(year), int(month), int(day), int(hour or 0), tzinfo=UTC)
+    except ValueError:
+        raise TriggerError(expected) from None
+    return start, hour is None

@@ -20,6 +20,12 @@ caller's logging; set `config.attributes["configure_logging"]` to choose explici
 
 Offline (`alembic upgrade A:B --sql`): renders PostgreSQL DDL for a DBA to review or run with psql,
 with no database reachable and no DW_PG_* set. The same timeouts are emitted as SET statements.
+
+After every step (upgrade, downgrade or stamp), in that step's transaction, the comment of the
+alembic_version table is set to the revisions whose loaders may load into the new head: the head,
+then each older one for as long as the revision above it declares `loader_compatible = True`. A
+loader of an older release cannot read a newer revision file; it reads that comment (see
+`loader.db.check_revision`), so expand/contract deploys can migrate before the loader is deployed.
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ from typing import Any
 from alembic import context
 from alembic.operations.ops import MigrationScript
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, NullPool, create_engine, text
+from sqlalchemy import Connection, Engine, MetaData, NullPool, Table, create_engine, text
 
 from loader.config import ConfigError, load_database_settings
+from loader.db import compatibility_comment, compatible_loader_revisions
 from loader.schema import metadata
 
 LOCK_TIMEOUT_ENV = "ALEMBIC_LOCK_TIMEOUT_MS"
@@ -92,6 +99,21 @@ def _refuse_empty_autogenerate(
             log.info("No schema changes detected; no revision file written.")
 
 
+def _record_loader_compatibility(
+    *, ctx: MigrationContext, step: Any, heads: set[str], run_args: Any
+) -> None:
+    """COMMENT ON TABLE alembic_version: which loaders may load into the new head."""
+    head = next(iter(heads)) if len(heads) == 1 else None
+    comment = compatibility_comment(compatible_loader_revisions(context.script, head))
+    version_table = Table(
+        ctx.version_table, MetaData(), schema=ctx.version_table_schema, comment=comment
+    )
+    if comment is None:
+        ctx.impl.drop_table_comment(version_table)
+    else:
+        ctx.impl.create_table_comment(version_table)
+
+
 def _configure(**kwargs: Any) -> None:
     context.configure(
         target_metadata=target_metadata,
@@ -99,6 +121,7 @@ def _configure(**kwargs: Any) -> None:
         compare_type=True,
         compare_server_default=True,
         process_revision_directives=_refuse_empty_autogenerate,
+        on_version_apply=_record_loader_compatibility,
         **kwargs,
     )
 

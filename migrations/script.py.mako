@@ -24,6 +24,12 @@ revision: str = ${repr(up_revision)}
 down_revision: str | Sequence[str] | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+# True only if a loader built for down_revision still loads correctly into this revision
+# (additive: a nullable column or one with a default, an index, a table the loader does not
+# use). The DBA may then apply it before the new loader is deployed (expand/contract); env.py
+# records it for the loaders in the warehouse. Anything else: False, and an older loader stops
+# with a message naming both revisions.
+loader_compatible = False
 
 
 def upgrade() -> None:

@@ -30,6 +30,9 @@ Why schema change and backfill share one revision: the only DDL lock is on the n
 which nothing else uses yet, so holding it through the backfill blocks no one; and the loader
 at this head must not start against an empty table (it would report every older key unloaded).
 
+Deploy: not loader-compatible (see `loader_compatible` below). A loader built for 0002 stops at
+its revision check once this is applied; deploy the loader built for this revision right after.
+
 Locks and cost: CREATE TABLE and CREATE INDEX lock only the new table. The backfill reads
 clickstream_ingest_meta, clickstream_quarantine and clickstream_load_runs under ACCESS SHARE
 locks, which block neither the loader's inserts nor readers (only DDL on those tables waits
@@ -65,6 +68,11 @@ revision: str = "0003_object_completion"
 down_revision: str | Sequence[str] | None = "0002_load_ledger"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not loader-compatible: a loader built for 0002 would still insert rows here, but it records no
+# completion and its lookback keeps taking any key with rows for a loaded one, the rule this
+# revision exists to end. It stops with a message naming both revisions instead; deploy the
+# loader built for this revision right after the upgrade.
+loader_compatible = False
 
 # A key the loader read sits under its hour's prefix, <EVENTS_PREFIX>YYYY/MM/DD/HH/<name>: the
 # 13 characters before its last "/" name the hour. Compared as text with the hour of a run,

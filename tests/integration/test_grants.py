@@ -369,3 +369,30 @@ def test_a_whole_hourly_load_runs_under_exactly_these_grants(
         assert conn.execute(
             sa.text("SELECT count(*) FROM clickstream_loaded_objects")
         ).scalar_one() == len(objects)
+
+
+def test_without_select_on_alembic_version_the_loader_says_permission_denied(
+    loader_roles: LoaderRoles,
+    loader_env: dict[str, str],
+    dw: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A missing grant is a DBA's to fix, and the message must say so, not "table missing"."""
+    import lambda_function
+    from loader.db import SchemaRevisionError
+
+    with dw.cursor() as cur:
+        cur.execute(f'REVOKE SELECT ON alembic_version FROM "{loader_roles.group}"')
+    dw.commit()
+    monkeypatch.setenv("DW_PG_USER", loader_roles.login)
+    monkeypatch.delenv("DW_PG_PASSWORD", raising=False)
+    lambda_function._factory.close()
+    try:
+        with pytest.raises(SchemaRevisionError) as refused:
+            lambda_function.lambda_handler({"hour": "2026-11-24T13"}, None)
+    finally:
+        lambda_function._factory.close()
+    message = str(refused.value)
+    assert "permission denied" in message and "42501" in message
+    assert "alembic_version" in message and "grants.sql" in message
+    assert "missing" not in message

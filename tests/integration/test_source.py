@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -263,6 +264,39 @@ def test_fetch_is_lazy_and_can_be_abandoned(source: ObjectSource, s3: Any, bucke
     assert [f.ref for f in first] == refs[:3]
     results.close()  # type: ignore[attr-defined]
     assert [f.ref for f in source.fetch_many(refs[50:53])] == refs[50:53]  # still usable
+
+
+def test_fetch_gives_up_soon_after_stop_while_s3_does_not_answer(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    """The loader's producer thread must not outlive its invocation: when the caller sets
+    `stop`, fetch_many returns even though its GETs never got an answer."""
+    _put_many(s3, bucket, {f"events/{i}.json": b"{}" for i in range(4)})
+    source = make_source()
+    refs = _refs(source, "events/")
+    proxy.set_faults(Fault.delay(30.0, match=OBJECT_GETS))  # an S3 that does not answer
+    stop = threading.Event()
+    got: list[Any] = []
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            got.extend(source.fetch_many(refs, stop))
+        except BaseException as exc:
+            errors.append(exc)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    deadline = time.monotonic() + 30
+    while not proxy.stats["delay"]:
+        assert time.monotonic() < deadline, "no GET reached the proxy"
+        time.sleep(0.02)
+    stop.set()
+    consumer.join(timeout=10)
+    still_waiting = consumer.is_alive()
+    proxy.stop()  # ends the hung GETs, so the source closes cleanly afterwards
+    assert not still_waiting
+    assert (got, errors) == ([], [])
 
 
 def test_gzip_by_content_encoding_and_by_magic_bytes(

@@ -211,8 +211,10 @@ SOME_UUID = uuid.UUID("3f2504e0-4f89-41d3-9a0c-0305e82c3301")
         ({"event_id": "evt-42"}, uuid.uuid5(EVENT_ID_NAMESPACE, "id:evt-42")),
         ({"id": 12345}, uuid.uuid5(EVENT_ID_NAMESPACE, "id:12345")),  # number → its text
         ({"event_id": " evt-42 "}, uuid.uuid5(EVENT_ID_NAMESPACE, "id:evt-42")),
-        # precedence: event_id, then eventId, then id; empty, blank, boolean, object ids skipped
-        ({"event_id": "a", "eventId": "b", "id": "c"}, uuid.uuid5(EVENT_ID_NAMESPACE, "id:a")),
+        # precedence: the tracker's eventId, then event_id, then id; empty, blank, boolean and
+        # object ids are skipped
+        ({"event_id": "a", "eventId": "b", "id": "c"}, uuid.uuid5(EVENT_ID_NAMESPACE, "id:b")),
+        ({"event_id": "a", "id": "c"}, uuid.uuid5(EVENT_ID_NAMESPACE, "id:a")),
         ({"eventId": "b", "id": "c"}, uuid.uuid5(EVENT_ID_NAMESPACE, "id:b")),
         ({"event_id": "", "eventId": "  ", "id": "c"}, uuid.uuid5(EVENT_ID_NAMESPACE, "id:c")),
         (
@@ -266,10 +268,11 @@ def test_same_payload_id_in_two_objects_is_one_event() -> None:
 
 def test_only_the_id_field_used_leaves_properties() -> None:
     record = only_event(
-        {"event_name": "click", "event_id": str(SOME_UUID), "eventId": "x", "id": "legacy-7"}
+        {"event_name": "click", "eventId": str(SOME_UUID), "event_id": "x", "id": "legacy-7"}
     )
     assert record.event_id == SOME_UUID
-    assert record.event["properties"] == {"eventId": "x", "id": "legacy-7"}
+    assert record.id_from_payload
+    assert record.event["properties"] == {"event_id": "x", "id": "legacy-7"}
 
 
 # --- timestamps --------------------------------------------------------------------------------
