@@ -37,6 +37,12 @@
 --     INSERT, SELECT, UPDATE      quarantine entry is upserted (ON CONFLICT DO UPDATE needs
 --                                 UPDATE and SELECT) and marked resolved by `reprocess`.
 --                                 No DELETE: history is kept; a DBA prunes it.
+--   clickstream_loaded_objects    One row per object loaded in full, inserted in the
+--     INSERT, SELECT, UPDATE      transaction of the object's last rows (ON CONFLICT DO
+--                                 NOTHING; `reprocess` refreshes its counts with ON CONFLICT
+--                                 DO UPDATE, which needs UPDATE). SELECT: lookback skips the
+--                                 keys recorded there, `check` and `status` read it. No
+--                                 DELETE: a DBA who wants an object read again deletes its row.
 --   the database                  The default write path (WRITE_METHOD=copy) streams each batch
 --     CONNECT, TEMPORARY          with COPY into two session-local temporary tables, then moves
 --                                 it with INSERT ... SELECT ... ON CONFLICT DO NOTHING. PUBLIC
@@ -91,7 +97,8 @@ SELECT
     SELECT 1 FROM pg_tables
     WHERE schemaname = :'schema'
       AND tablename IN ('clickstream_events', 'clickstream_ingest_meta', 'clickstream_load_runs',
-                        'clickstream_quarantine', 'clickstream_adoptions', 'alembic_version')
+                        'clickstream_quarantine', 'clickstream_loaded_objects',
+                        'clickstream_adoptions', 'alembic_version')
       AND pg_has_role(:'loader_role', tableowner, 'MEMBER')
   ) AS loader_role_owns_tables,
   current_database() AS database_name
@@ -115,6 +122,7 @@ REVOKE ALL ON TABLE
   :"schema".clickstream_ingest_meta,
   :"schema".clickstream_load_runs,
   :"schema".clickstream_quarantine,
+  :"schema".clickstream_loaded_objects,
   :"schema".clickstream_adoptions,
   :"schema".alembic_version
 FROM :"loader_role";
@@ -132,7 +140,8 @@ TO :"loader_role";
 -- The load ledger: the loader's own bookkeeping.
 GRANT SELECT, INSERT, UPDATE ON TABLE
   :"schema".clickstream_load_runs,
-  :"schema".clickstream_quarantine
+  :"schema".clickstream_quarantine,
+  :"schema".clickstream_loaded_objects
 TO :"loader_role";
 
 -- The schema revision and what was adopted from the original ETL: read-only.

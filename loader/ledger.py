@@ -191,16 +191,50 @@ def hour_records(
     return out
 
 
-def loaded_keys(conn: sa.Connection, tables: Tables, prefix: str) -> set[str]:
-    """Keys under `prefix` already accounted for: with events in the DW or in the quarantine.
-
-    Batches end on object boundaries, so a key present here had all its events committed.
-    """
-    meta, q = tables.meta, tables.quarantine
+def _under(column: sa.ColumnElement[str], prefix: str) -> sa.ColumnElement[bool]:
+    """`column LIKE 'prefix%'` with the prefix taken literally (the "C" collation lets a btree
+    index on the column serve it)."""
     pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    in_meta = sa.select(meta.c.s3_key).where(meta.c.s3_key.like(pattern, escape="\\")).distinct()
-    in_quarantine = sa.select(q.c.s3_key).where(q.c.s3_key.like(pattern, escape="\\")).distinct()
-    return set(conn.execute(sa.union(in_meta, in_quarantine)).scalars())
+    return column.like(pattern, escape="\\")
+
+
+def completed_objects(conn: sa.Connection, tables: Tables, prefix: str) -> dict[str, int]:
+    """Keys under `prefix` recorded as loaded in full, each with the clickstream_ingest_meta
+    rows it had when it completed.
+
+    Only this record says an object is loaded: rows in the event tables or the quarantine may
+    be what a failed run left of it (the slices of a big object commit one by one).
+    """
+    done = tables.loaded_objects
+    rows = conn.execute(
+        sa.select(done.c.s3_key, done.c.meta_rows).where(_under(done.c.s3_key, prefix))
+    )
+    return {row.s3_key: row.meta_rows for row in rows}
+
+
+def meta_rows_by_key(conn: sa.Connection, tables: Tables, prefix: str) -> dict[str, int]:
+    """clickstream_ingest_meta rows per key under `prefix`, now (a prefix scan of its index)."""
+    meta = tables.meta
+    rows = conn.execute(
+        sa.select(meta.c.s3_key, sa.func.count())
+        .where(_under(meta.c.s3_key, prefix))
+        .group_by(meta.c.s3_key)
+    )
+    return {key: int(n) for key, n in rows}
+
+
+def incomplete_keys(conn: sa.Connection, tables: Tables, prefix: str) -> set[str]:
+    """Keys under `prefix` with rows in the event tables or the quarantine but no completion
+    record: objects a failed or killed run left part-way."""
+    meta, q, done = tables.meta, tables.quarantine, tables.loaded_objects
+    with_rows = sa.union(
+        sa.select(meta.c.s3_key.label("s3_key")).where(_under(meta.c.s3_key, prefix)),
+        sa.select(q.c.s3_key.label("s3_key")).where(_under(q.c.s3_key, prefix)),
+    ).subquery()
+    unrecorded = sa.select(with_rows.c.s3_key).where(
+        ~sa.exists().where(done.c.s3_key == with_rows.c.s3_key)
+    )
+    return set(conn.execute(unrecorded).scalars())
 
 
 def open_quarantine(

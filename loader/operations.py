@@ -15,10 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loader.ledger import hour_records, loaded_keys
+from loader.ledger import completed_objects, hour_records, incomplete_keys, meta_rows_by_key
 from loader.pipeline import HourJob, HourLoader
 from loader.report import Report
-from loader.window import HOUR, floor_hour, hour_label, hour_prefix, hours_between
+from loader.window import HOUR, floor_hour, hour_label, hour_of_key, hour_prefix, hours_between
 
 Progress = Callable[[str, Report | None], None]
 
@@ -72,7 +72,9 @@ def reprocess(
     progress: Progress | None = None,
 ) -> list[Report]:
     """Re-read the objects with open quarantine entries and load what now parses; entries of
-    objects that load cleanly are marked resolved. Idempotent like every load."""
+    objects that load cleanly are marked resolved. With `hour` or `key`, also re-read the
+    objects of that hour (or that key) a failed or killed run left part-way: rows in the
+    warehouse but no completion record. Idempotent like every load."""
     loader.check_schema()
     q = loader.tables.quarantine
     stmt = sa.select(q.c.hour, q.c.s3_key).where(q.c.resolved_at.is_(None)).distinct()
@@ -81,11 +83,25 @@ def reprocess(
     if key is not None:
         stmt = stmt.where(q.c.s3_key == key)
     by_hour: dict[datetime, set[str]] = defaultdict(set)
+    events_prefix = loader.settings.events_prefix
     with loader.engine.connect() as conn:
         for row in conn.execute(stmt):
             by_hour[row.hour].add(row.s3_key)
+        # A prefix scan of the hour's rows: only for an hour or a key named, never the whole
+        # history (the next lookback or rerun of an hour completes such objects as well).
+        if key is not None:
+            key_hour = hour_of_key(key, events_prefix)
+            if (
+                key_hour is not None
+                and (hour is None or key_hour == floor_hour(hour))
+                and key in incomplete_keys(conn, loader.tables, key)
+            ):
+                by_hour[key_hour].add(key)
+        elif hour is not None:
+            prefix = hour_prefix(floor_hour(hour), events_prefix)
+            by_hour[floor_hour(hour)] |= incomplete_keys(conn, loader.tables, prefix)
     reports = []
-    for each_hour in sorted(by_hour):
+    for each_hour in sorted(h for h in by_hour if by_hour[h]):
         job = HourJob(
             each_hour,
             "reprocess",
@@ -117,17 +133,24 @@ def status(
     end: datetime | None = None,
 ) -> dict[str, Any]:
     """One entry per hour from `now - since` (or from `start`) to the last complete hour (or to
-    `end`): the ledger's newest run, open quarantine entries, and `missing` for hours with S3
-    objects but no run in the ledger."""
+    `end`): the ledger's newest run, the objects recorded as loaded in full, open quarantine
+    entries, and `missing` for hours with S3 objects but no run in the ledger."""
     now = now or datetime.now(UTC)
     last = floor_hour(end) if end is not None else floor_hour(now) - HOUR
     if start is not None:
         first = floor_hour(start)
     else:
         first = floor_hour(now - (since if since is not None else timedelta(hours=48)))
-    q = loader.tables.quarantine
+    q, done = loader.tables.quarantine, loader.tables.loaded_objects
     with loader.engine.connect() as conn:
         records = hour_records(conn, loader.tables, first, last)
+        loaded_counts: dict[datetime, int] = dict(
+            conn.execute(
+                sa.select(done.c.hour, sa.func.count())
+                .where(done.c.hour.between(first, last))
+                .group_by(done.c.hour)
+            ).all()
+        )
         open_counts: dict[datetime, int] = dict(
             conn.execute(
                 sa.select(q.c.hour, sa.func.count())
@@ -169,6 +192,7 @@ def status(
                 state=state,
                 trigger=run["trigger"],
                 objects_listed=run["objects_listed"],
+                objects_loaded=int(loaded_counts.get(hour, 0)),
                 inserted=int(inserted_total.get(hour, 0)),
                 inserted_last_run=run["inserted"],
                 duplicates=run["duplicate_exact"] + run["duplicate_conflicting"],
@@ -188,8 +212,12 @@ def status(
 
 
 def check(loader: HourLoader, start: datetime, end: datetime) -> dict[str, Any]:
-    """Reconcile S3 against the warehouse: per hour, objects listed vs objects with events
-    loaded vs objects accounted for in the quarantine; keys in neither are unloaded."""
+    """Reconcile S3 against the warehouse: per hour, objects listed vs objects recorded as
+    loaded in full vs objects accounted for in the quarantine; every other key is unloaded.
+
+    A key counts as loaded when it has a completion record and still holds the
+    clickstream_ingest_meta rows it had then: rows alone say nothing (a failed run can leave
+    part of an object), and a completion record whose rows a DBA deleted is out of date."""
     hours = []
     unloaded: list[str] = []
     q = loader.tables.quarantine
@@ -197,12 +225,14 @@ def check(loader: HourLoader, start: datetime, end: datetime) -> dict[str, Any]:
         prefix = hour_prefix(hour, loader.settings.events_prefix)
         keys = [ref.key for ref in loader.source.list_objects(prefix)]
         with loader.engine.connect() as conn:
-            accounted = loaded_keys(conn, loader.tables, prefix)
+            completed = completed_objects(conn, loader.tables, prefix)
+            present = meta_rows_by_key(conn, loader.tables, prefix)
             quarantined = set(
                 conn.execute(
                     sa.select(q.c.s3_key).where(q.c.hour == hour, q.c.resolved_at.is_(None))
                 ).scalars()
             )
+        accounted = {k for k, rows in completed.items() if present.get(k, 0) >= rows}
         missing = [k for k in keys if k not in accounted]
         unloaded.extend(missing)
         hours.append(
@@ -210,7 +240,7 @@ def check(loader: HourLoader, start: datetime, end: datetime) -> dict[str, Any]:
                 "hour": hour_label(hour),
                 "objects": len(keys),
                 "loaded": sum(1 for k in keys if k in accounted and k not in quarantined),
-                "quarantined": sum(1 for k in keys if k in quarantined),
+                "quarantined": sum(1 for k in keys if k in accounted and k in quarantined),
                 "unloaded": len(missing),
             }
         )

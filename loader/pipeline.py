@@ -2,8 +2,9 @@
 
 Data flows one way and never accumulates: keys stream from the listing into a bounded fetch
 window, bodies are transformed as they arrive, and events are written in batches that end on
-object boundaries (so a key with rows in the warehouse had all its events committed). Memory is
-flat in the size of the hour.
+object boundaries, except that an object larger than a batch is written in slices. Rows in the
+warehouse therefore do not prove an object loaded: its completion record does, written in the
+transaction of its last rows and quarantine entries. Memory is flat in the size of the hour.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import threading
 import time
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,21 +37,23 @@ from loader.db import (
     sqlstate,
 )
 from loader.ledger import (
+    completed_objects,
     finalize_run_id,
     finalize_sharded_hour,
     finish_run,
     hour_lock,
     hour_records,
-    loaded_keys,
     start_run,
 )
 from loader.observability import log
 from loader.report import KeyList, Report
 from loader.sink import (
     BatchOutcome,
+    Completion,
     Tables,
     batch_writer,
     quarantine,
+    record_completed,
     rejection_row,
     resolve_quarantined,
     tables_for,
@@ -84,6 +88,7 @@ class _Prepared:
     key: str
     events: list[EventRecord]
     rejections: list[Rejection]
+    last_modified: datetime | None = None
     #: Keys listed just before this one and skipped as already loaded.
     skipped_before: int = 0
     events_read: int = 0
@@ -123,6 +128,8 @@ class _Listing:
 class _Batch:
     records: list[EventRecord] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    #: Objects whose last rows are in this batch: its transaction records them loaded.
+    completed: list[Completion] = field(default_factory=list)
     last_key: str | None = None
     resolved_keys: list[str] = field(default_factory=list)
     #: Objects whose last events are in this batch, and already-loaded keys skipped before them.
@@ -138,7 +145,7 @@ class HourJob:
     trigger: str
     shard: Shard | None = None
     dry_run: bool = False
-    #: Skip keys already in the warehouse or quarantine (lookback, reprocess of late objects).
+    #: Skip keys recorded as loaded in full (lookback).
     skip_loaded_keys: bool = False
     #: Only these keys (reprocess of quarantined keys).
     only_keys: frozenset[str] | None = None
@@ -326,7 +333,7 @@ class HourLoader:
         skip: set[str] = set()
         if job.skip_loaded_keys:
             with self.engine.connect() as conn:
-                skip = loaded_keys(conn, self.tables, report.prefix)
+                skip = set(completed_objects(conn, self.tables, report.prefix))
         handoff: queue.Queue[_Prepared | _Done] = queue.Queue(
             maxsize=max(2 * self.settings.max_records_per_batch, 64)
         )
@@ -420,11 +427,22 @@ class HourLoader:
                 batch = _Batch()
                 if self._out_of_time(report, remaining_ms):
                     return
-            while len(events) > limit:  # one object larger than a batch: write it in slices
-                self._flush(job, report, _Batch(records=events[:limit]))
+            # An object larger than a batch: its slices commit on their own, and only the
+            # batch holding its last events records it complete (with what they quarantined).
+            rejected_in_slices = 0
+            while len(events) > limit:
+                rejected_in_slices += self._flush(job, report, _Batch(records=events[:limit]))
                 events = events[limit:]
             batch.records.extend(events)
             batch.rejections.extend(item.rejections)
+            batch.completed.append(
+                Completion(
+                    item.key,
+                    len(item.events),
+                    len(item.rejections) + rejected_in_slices,
+                    item.last_modified,
+                )
+            )
             batch.last_key = item.key
             batch.objects += 1 + item.skipped_before
             batch.skipped_loaded += item.skipped_before
@@ -456,7 +474,11 @@ class HourLoader:
             reason = "malformed" if fetched.error in ("too_large", "bad_gzip") else "fetch_failed"
             detail = f"{fetched.error}: {fetched.detail or ''}".strip(": ")
             return _Prepared(
-                ref.key, [], [Rejection(ref.key, 0, reason, detail)], retries=fetched.retries
+                ref.key,
+                [],
+                [Rejection(ref.key, 0, reason, detail)],
+                ref.last_modified,
+                retries=fetched.retries,
             )
         source = SourceObject(self.settings.raw_bucket, ref.key, ref.last_modified)
         result = transform_object(source, fetched.body, anonymize=self.settings.anonymize_ip)
@@ -464,6 +486,7 @@ class HourLoader:
             ref.key,
             result.events,
             [*result.malformed, *result.invalid],
+            ref.last_modified,
             events_read=len(result.events) + len(result.invalid),
             sanitised=result.sanitised,
             truncated=result.truncated,
@@ -482,21 +505,23 @@ class HourLoader:
         )
         return True
 
-    def _flush(self, job: HourJob, report: Report, batch: _Batch) -> None:
-        if not batch.records and not batch.rejections and not batch.resolved_keys:
+    def _flush(self, job: HourJob, report: Report, batch: _Batch) -> int:
+        """Commit one batch; returns how many of its events the database refused (quarantined
+        by bisection), which an object written in slices adds to its completion record."""
+        if not (batch.records or batch.rejections or batch.resolved_keys or batch.completed):
             report.resume_after = batch.last_key or report.resume_after
-            return
+            return 0
         for rejection in batch.rejections:
             self._report_rejection(report, rejection)
         if job.dry_run:
             report.would_insert += self._count_new(batch.records)
             report.resume_after = batch.last_key or report.resume_after
-            return
+            return 0
 
         now = datetime.now(UTC)
         rows = [rejection_row(r, self.settings.raw_bucket, job.hour, now) for r in batch.rejections]
         outcome: BatchOutcome = self.retrying("batch write", report)(
-            self._commit, batch.records, rows, job, batch.resolved_keys
+            self._commit, batch, rows, job, uuid.UUID(report.run_id)
         )
         report.batches += 1
         report.inserted += outcome.inserted
@@ -518,40 +543,59 @@ class HourLoader:
         ):
             report.newest_event_at = outcome.newest_event_at.astimezone(UTC).isoformat()
         report.resume_after = batch.last_key or report.resume_after
+        return len(outcome.rejected)
 
     def _commit(
-        self,
-        records: list[EventRecord],
-        rows: list[dict[str, Any]],
-        job: HourJob,
-        resolved_keys: list[str],
+        self, batch: _Batch, rows: list[dict[str, Any]], job: HourJob, run_id: uuid.UUID
     ) -> BatchOutcome:
-        """One transaction: the batch into both tables and its rejections into the quarantine.
-        If PostgreSQL refuses a row the transform let through, isolate it by bisection."""
+        """One transaction: the batch into both tables, its rejections into the quarantine and
+        its completed objects into clickstream_loaded_objects. If PostgreSQL refuses a row the
+        transform let through, isolate it by bisection."""
         now = datetime.now(UTC)
         try:
             with self.engine.begin() as conn:
-                outcome = self.writer(conn, self.tables, records, self._adopted)
+                outcome = self.writer(conn, self.tables, batch.records, self._adopted)
                 quarantine(conn, self.tables, rows)
-                resolve_quarantined(conn, self.tables, resolved_keys, now)
+                resolve_quarantined(conn, self.tables, batch.resolved_keys, now)
+                self._record_completed(conn, job, run_id, batch.completed)
                 return outcome
         except sa.exc.DBAPIError as exc:
             if not is_data_error(exc):
                 raise
             log.warning("batch refused by the database: isolating the offending events")
         outcome = write_isolating_poison(
-            self.engine, self.tables, records, self.writer, self._adopted
+            self.engine, self.tables, batch.records, self.writer, self._adopted
         )
-        poisoned = {r.key for r in outcome.rejected}
+        # The good halves are committed, each on its own. The refused events' quarantine rows
+        # and the objects' completion commit together after them: a run that dies in between
+        # leaves the objects unrecorded, and the next lookback or rerun reads them again.
+        refused = Counter(r.key for r in outcome.rejected)
         extra = [
             rejection_row(r, self.settings.raw_bucket, job.hour, now) for r in outcome.rejected
+        ]
+        completed = [
+            replace(c, quarantined=c.quarantined + refused[c.key]) for c in batch.completed
         ]
         with self.engine.begin() as conn:
             quarantine(conn, self.tables, rows + extra)
             resolve_quarantined(
-                conn, self.tables, [k for k in resolved_keys if k not in poisoned], now
+                conn, self.tables, [k for k in batch.resolved_keys if k not in refused], now
             )
+            self._record_completed(conn, job, run_id, completed)
         return outcome
+
+    def _record_completed(
+        self, conn: sa.Connection, job: HourJob, run_id: uuid.UUID, completed: list[Completion]
+    ) -> None:
+        record_completed(
+            conn,
+            self.tables,
+            completed,
+            bucket=self.settings.raw_bucket,
+            hour=job.hour,
+            run_id=run_id,
+            refresh=job.resolve_quarantine,
+        )
 
     def _count_new(self, records: list[EventRecord]) -> int:
         """Dry run: how many of these events the warehouse does not hold yet (reads only),

@@ -51,6 +51,7 @@ INGEST_META_TABLE: Final = "clickstream_ingest_meta"
 LOAD_RUNS_TABLE: Final = "clickstream_load_runs"
 QUARANTINE_TABLE: Final = "clickstream_quarantine"
 ADOPTIONS_TABLE: Final = "clickstream_adoptions"
+LOADED_OBJECTS_TABLE: Final = "clickstream_loaded_objects"
 
 INDEXED_TEXT_CAP: Final = 256
 URL_CAP: Final = 4096
@@ -457,3 +458,61 @@ clickstream_adoptions = Table(
     "clickstream_ingest_meta row; same event_timestamp, client_id, session_id and event_name) "
     "is a duplicate, not inserted.",
 )
+# An object counts as loaded only once all of its events and its quarantine rows are committed:
+# the loader writes its row in the transaction of the object's last rows. Rows in the event
+# tables alone prove nothing (an object larger than a batch is written in several
+# transactions, and a run can die between them).
+clickstream_loaded_objects = Table(
+    LOADED_OBJECTS_TABLE,
+    metadata,
+    Column(
+        "s3_key",
+        S3_KEY_TYPE,
+        primary_key=True,
+        comment="An object whose events and quarantine rows are all committed.",
+    ),
+    Column("s3_bucket", Text, nullable=False, comment="Bucket of the object."),
+    Column("hour", DateTime(timezone=True), nullable=False, comment="UTC hour the key belongs to."),
+    Column(
+        "events",
+        Integer,
+        nullable=False,
+        comment="Valid events the object held when it completed, new or already loaded "
+        "(rows backfilled by revision 0004: its clickstream_ingest_meta rows).",
+    ),
+    Column(
+        "meta_rows",
+        Integer,
+        nullable=False,
+        comment="clickstream_ingest_meta rows naming this key when it completed (an event whose "
+        "id another object loaded first stays with that one); `check` reports the key unloaded "
+        "once fewer remain.",
+    ),
+    Column(
+        "quarantined",
+        Integer,
+        nullable=False,
+        comment="Records of the object in the quarantine when it completed (malformed, invalid, "
+        "rejected or fetch_failed).",
+    ),
+    Column("s3_last_modified", DateTime(timezone=True), comment="The object's LastModified."),
+    Column(
+        "run_id",
+        UUID(as_uuid=True),
+        nullable=False,
+        comment="The run that completed it (clickstream_load_runs.run_id; rows backfilled by "
+        "revision 0004: the hour's complete run).",
+    ),
+    Column(
+        "completed_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.now(),
+        comment="When the transaction that completed it committed (transaction time).",
+    ),
+    comment="Objects loaded in full, one row each: lookback, check, status and reprocess read "
+    "this, never the mere presence of rows.",
+)
+
+# `status` counts an hour's completed objects.
+Index("ix_clickstream_loaded_objects_hour", clickstream_loaded_objects.c.hour)

@@ -5,12 +5,15 @@ clickstream_ingest_meta in one transaction: a batch lands in both tables or in n
 inserts only what is missing, and RETURNING tells inserted rows from duplicates. Rows go in
 `event_id` order so concurrent runs of the same hour take row locks in the same order and
 cannot deadlock each other. On a warehouse adopted from the original ETL, events that duplicate
-one of its rows under another id are taken out of the batch first (loader/adoption.py).
+one of its rows under another id are taken out of the batch first (loader/adoption.py). An
+object's completion record (`record_completed`) goes into the
+transaction of its last rows: that, not the rows themselves, is what says it is loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import re
 import uuid
@@ -22,7 +25,8 @@ from typing import Any, Final, Protocol
 
 import psycopg2
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.sql.schema import RETAIN_SCHEMA
 
 from loader import schema
@@ -31,6 +35,8 @@ from loader.config import Settings
 from loader.db import describe_error, dumps_json, is_data_error, sqlstate
 from loader.transform import EventRecord, Rejection
 
+#: The columns the transform fills; any other column (loaded_at, one a DBA added) gets its
+#: default, whichever write method runs.
 EVENT_COLUMNS: Final = tuple(c.name for c in schema.clickstream_events.c if c.name != "loaded_at")
 META_COLUMNS: Final = tuple(
     c.name for c in schema.clickstream_ingest_meta.c if c.name != "loaded_at"
@@ -46,6 +52,7 @@ class Tables:
     load_runs: sa.Table
     quarantine: sa.Table
     adoptions: sa.Table
+    loaded_objects: sa.Table
 
 
 def tables_for(settings: Settings) -> Tables:
@@ -57,6 +64,7 @@ def tables_for(settings: Settings) -> Tables:
             schema.clickstream_load_runs,
             schema.clickstream_quarantine,
             schema.clickstream_adoptions,
+            schema.clickstream_loaded_objects,
         )
     md = sa.MetaData()
     target = settings.target_schema or RETAIN_SCHEMA
@@ -67,6 +75,7 @@ def tables_for(settings: Settings) -> Tables:
         schema.clickstream_load_runs.to_metadata(md, schema=target),
         schema.clickstream_quarantine.to_metadata(md, schema=target),
         schema.clickstream_adoptions.to_metadata(md, schema=target),
+        schema.clickstream_loaded_objects.to_metadata(md, schema=target),
     )
 
 
@@ -308,6 +317,117 @@ def resolve_quarantined(
     return int(result.rowcount or 0)
 
 
+# PostgreSQL array literals (`{"a","b"}`), sent as one text parameter each and cast by the
+# server: psycopg2 adapts a Python list element by element, several times the CPU per batch.
+_ARRAY_ESCAPE = re.compile(r'["\\]').search
+
+
+def _text_array(values: Sequence[str]) -> str:
+    quoted = (
+        v.replace("\\", "\\\\").replace('"', '\\"') if _ARRAY_ESCAPE(v) else v for v in values
+    )
+    return '{"' + '","'.join(quoted) + '"}'
+
+
+def _int_array(values: Sequence[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _timestamp_array(values: Sequence[datetime | None]) -> str:
+    return "{" + ",".join("NULL" if v is None else v.isoformat() for v in values) + "}"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """An object whose last rows are in the batch being committed."""
+
+    key: str
+    events: int
+    quarantined: int
+    last_modified: datetime | None
+
+
+def record_completed(
+    conn: sa.Connection,
+    tables: Tables,
+    completions: Sequence[Completion],
+    *,
+    bucket: str,
+    hour: datetime,
+    run_id: uuid.UUID,
+    refresh: bool = False,
+) -> None:
+    """Record objects as loaded, inside the transaction that commits their last rows.
+
+    One statement per batch whatever its size: the objects travel as arrays and `meta_rows`
+    is counted by the server, in this transaction, from the key's index. A row already there
+    is kept as it is (a rerun writes nothing), unless `refresh` (reprocess: the counts moved).
+    """
+    if not completions:
+        return
+    conn.execute(
+        _completion_statement(tables.loaded_objects, tables.meta, refresh),
+        {
+            "keys": _text_array([c.key for c in completions]),
+            "events": _int_array([c.events for c in completions]),
+            "quarantined": _int_array([c.quarantined for c in completions]),
+            "modified": _timestamp_array([c.last_modified for c in completions]),
+            "bucket": bucket,
+            "hour": hour,
+            "run_id": run_id,
+        },
+    )
+
+
+@functools.cache
+def _completion_statement(done: sa.Table, meta: sa.Table, refresh: bool) -> sa.Insert:
+    """INSERT ... SELECT FROM unnest(arrays): built once per table, like a prepared statement."""
+    objects = (
+        sa.func.unnest(
+            sa.cast(sa.bindparam("keys"), ARRAY(sa.Text)),
+            sa.cast(sa.bindparam("events"), ARRAY(sa.Integer)),
+            sa.cast(sa.bindparam("quarantined"), ARRAY(sa.Integer)),
+            sa.cast(sa.bindparam("modified"), ARRAY(sa.DateTime(timezone=True))),
+        )
+        .table_valued("s3_key", "events", "quarantined", "s3_last_modified")
+        .render_derived()
+    )
+    meta_rows = (
+        sa.select(sa.func.count()).where(meta.c.s3_key == objects.c.s3_key).scalar_subquery()
+    )
+    rows = sa.select(
+        objects.c.s3_key,
+        sa.bindparam("bucket", type_=sa.Text),
+        sa.bindparam("hour", type_=sa.DateTime(timezone=True)),
+        objects.c.events,
+        meta_rows,
+        objects.c.quarantined,
+        objects.c.s3_last_modified,
+        sa.bindparam("run_id", type_=PG_UUID(as_uuid=True)),
+        sa.func.now(),
+    )
+    stmt = insert(done).from_select(
+        [
+            "s3_key",
+            "s3_bucket",
+            "hour",
+            "events",
+            "meta_rows",
+            "quarantined",
+            "s3_last_modified",
+            "run_id",
+            "completed_at",
+        ],
+        rows,
+    )
+    if not refresh:
+        return stmt.on_conflict_do_nothing(index_elements=["s3_key"])
+    updated = ("events", "meta_rows", "quarantined", "s3_last_modified", "run_id", "completed_at")
+    return stmt.on_conflict_do_update(
+        index_elements=["s3_key"], set_={name: stmt.excluded[name] for name in updated}
+    )
+
+
 # --- COPY staging: the same contract, fewer round trips -------------------------------------
 #
 # Each batch is streamed with COPY into session-local temporary tables (created once per
@@ -377,6 +497,15 @@ def _copy_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> io.Str
     buffer.writelines(lines)
     buffer.seek(0)
     return buffer
+
+
+def _written_columns(table: sa.Table, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The columns a batch sets, in table order: what `INSERT` names for the same rows (the
+    keys of the first row), so both methods leave every other column to its default. COPY
+    naming a column the rows lack would write NULL into it instead, and a NOT NULL DEFAULT
+    column a DBA added would then refuse every event."""
+    first = rows[0]
+    return [c.name for c in table.c if c.name in first]
 
 
 def _stage(table: sa.Table) -> sa.TableClause:
@@ -460,8 +589,11 @@ def write_batch_copy(
         return outcome
     _ensure_stage_tables(conn, tables)
     stage_events, stage_meta = _stage(tables.events), _stage(tables.meta)
-    _copy_into(conn, stage_events, [r.event for r in unique], EVENT_COLUMNS)
-    _copy_into(conn, stage_meta, [r.meta for r in unique], META_COLUMNS)
+    event_rows, meta_rows = [r.event for r in unique], [r.meta for r in unique]
+    event_columns = _written_columns(tables.events, event_rows)
+    meta_columns = _written_columns(tables.meta, meta_rows)
+    _copy_into(conn, stage_events, event_rows, event_columns)
+    _copy_into(conn, stage_meta, meta_rows, meta_columns)
 
     def move(table: sa.Table, stage: sa.TableClause, columns: Sequence[str]) -> list[uuid.UUID]:
         select = sa.select(*(stage.c[c] for c in columns)).order_by(stage.c.event_id)
@@ -473,8 +605,8 @@ def write_batch_copy(
         )
         return list(conn.execute(stmt).scalars())
 
-    inserted = set(move(tables.events, stage_events, EVENT_COLUMNS))
-    outcome.meta_inserted = len(move(tables.meta, stage_meta, META_COLUMNS))
+    inserted = set(move(tables.events, stage_events, event_columns))
+    outcome.meta_inserted = len(move(tables.meta, stage_meta, meta_columns))
     _classify(conn, tables, outcome, unique, repeats, inserted)
     return outcome
 

@@ -74,6 +74,17 @@ def hour_prefix(hour: datetime, events_prefix: str = "events/") -> str:
     return f"{events_prefix}{hour.astimezone(UTC):%Y/%m/%d/%H}/"
 
 
+def hour_of_key(key: str, events_prefix: str = "events/") -> datetime | None:
+    """The hour whose prefix (`hour_prefix`) holds `key`; None for a key outside that layout."""
+    rest = key[len(events_prefix) :] if key.startswith(events_prefix) else ""
+    if len(rest) < 14 or rest[13] != "/":
+        return None
+    try:
+        return datetime.strptime(rest[:13], "%Y/%m/%d/%H").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def parse_hour(value: str) -> datetime:
     """`YYYY-MM-DDTHH`, or any ISO-8601 instant (floored to its hour; no offset means UTC)."""
     text = value.strip()

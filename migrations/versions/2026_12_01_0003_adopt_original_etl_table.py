@@ -76,6 +76,9 @@ revision: str = "0003_adopt_original_etl_table"
 down_revision: str | Sequence[str] | None = "0002_load_ledger"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Not loader-compatible: a loader built for 0002 would load into the adopted table, but it does
+# not take out the derived-id events that duplicate the original ETL's rows.
+loader_compatible = False
 
 EVENTS = "clickstream_events"
 ADOPTIONS = "clickstream_adoptions"

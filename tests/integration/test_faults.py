@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,16 +33,26 @@ import psycopg2
 import pytest
 import sqlalchemy as sa
 from support.http_fault_proxy import LISTINGS, OBJECT_GETS, Fault, FaultProxy
-from support.reconcile import Planted, fill, from_demo, ledger, reconcile
+from support.reconcile import (
+    Planted,
+    completed_keys,
+    completion_lies,
+    fill,
+    from_demo,
+    ledger,
+    mixed_hour,
+    reconcile,
+)
 from support.tcp_fault_proxy import TcpFaultProxy, pg_socket
 
 from loader.app import open_loader
 from loader.config import DatabaseSettings, load_settings
-from loader.demo import generate_hour
+from loader.demo import _event, generate_hour
 from loader.operations import status
-from loader.pipeline import HourJob
+from loader.pipeline import HourJob, run_trigger
 from loader.report import Report
 from loader.source import S3TransientError
+from loader.window import Trigger, hour_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
@@ -715,3 +726,183 @@ def test_loader_killed_with_sigkill_at_a_random_point_then_rerun(
     except AssertionError:
         raise AssertionError(f"sessions left: {loader_sessions(dw_engine)}") from None
     assert_reconciled(dw_engine, planted, faults=1)
+
+
+# --- a run that dies with part of an object committed ----------------------------------------
+#
+# An object larger than a batch is written in slices, one transaction each, and a batch with a
+# row PostgreSQL refuses is bisected: its good halves commit on their own, its quarantine rows
+# after them. A run that dies in between leaves an object with some rows committed and no
+# completion record; the next scheduled run's lookback must read it again, not skip it.
+
+META = b"clickstream_ingest_meta"
+COMPLETION = b"clickstream_loaded_objects"
+QUARANTINE = b"INSERT INTO clickstream_quarantine"
+POISON_URL = "https://poison.example/"
+
+#: Where the run dies: the proxy's cut, and whether the hour carries rows PostgreSQL refuses.
+DEATH_POINTS: dict[str, tuple[dict[str, Any], bool]] = {
+    # A slice that is not its object's last: no completion is recorded in its transaction.
+    "slice-commit-never-sent": (
+        {"when": "before", "armed_by": META, "unless": COMPLETION, "skip": 1},
+        False,
+    ),
+    "slice-commit-reply-lost": (
+        {"when": "after", "armed_by": META, "unless": COMPLETION, "skip": 1},
+        False,
+    ),
+    # A batch that records objects complete: its COMMIT lands, the client never hears of it.
+    "completing-commit-reply-lost": (
+        {"when": "after", "armed_by": COMPLETION, "skip": 4},
+        False,
+    ),
+    # Bisection committed the good halves; the quarantine transaction never commits.
+    "bisected-quarantine-never-sent": (
+        {"pattern": QUARANTINE, "when": "before", "unless": META},
+        True,
+    ),
+    "bisected-quarantine-reply-lost": (
+        {"when": "after", "armed_by": QUARANTINE, "unless": META},
+        True,
+    ),
+}
+
+
+def big_object(
+    rng: random.Random, uid: uuid.UUID, lines: int, poison_at: int | None = None
+) -> Planted:
+    """One NDJSON object of `lines` events (several batches' worth), optionally with one
+    event PostgreSQL will refuse (a page_url the test's CHECK constraint forbids)."""
+    key = f"{hour_prefix(HOUR)}event-{uid}.json"
+    rows, ids = [], []
+    for position in range(lines):
+        event = _event(rng, HOUR, position)
+        if position == poison_at:
+            event["pageUrl"] = POISON_URL
+        else:
+            ids.append(uid if position == 0 else uuid.uuid5(uid, str(position)))
+        rows.append(json.dumps(event, ensure_ascii=False).encode())
+    return Planted(key, b"\n".join(rows), None, tuple(ids), poison_at is not None)
+
+
+def plant_sliced_hour(s3: Any, bucket: str, seed: int, poison: bool) -> list[Planted]:
+    """A mixed hour (single events, NDJSON, gzip, a few malformed lines) plus three objects of
+    45 events that sort first (so the hour's first slices are theirs); with `poison`, the
+    third slice of the first one and a single-event object sorting last carry a refused row."""
+    rng = random.Random(seed)
+    planted = mixed_hour(HOUR, 60, seed=seed)
+    for i in range(3):
+        uid = uuid.UUID(int=rng.getrandbits(110), version=4)  # event-0000…: sorts first
+        planted.append(big_object(rng, uid, 45, 25 if poison and i == 0 else None))
+    if poison:
+        planted.append(big_object(rng, uuid.UUID(f"ffffffff-0000-4000-8000-{seed:012d}"), 1, 0))
+    fill(s3, bucket, planted)
+    return planted
+
+
+def scheduled_run_after(hour: datetime) -> Report:
+    """The next hourly invocation: the hour after `hour`, then the lookback over `hour`."""
+    with open_loader(load_settings()) as loader:
+        return run_trigger(loader, Trigger(hour + timedelta(hours=1), "schedule"))
+
+
+def partly_loaded(engine: sa.Engine, planted: list[Planted]) -> list[str]:
+    """Keys with some, not all, of their events committed, or a refused row not quarantined."""
+    with engine.connect() as conn:
+        loaded = set(conn.execute(sa.text("SELECT event_id FROM clickstream_events")).scalars())
+        quarantined = set(
+            conn.execute(sa.text("SELECT DISTINCT s3_key FROM clickstream_quarantine")).scalars()
+        )
+    out = []
+    for p in planted:
+        present = sum(1 for e in p.event_ids if e in loaded)
+        if 0 < present < len(p.event_ids) or (present and p.rejected and p.key not in quarantined):
+            out.append(p.key)
+    return out
+
+
+def assert_completed_by_lookback(engine: sa.Engine, planted: list[Planted]) -> None:
+    """The next scheduled run completes the hour exactly, and every object is recorded."""
+    report = scheduled_run_after(HOUR)
+    [lookback] = [h for h in report.lookback if h["hour"] == HOUR_LABEL]
+    assert lookback["state"] == "complete", report.lookback
+    assert_reconciled(engine, planted, faults=1)
+    assert completion_lies(engine, planted) == []
+    assert completed_keys(engine) == {p.key for p in planted}
+
+
+@pytest.mark.parametrize("write_method", ["copy", "insert"])
+@pytest.mark.parametrize("death", sorted(DEATH_POINTS))
+def test_a_run_dying_mid_object_is_completed_exactly_by_the_next_lookback(
+    death: str,
+    write_method: str,
+    pg_proxy: TcpFaultProxy,
+    s3: Any,
+    bucket: str,
+    dw_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No retries (DB_MAX_ATTEMPTS=1), so the cut ends the run where it lands, as a Lambda
+    timeout or a crash would: whatever was committed stays, nothing after it is written."""
+    cut, poison = DEATH_POINTS[death]
+    monkeypatch.setenv("WRITE_METHOD", write_method)
+    monkeypatch.setenv("MAX_RECORDS_PER_BATCH", "10")
+    monkeypatch.setenv("DB_MAX_ATTEMPTS", "1")
+    planted = plant_sliced_hour(
+        s3, bucket, seed=400 + len(death) + len(write_method), poison=poison
+    )
+    if poison:
+        with dw_engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "ALTER TABLE clickstream_events ADD CONSTRAINT test_poison "
+                    f"CHECK (page_url IS DISTINCT FROM '{POISON_URL}')"
+                )
+            )
+    pg_proxy.cut_on_message(
+        cut.get("pattern", b"COMMIT"), **{k: v for k, v in cut.items() if k != "pattern"}
+    )
+    # WHEN the run meets the cut THEN it fails loudly, and no completion record lies
+    with pytest.raises(sa.exc.DBAPIError) as failure:
+        load()
+    assert pg_proxy.stats["cut_before"] + pg_proxy.stats["cut_after"] == 1
+    assert_failed_loudly(dw_engine, failure.value, "")
+    assert completion_lies(dw_engine, planted) == []
+    if death != "completing-commit-reply-lost":
+        # the cut landed mid-object: some object is partly in, and not recorded complete
+        assert set(partly_loaded(dw_engine, planted)) - completed_keys(dw_engine)
+    # WHEN the next hourly run comes THEN its lookback completes the hour exactly
+    assert_completed_by_lookback(dw_engine, planted)
+
+
+def test_a_run_killed_while_a_slice_commits_is_completed_exactly_by_the_next_lookback(
+    pg_proxy: TcpFaultProxy, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    """`python -m loader run` SIGKILLed while the COMMIT of a slice (not its object's last) is
+    on its way: the proxy holds that message back, the process dies waiting, the server rolls
+    the slice back. The earlier slices of the object stay committed."""
+    planted = plant_sliced_hour(s3, bucket, seed=450, poison=False)
+    env = {**os.environ, "MAX_RECORDS_PER_BATCH": "10", "FETCH_CONCURRENCY": "4"}
+    pg_proxy.cut_on_message(b"COMMIT", when="hold", armed_by=META, unless=COMPLETION, skip=1)
+    proc = subprocess.Popen(
+        _loader_cmd("run", "--hour", HOUR_LABEL, "--json"),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        held = pg_proxy.wait_for("held", 1, timeout_s=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert held, "the loader never reached a slice's COMMIT"
+    assert proc.returncode == -signal.SIGKILL
+    wait_until(lambda: not loader_sessions(dw_engine), 10, "the killed run's sessions to go")
+    assert [r["state"] for r in ledger(dw_engine, HOUR)] == ["running"]
+    assert completion_lies(dw_engine, planted) == []
+    assert set(partly_loaded(dw_engine, planted)) - completed_keys(dw_engine)
+    assert_completed_by_lookback(dw_engine, planted)

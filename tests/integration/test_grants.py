@@ -171,6 +171,8 @@ def test_loader_inserts_events_idempotently_and_reads_them(as_loader: sa.Engine)
         "DELETE FROM clickstream_ingest_meta",
         "DELETE FROM clickstream_load_runs",
         "DELETE FROM clickstream_quarantine",
+        "DELETE FROM clickstream_loaded_objects",
+        "TRUNCATE clickstream_loaded_objects",
         "UPDATE alembic_version SET version_num = 'x'",
         "CREATE TABLE public.loader_was_here (id int)",
         "ALTER TABLE clickstream_events ADD COLUMN loader_was_here int",
@@ -356,12 +358,17 @@ def test_a_whole_hourly_load_runs_under_exactly_these_grants(
     assert first["malformed"]["count"] == len(objects) - expected
     assert second["state"] == "complete"  # hour 14 (empty) plus lookback over hour 13
     assert second["lookback"][-1]["hour"] == "2026-11-24T13"
+    # every object recorded complete by the loader role, so the lookback skipped them all
+    assert second["lookback"][-1]["objects_skipped_loaded"] == len(objects)
     with dw_engine.connect() as conn:
         assert (
             conn.execute(sa.text("SELECT count(*) FROM clickstream_events")).scalar_one()
             == expected
         )
         assert conn.execute(sa.text("SELECT count(*) FROM clickstream_load_runs")).scalar_one() >= 3
+        assert conn.execute(
+            sa.text("SELECT count(*) FROM clickstream_loaded_objects")
+        ).scalar_one() == len(objects)
 
 
 def test_without_select_on_alembic_version_the_loader_says_permission_denied(

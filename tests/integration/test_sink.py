@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from loader.config import DatabaseSettings, Settings
 from loader.sink import (
     BatchWriter,
+    Completion,
+    record_completed,
     tables_for,
     write_batch,
     write_batch_copy,
@@ -203,3 +205,47 @@ def test_absent_json_is_sql_null_not_json_null(dw_engine: sa.Engine, writer: Bat
             )
         ).one()
     assert tuple(nulls) == (True, True, True)
+
+
+def test_completion_records_keep_any_key_and_count_the_keys_meta_rows(
+    dw_engine: sa.Engine,
+) -> None:
+    """The objects travel as array literals: every character a key may hold comes back as
+    it was, and `meta_rows` counts the rows naming each key in the same transaction."""
+    odd = [
+        'events/2026/11/24/13/quote"and\\backslash.json',
+        "events/2026/11/24/13/{braces},comma.json",
+        "events/2026/11/24/13/NULL",
+        "events/2026/11/24/13/space and ünïcødé 事件 🙂.json",
+        "events/2026/11/24/13/o-1.json",
+    ]
+    modified = [HOUR, None, HOUR, HOUR, HOUR]
+    run_id = uuid.uuid4()
+    with dw_engine.begin() as conn:
+        write_batch(conn, TABLES, [event(1), event(2)])  # from o-1.json and o-2.json
+        record_completed(
+            conn,
+            TABLES,
+            [
+                Completion(k, i, 2 * i, m)
+                for i, (k, m) in enumerate(zip(odd, modified, strict=True))
+            ],
+            bucket="b",
+            hour=HOUR,
+            run_id=run_id,
+        )
+    with dw_engine.connect() as conn:
+        stored = {
+            r["s3_key"]: r
+            for r in conn.execute(sa.text("SELECT * FROM clickstream_loaded_objects")).mappings()
+        }
+    assert sorted(stored) == sorted(odd)
+    for i, (key, last_modified) in enumerate(zip(odd, modified, strict=True)):
+        row = stored[key]
+        assert (row["events"], row["quarantined"], row["s3_last_modified"]) == (
+            i,
+            2 * i,
+            last_modified,
+        )
+        assert (row["s3_bucket"], row["hour"], row["run_id"]) == ("b", HOUR, run_id)
+        assert row["meta_rows"] == (1 if key.endswith("/o-1.json") else 0)

@@ -57,6 +57,7 @@ TABLES = Tables(
     schema.clickstream_load_runs,
     schema.clickstream_quarantine,
     schema.clickstream_adoptions,
+    schema.clickstream_loaded_objects,
 )
 KEY_UUID = "0b7d5f0e-3c1a-4e9b-8f2d-6a1c9e4b7d21"
 

@@ -193,6 +193,35 @@ def reconcile(engine: sa.Engine, planted: Sequence[Planted]) -> Reconciliation:
     return result
 
 
+def completion_lies(engine: sa.Engine, planted: Sequence[Planted]) -> list[str]:
+    """Keys recorded as loaded (clickstream_loaded_objects) although some of their events are
+    missing from either table, or their rejected records are missing from the quarantine:
+    exactly what the completion record promises never to say."""
+    with engine.connect() as conn:
+        completed = set(
+            conn.execute(sa.text("SELECT s3_key FROM clickstream_loaded_objects")).scalars()
+        )
+        events = set(conn.execute(sa.text("SELECT event_id FROM clickstream_events")).scalars())
+        meta = set(conn.execute(sa.text("SELECT event_id FROM clickstream_ingest_meta")).scalars())
+        quarantined = set(
+            conn.execute(sa.text("SELECT DISTINCT s3_key FROM clickstream_quarantine")).scalars()
+        )
+    return sorted(
+        p.key
+        for p in planted
+        if p.key in completed
+        and (
+            any(e not in events or e not in meta for e in p.event_ids)
+            or (p.rejected and p.key not in quarantined)
+        )
+    )
+
+
+def completed_keys(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.text("SELECT s3_key FROM clickstream_loaded_objects")).scalars())
+
+
 def ledger(engine: sa.Engine, hour: datetime | None = None) -> list[dict[str, Any]]:
     """Ledger rows (of one hour, or all), oldest first."""
     stmt = "SELECT * FROM clickstream_load_runs"

@@ -22,10 +22,14 @@ Controls (each takes effect at once, from any thread):
   `when="before"`: the message is never forwarded (the server sees the client vanish mid-
   transaction and rolls back); `when="after"`: it is forwarded, the proxy waits for the
   server's reply (ReadyForQuery), swallows it and cuts the client (the server acted on the
-  message, the client never learns the outcome: the ambiguous COMMIT). `armed_by` restricts the
-  match to connections that sent a message containing `armed_by` since their last
-  COMMIT/ROLLBACK (e.g. only the COMMIT of a transaction that wrote the events tables); `skip`
-  lets the first matches through; `times` is how many connections it cuts.
+  message, the client never learns the outcome: the ambiguous COMMIT); `when="hold"`: the
+  message is held back until the client goes away (a process killed while it waits on that
+  statement), then the connection is closed and the server rolls back. `armed_by` restricts
+  the match to connections that sent a message containing `armed_by` since their last
+  COMMIT/ROLLBACK (e.g. only the COMMIT of a transaction that wrote the events tables), and
+  `unless` excludes connections that sent one containing `unless` (e.g. only a transaction
+  that did not also record an object's completion); `skip` lets the first matches through;
+  `times` is how many connections it cuts.
 
 The client→server stream is parsed into protocol messages (startup, SSL/GSS requests, then
 type+length framed messages) and forwarded a whole message at a time; server→client bytes are
@@ -48,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Upstream = str | tuple[str, int]
-When = Literal["before", "after"]
+When = Literal["before", "after", "hold"]
 
 _SSL_REQUEST = 80877103
 _GSSENC_REQUEST = 80877104
@@ -69,6 +73,7 @@ class _MessageCut:
     when: When
     msg_types: bytes
     armed_by: bytes | None
+    unless: bytes | None
     skip: int
     times: int
     seen: int = 0
@@ -212,11 +217,14 @@ class TcpFaultProxy:
         when: When = "before",
         msg_types: bytes = b"QP",
         armed_by: bytes | None = None,
+        unless: bytes | None = None,
         skip: int = 0,
         times: int = 1,
     ) -> None:
         with self._lock:
-            self._message_cuts.append(_MessageCut(pattern, when, msg_types, armed_by, skip, times))
+            self._message_cuts.append(
+                _MessageCut(pattern, when, msg_types, armed_by, unless, skip, times)
+            )
 
     @property
     def open_connections(self) -> int:
@@ -359,6 +367,8 @@ class TcpFaultProxy:
                         continue
                     if rule.armed_by is not None and rule.armed_by not in conn.armed:
                         continue
+                    if rule.unless is not None and rule.unless in conn.armed:
+                        continue
                     rule.seen += 1
                     if rule.seen <= rule.skip:
                         continue
@@ -374,8 +384,9 @@ class TcpFaultProxy:
             if kind is not None:
                 self.messages[kind] += 1
                 for rule in self._message_cuts:
-                    if rule.armed_by is not None and rule.armed_by in text:
-                        conn.armed.add(rule.armed_by)
+                    for marker in (rule.armed_by, rule.unless):
+                        if marker is not None and marker in text:
+                            conn.armed.add(marker)
                 if kind == b"Q" and (text.lstrip().upper().startswith((b"COMMIT", b"ROLLBACK"))):
                     conn.armed.clear()
         if bytes_cut is not None:
@@ -389,6 +400,12 @@ class TcpFaultProxy:
         if cut is not None and cut.when == "before":
             with self._lock:
                 self.stats["cut_before"] += 1
+            self._close(conn)
+            return False
+        if cut is not None and cut.when == "hold":
+            with self._lock:
+                self.stats["held"] += 1
+            self._hold_until_client_leaves(conn)
             self._close(conn)
             return False
         conn.upstream.sendall(message)
@@ -409,6 +426,18 @@ class TcpFaultProxy:
             self._close(conn)
             return False
         return True
+
+    def _hold_until_client_leaves(self, conn: _Conn) -> None:
+        """Forward nothing more from this client; return once it disconnects (bounded)."""
+        deadline = time.monotonic() + self.io_timeout_s
+        while not self._stopping.is_set() and not conn.closed and time.monotonic() < deadline:
+            readable, _, _ = select.select([conn.client], [], [], _POLL_S)
+            if readable:
+                try:
+                    if not conn.client.recv(_CHUNK):
+                        return
+                except OSError:
+                    return
 
 
 def _next_frame(buffer: bytearray, started: bool) -> tuple[int, bytes | None, int | None] | None:
