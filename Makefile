@@ -20,8 +20,9 @@ $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 ## demo: embedded PostgreSQL + local S3, migrate, load a generated hour, rerun it
+## (the demo is development tooling in tools/demo/: run from the checkout's root, never shipped)
 demo: $(VENV)/.demo-installed
-	$(BIN)/clickstream-loader demo $(ARGS)
+	$(BIN)/python -m tools.demo $(ARGS)
 
 ## test: lint, types, then the whole suite (unit + integration) against real servers
 test: lint

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loader.app import LoaderFactory
-from loader.db import sqlstate
+from loader.load.db import sqlstate
 from loader.observability import emit_metrics, log
-from loader.pipeline import finalize_fanned_out_hour, run_hours, run_trigger
+from loader.pipeline.hour import finalize_fanned_out_hour, run_hours, run_trigger
 from loader.secrets import forget_database_secrets
 from loader.window import (
     Shard,

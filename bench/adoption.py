@@ -24,17 +24,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+#: `tools` (the local servers, the demo's traffic) is importable from the checkout's root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
 from loader.config import DatabaseSettings
-from loader.local import start_embedded_postgres
+from tools.servers import start_embedded_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,10 +1,10 @@
 """The switch-over check must not slow the normal path: the DB stage timed, before and after.
 
-The same 20,000 transformed events (`loader.demo.generate_hour`, no payload ids: every event's id
-is derived, so every batch is one the check has to consider) go through the loader's DB stage as
-the pipeline drives it: `HourLoader.check_schema()` once (it reads the adopted range), then
-`HourLoader._commit` per batch of 500, one transaction each, into a database cloned from a
-template for every run. Cases:
+The same 20,000 transformed events (`tools.demo.traffic.generate_hour`, no payload ids: every
+event's id is derived, so every batch is one the check has to consider) go through the loader's
+DB stage as the pipeline drives it: `HourLoader.check_schema()` once (it reads the adopted
+range), then `HourLoader._commit` per batch of 500, one transaction each, into a database cloned
+from a template for every run. Cases:
 
 - `fresh`: a warehouse at head with nothing adopted. The only case the code before the change
   can run, so the one compared before/after.
@@ -37,11 +37,15 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+#: `tools` (the local servers, the demo's traffic) is importable from the checkout's root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa
 
@@ -52,11 +56,11 @@ from alembic.config import Config
 
 import loader
 from loader.config import DatabaseSettings, Settings
-from loader.db import MIGRATIONS_DIR, make_engine
-from loader.demo import generate_hour
-from loader.local import start_embedded_postgres
-from loader.pipeline import HourJob, HourLoader
-from loader.transform import SourceObject, transform_object
+from loader.load.db import MIGRATIONS_DIR, make_engine
+from loader.pipeline.hour import HourJob, HourLoader
+from loader.transform.mapping import SourceObject, transform_object
+from tools.demo.traffic import generate_hour
+from tools.servers import start_embedded_postgres
 
 TREE = MIGRATIONS_DIR.parent
 OUT = Path(__file__).resolve().parent / "results"
@@ -188,7 +192,7 @@ def check_cost() -> dict[str, float]:
     """Microseconds per batch of BATCH events spent deciding whether to look for matches."""
     import timeit
 
-    from loader.adoption import AdoptedRange, adoption_candidates
+    from loader.load.adoption import AdoptedRange, adoption_candidates
 
     batch = _records()[:BATCH]
     outside = AdoptedRange(datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 31, tzinfo=UTC))

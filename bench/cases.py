@@ -135,8 +135,8 @@ def case_s3(size: int, client: str) -> dict[str, Any]:
     import orjson
 
     from loader.config import load_settings
-    from loader.source import Boto3Source
-    from loader.source_crt import CrtSource
+    from loader.extract.boto3_client import Boto3Source
+    from loader.extract.crt_client import CrtSource
 
     settings = load_settings()
     source = Boto3Source(settings) if client == "boto3" else CrtSource(settings)
@@ -345,9 +345,9 @@ def _report_details(report: Any) -> dict[str, Any]:
 
 def case_loader(size: int) -> dict[str, Any]:
     from loader.config import load_settings
-    from loader.db import make_engine
-    from loader.pipeline import HourJob, HourLoader
-    from loader.source import make_source
+    from loader.extract.boto3_client import make_source
+    from loader.load.db import make_engine
+    from loader.pipeline.hour import HourJob, HourLoader
 
     settings = load_settings()
     engine = make_engine(settings.db)
@@ -366,7 +366,7 @@ def case_loader(size: int) -> dict[str, Any]:
 
 def _prefetched(size: int) -> list[tuple[Any, bytes]]:
     """(ObjectRef, body) of every object of the hour, in key order (as S3 lists them)."""
-    from loader.source import ObjectRef
+    from loader.extract.boto3_client import ObjectRef
 
     spec = hour_for(size)
     modified = spec.hour + timedelta(minutes=59)
@@ -385,7 +385,7 @@ class _Prefetched:
         return (ref for ref, _ in self._items if ref.key.startswith(prefix))
 
     def fetch_many(self, refs: Iterable[Any], stop: Any = None) -> Iterator[Any]:
-        from loader.source import FetchedObject
+        from loader.extract.boto3_client import FetchedObject
 
         return (FetchedObject(ref, b"") for ref in refs)
 
@@ -402,10 +402,10 @@ def case_db_stage(size: int) -> dict[str, Any]:
     import uuid
 
     from loader.config import load_settings
-    from loader.db import make_engine
-    from loader.pipeline import HourJob, HourLoader
+    from loader.extract.boto3_client import FetchedObject
+    from loader.load.db import make_engine
+    from loader.pipeline.hour import HourJob, HourLoader
     from loader.report import Report
-    from loader.source import FetchedObject
     from loader.window import hour_label
 
     settings = load_settings()
@@ -450,9 +450,9 @@ def case_db_ceiling(size: int) -> dict[str, Any]:
     import sqlalchemy as sa
 
     from loader.config import load_settings
-    from loader.db import make_engine
-    from loader.sink import EVENT_COLUMNS, META_COLUMNS, _copy_rows
-    from loader.transform import SourceObject, transform_object
+    from loader.load.db import make_engine
+    from loader.load.sink import EVENT_COLUMNS, META_COLUMNS, _copy_rows
+    from loader.transform.mapping import SourceObject, transform_object
 
     settings = load_settings()
     records = []

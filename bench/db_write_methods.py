@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+#: `tools` (the local servers, the demo's traffic) is importable from the checkout's root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
 from loader.config import DatabaseSettings, Settings
-from loader.db import make_engine
-from loader.demo import generate_hour
-from loader.local import start_embedded_postgres
-from loader.sink import (
+from loader.load.db import make_engine
+from loader.load.sink import (
     EVENT_COLUMNS,
     META_COLUMNS,
     _copy_rows,
@@ -32,7 +34,9 @@ from loader.sink import (
     write_batch,
     write_batch_copy,
 )
-from loader.transform import SourceObject, transform_object
+from loader.transform.mapping import SourceObject, transform_object
+from tools.demo.traffic import generate_hour
+from tools.servers import start_embedded_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)

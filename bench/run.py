@@ -50,7 +50,7 @@ from servers import WORK, S3rver, ensure_s3rver, s3rver_server, store_paths, wri
 from workload import BUCKET, HourSpec, hour_for, objects, summarize  # noqa: E402
 
 from loader.config import DatabaseSettings  # noqa: E402
-from loader.local import DUMMY_AWS_ENV, LocalPostgres, start_embedded_postgres  # noqa: E402
+from tools.servers import DUMMY_AWS_ENV, LocalPostgres, start_embedded_postgres  # noqa: E402
 
 #: s3rver accepts only its own access key; the session token stands in for a Lambda's.
 S3RVER_AWS_ENV = {
@@ -303,7 +303,7 @@ def verify_fast_listing(s3: S3rver, spec: HourSpec) -> dict[str, Any]:
     continuation tokens, which s3rver encrypts with a random IV)."""
     import boto3
 
-    from loader.s3_list import lister_for_boto3_client
+    from loader.extract.listing import lister_for_boto3_client
 
     def pages(endpoint: str) -> list[bytes]:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
@@ -359,7 +359,7 @@ def warm_listing(s3: S3rver, spec: HourSpec) -> int:
     checks every object is there."""
     import boto3
 
-    from loader.s3_list import lister_for_boto3_client
+    from loader.extract.listing import lister_for_boto3_client
 
     client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
     return sum(1 for _ in lister_for_boto3_client(client, BUCKET).list_objects(spec.prefix))
@@ -369,7 +369,7 @@ def warm_gets(s3: S3rver, spec: HourSpec, count: int = 5000) -> int:
     """GET the hour's first objects once (not measured): s3rver's JIT warms up on the first
     thousands of requests, which would otherwise slow whichever case happens to run first."""
     from loader.config import Settings
-    from loader.source_crt import CrtSource
+    from loader.extract.crt_client import CrtSource
 
     source = CrtSource(Settings(raw_bucket=BUCKET, db=DatabaseSettings()), endpoint_url=s3.endpoint)
     try:

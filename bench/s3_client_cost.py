@@ -5,8 +5,8 @@
 Starts s3rver (npm; installed under bench/.work/ on first use, run with node's
 --openssl-legacy-provider so listings past 1,000 keys work), uploads N objects of ~850 B, then
 fetches them all through the loader's real sources (`Boto3Source`, `CrtSource`) and lists them
-through boto3's paginator and the lean ListObjectsV2 of `loader.s3_list`. This process is pinned
-to one core (like a 1-vCPU Lambda) and s3rver to the other, so `time.process_time()` - every
+through boto3's paginator and the lean ListObjectsV2 of `loader.extract.listing`. This process is
+pinned to one core (like a 1-vCPU Lambda) and s3rver to the other, so `time.process_time()` - every
 thread of this process, the CRT's event loops included - is the client's own CPU. Each number
 is the median of --repeats runs after a warm-up. Prints a markdown table and writes
 bench/results/s3_client_cost.json. Falls back to moto (numbers then only comparable as ratios)
@@ -43,9 +43,9 @@ import boto3  # noqa: E402
 from servers import ensure_s3rver, s3rver  # noqa: E402  (bench/servers.py)
 
 from loader.config import DatabaseSettings, Settings  # noqa: E402
-from loader.s3_list import lister_for_boto3_client  # noqa: E402
-from loader.source import Boto3Source, ObjectRef  # noqa: E402
-from loader.source_crt import CrtSource  # noqa: E402
+from loader.extract.boto3_client import Boto3Source, ObjectRef  # noqa: E402
+from loader.extract.crt_client import CrtSource  # noqa: E402
+from loader.extract.listing import lister_for_boto3_client  # noqa: E402
 
 CLIENT_CPU = 0
 SERVER_CPU = 1
@@ -57,7 +57,7 @@ def _cores() -> list[int]:
 
 @contextmanager
 def moto_server() -> Iterator[str]:
-    from loader.local import moto_s3_server
+    from tools.servers import moto_s3_server
 
     with moto_s3_server() as endpoint:
         yield endpoint

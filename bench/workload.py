@@ -1,4 +1,4 @@
-"""The benchmark's hours: real-shaped events from `loader.demo.generate_hour`, ~1% malformed.
+"""The benchmark's hours: real-shaped events from `tools.demo.traffic.generate_hour`, ~1% malformed.
 
 `generate_hour` makes what the real tracker and ingest Lambda write (one event per object,
 compact JSON, the `_ingest` block), the same shapes the tests and the demo load; objects
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from loader.demo import generate_hour
 from loader.window import hour_prefix
+from tools.demo.traffic import generate_hour
 
 BUCKET = "clickstream-bench"
 MALFORMED_RATIO = 0.01

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from loader.config import Settings, load_settings
-from loader.db import make_engine
-from loader.pipeline import HourLoader
-from loader.source import make_source
+from loader.extract.boto3_client import make_source
+from loader.load.db import make_engine
+from loader.pipeline.hour import HourLoader
 
 
 class LoaderFactory:

@@ -105,7 +105,7 @@ def run(
 ) -> None:
     """Load one hour, in full, inserting only what is missing (the Lambda's code path)."""
     from loader.app import open_loader
-    from loader.pipeline import run_trigger
+    from loader.pipeline.hour import run_trigger
 
     _setup()
     with open_loader() as loader:
@@ -300,15 +300,30 @@ def demo(
 ) -> None:
     """Embedded PostgreSQL + local S3: migrate, generate an hour, load it as EventBridge would,
     show the rows, and show that a rerun inserts nothing."""
-    from loader.demo_run import run_demo
+    try:
+        # Development tooling, beside the package in a checkout (tools/demo/), never shipped:
+        # imported here, when asked for, so that nothing else in loader/ depends on it.
+        from tools.demo.run import run_demo
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("tools", "tools.demo", "tools.demo.run"):
+            raise
+        err.print(
+            "error: the demo is development tooling that lives in the source checkout "
+            "(tools/demo/), not in the installed package: run `make demo` (or "
+            "`python -m tools.demo`) from a clone of the repository",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2) from None
 
     _setup()
     run_demo(events=events, serve=serve, as_json=as_json, console=out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The console script; `argv` defaults to the process's arguments."""
     try:
-        app()
+        app(args=argv)
     except (ConfigError, TriggerError) as exc:
         err.print(f"error: {exc}", highlight=False)
         raise SystemExit(2) from None

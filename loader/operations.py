@@ -15,8 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loader.ledger import completed_objects, hour_records, incomplete_keys, meta_rows_by_key
-from loader.pipeline import HourJob, HourLoader
+from loader.load.ledger import completed_objects, hour_records, incomplete_keys, meta_rows_by_key
+from loader.pipeline.hour import HourJob, HourLoader
 from loader.report import Report
 from loader.window import HOUR, floor_hour, hour_label, hour_of_key, hour_prefix, hours_between
 

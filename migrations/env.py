@@ -25,7 +25,8 @@ After every step (upgrade, downgrade or stamp), in that step's transaction, the 
 alembic_version table is set to the revisions whose loaders may load into the new head: the head,
 then each older one for as long as the revision above it declares `loader_compatible = True`. A
 loader of an older release cannot read a newer revision file; it reads that comment (see
-`loader.db.check_revision`), so expand/contract deploys can migrate before the loader is deployed.
+`loader.load.db.check_revision`), so expand/contract deploys can migrate before the loader is
+deployed.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, MetaData, NullPool, Table, create_engine, text
 
 from loader.config import ConfigError, load_database_settings
-from loader.db import compatibility_comment, compatible_loader_revisions
+from loader.load.db import compatibility_comment, compatible_loader_revisions
 from loader.schema import metadata
 
 LOCK_TIMEOUT_ENV = "ALEMBIC_LOCK_TIMEOUT_MS"

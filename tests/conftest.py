@@ -27,7 +27,7 @@ from alembic.config import Config
 from pytest_postgresql import factories
 
 from loader.config import DatabaseSettings
-from loader.local import (
+from tools.servers import (
     DUMMY_AWS_ENV,
     LocalPostgres,
     moto_s3_server,

@@ -26,11 +26,11 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from loader.cli import app
-from loader.demo import RawObject, generate_hour, upload
-from loader.ledger import lock_key
+from loader.extract.boto3_client import S3TransientError
+from loader.load.ledger import lock_key
 from loader.observability import log
-from loader.source import S3TransientError
 from loader.window import hour_label, hour_prefix
+from tools.demo.traffic import RawObject, generate_hour, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 T10 = datetime(2026, 11, 24, 10, tzinfo=UTC)

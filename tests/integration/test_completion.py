@@ -24,11 +24,11 @@ from conftest import alembic_config, db_settings
 
 from loader.app import open_loader
 from loader.config import load_settings
-from loader.demo import generate_hour
 from loader.operations import check, reprocess, status
-from loader.pipeline import HourJob, run_trigger
+from loader.pipeline.hour import HourJob, run_trigger
 from loader.report import Report
 from loader.window import Trigger, hour_prefix
+from tools.demo.traffic import generate_hour
 
 ROOT = Path(__file__).resolve().parents[2]
 T13 = datetime(2026, 11, 24, 13, tzinfo=UTC)

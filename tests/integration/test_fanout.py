@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 import lambda_function
-from loader.demo import generate_hour, upload
-from loader.pipeline import in_shard
+from loader.pipeline.hour import in_shard
 from loader.window import Shard
+from tools.demo.traffic import generate_hour, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)

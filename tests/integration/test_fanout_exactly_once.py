@@ -25,11 +25,11 @@ import sqlalchemy as sa
 import lambda_function
 from loader.app import open_loader
 from loader.config import load_settings
-from loader.demo import generate_hour, upload
 from loader.operations import status
-from loader.pipeline import run_trigger
+from loader.pipeline.hour import run_trigger
 from loader.report import Report
 from loader.window import Shard, Trigger
+from tools.demo.traffic import generate_hour, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)

@@ -47,12 +47,12 @@ from support.tcp_fault_proxy import TcpFaultProxy, pg_socket
 
 from loader.app import open_loader
 from loader.config import DatabaseSettings, load_settings
-from loader.demo import _event, generate_hour
+from loader.extract.boto3_client import S3TransientError
 from loader.operations import status
-from loader.pipeline import HourJob, run_trigger
+from loader.pipeline.hour import HourJob, run_trigger
 from loader.report import Report
-from loader.source import S3TransientError
 from loader.window import Trigger, hour_prefix
+from tools.demo.traffic import _event, generate_hour
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)

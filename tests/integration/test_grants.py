@@ -334,7 +334,7 @@ def test_a_whole_hourly_load_runs_under_exactly_these_grants(
     """The Lambda's own code path, logged in as the loader role: list, load, ledger, quarantine,
     rerun (duplicate detection reads), lookback and the advisory lock all work."""
     import lambda_function
-    from loader.demo import generate_hour, upload
+    from tools.demo.traffic import generate_hour, upload
 
     objects = upload(s3, bucket, generate_hour(HOUR, 60, malformed_ratio=0.05))
     expected = sum(1 for o in objects if o.expect == "event")
@@ -379,7 +379,7 @@ def test_without_select_on_alembic_version_the_loader_says_permission_denied(
 ) -> None:
     """A missing grant is a DBA's to fix, and the message must say so, not "table missing"."""
     import lambda_function
-    from loader.db import SchemaRevisionError
+    from loader.load.db import SchemaRevisionError
 
     with dw.cursor() as cur:
         cur.execute(f'REVOKE SELECT ON alembic_version FROM "{loader_roles.group}"')

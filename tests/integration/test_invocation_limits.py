@@ -21,11 +21,11 @@ import sqlalchemy as sa
 import lambda_function
 from loader.app import open_loader
 from loader.config import load_settings
-from loader.db import make_engine, sqlstate
-from loader.demo import generate_hour, upload
-from loader.pipeline import HourJob, HourLoader, run_trigger
-from loader.source import FetchedObject, ObjectRef, ObjectSource, make_source
+from loader.extract.boto3_client import FetchedObject, ObjectRef, ObjectSource, make_source
+from loader.load.db import make_engine, sqlstate
+from loader.pipeline.hour import HourJob, HourLoader, run_trigger
 from loader.window import Trigger
+from tools.demo.traffic import generate_hour, upload
 
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
 MARGIN_MS = 60_000  # SAFETY_MARGIN_MS's default

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 import lambda_function
-from loader.demo import generate_hour, upload
+from tools.demo.traffic import generate_hour, upload
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"

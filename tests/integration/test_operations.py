@@ -24,10 +24,10 @@ from typer.testing import CliRunner
 
 import lambda_function
 from loader.cli import app
-from loader.demo import RawObject, generate_hour, upload
+from loader.extract.boto3_client import S3TransientError
 from loader.observability import set_log_stream
-from loader.source import S3TransientError
 from loader.window import hour_prefix
+from tools.demo.traffic import RawObject, generate_hour, upload
 
 T12 = datetime(2026, 11, 24, 12, tzinfo=UTC)
 T13 = T12 + timedelta(hours=1)

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from loader.local import DUMMY_AWS_ENV
+from tools.servers import DUMMY_AWS_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "tests" / "data" / "samples"

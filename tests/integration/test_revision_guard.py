@@ -20,9 +20,9 @@ from alembic import command
 from alembic.config import Config
 
 import lambda_function
-from loader.db import SchemaRevisionError, code_head_revision
-from loader.demo import generate_hour, upload
+from loader.load.db import SchemaRevisionError, code_head_revision
 from loader.window import parse_hour
+from tools.demo.traffic import generate_hour, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = parse_hour("2026-11-24T13")

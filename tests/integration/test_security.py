@@ -31,9 +31,9 @@ import pytest
 import sqlalchemy as sa
 
 import lambda_function
-from loader.demo import generate_hour, upload
 from loader.secrets import forget_database_secrets
 from loader.window import hour_prefix
+from tools.demo.traffic import generate_hour, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
@@ -90,7 +90,7 @@ def plant(s3: Any, bucket: str, *, poison: int = 3) -> list[Any]:
             "_ingest": {"sourceIp": f"203.0.113.{200 + i}", "requestId": f"r-{i}"},
         }
         key = f"{prefix}event-{uuid.UUID(int=i + 1, version=4)}.json"
-        from loader.demo import RawObject
+        from tools.demo.traffic import RawObject
 
         objects.append(RawObject(key, json.dumps(event).encode()))
     return upload(s3, bucket, objects)

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from loader.config import DatabaseSettings, Settings
-from loader.sink import (
+from loader.load.sink import (
     BatchWriter,
     Completion,
     record_completed,
@@ -24,7 +24,7 @@ from loader.sink import (
     write_batch_copy,
     write_isolating_poison,
 )
-from loader.transform import EventRecord, SourceObject, transform_object
+from loader.transform.mapping import EventRecord, SourceObject, transform_object
 
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
 TABLES = tables_for(Settings(raw_bucket="b", db=DatabaseSettings()))

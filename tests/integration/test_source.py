@@ -27,20 +27,20 @@ import pytest
 from support.http_fault_proxy import LISTINGS, OBJECT_GETS, Fault, FaultProxy
 
 from loader.config import DatabaseSettings, Settings
-from loader.s3_list import (
-    endpoint_url_from_env,
-    lister_for_boto3_client,
-    parse_list_page,
-    resolve_address,
-)
-from loader.source import (
+from loader.extract.boto3_client import (
     Boto3Source,
     ObjectRef,
     ObjectSource,
     S3AccessError,
     S3TransientError,
 )
-from loader.source_crt import CrtSource
+from loader.extract.crt_client import CrtSource
+from loader.extract.listing import (
+    endpoint_url_from_env,
+    lister_for_boto3_client,
+    parse_list_page,
+    resolve_address,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -499,7 +499,7 @@ def test_crt_process_exits_promptly_with_or_without_close(
         f"""
         import sys
         from loader.config import DatabaseSettings, Settings
-        from loader.source_crt import CrtSource
+        from loader.extract.crt_client import CrtSource
         source = CrtSource(Settings(raw_bucket={bucket!r}, db=DatabaseSettings()))
         fetched = list(source.fetch_many(source.list_objects("events/")))
         assert [f.body for f in fetched] == [b"{{}}"], fetched

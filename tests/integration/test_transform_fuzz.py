@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from loader import schema
-from loader.sink import Tables, write_batch
-from loader.transform import EventRecord, SourceObject, transform_object
+from loader.load.sink import Tables, write_batch
+from loader.transform.mapping import EventRecord, SourceObject, transform_object
 
 _EXPLORE = os.environ.get("FUZZ_EXPLORE") == "1"
 FUZZ = settings(
@@ -265,8 +265,9 @@ sources = st.builds(
     last_modified=st.one_of(st.none(), st.just(datetime(2026, 11, 24, 13, 59, tzinfo=UTC))),
 )
 
-# Regression inputs: each broke a property before its fix (the `Fix:` comments in
-# loader/coerce.py and loader/transform.py); kept so that CI checks them on every run.
+# Regression inputs: each broke a property once (loader/transform/coerce.py and
+# loader/transform/mapping.py say why each case is handled); kept so that CI checks them on every
+# run.
 REGRESSIONS = [
     b'{"event_name": "x", "timestamp": ' + b"9" * 400 + b"}",  # OverflowError in to_instant
     b'{"event_name": "x", "product": {"price": "1e-20000"}}',  # numeric overflow in PostgreSQL

@@ -21,9 +21,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loader.demo import MALFORMED_BODIES, RawObject, serialize, shop_documents
-from loader.transform import EVENT_ID_NAMESPACE
+from loader.transform.mapping import EVENT_ID_NAMESPACE
 from loader.window import hour_prefix
+from tools.demo.traffic import MALFORMED_BODIES, RawObject, serialize, shop_documents
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def expected_event_id(document: dict[str, Any], key: str, position: int = 0) -> 
 
 
 def from_demo(objects: Iterable[RawObject]) -> list[Planted]:
-    """`loader.demo.generate_hour` objects as Planted."""
+    """`tools.demo.traffic.generate_hour` objects as Planted."""
     out = []
     for obj in objects:
         ids: tuple[uuid.UUID, ...] = ()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from loader.coerce import (
+from loader.transform.coerce import (
     MAX_JSON_DEPTH,
     REPLACEMENT,
     TOO_DEEP_MARKER,

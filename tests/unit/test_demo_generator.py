@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from loader.demo import MALFORMED_BODIES, ODD_CASES, RawObject, generate_hour, shop_documents
-from loader.demo_shop import BRANDS, CATEGORIES, TRACKED_EVENTS
+from tools.demo.shop import BRANDS, CATEGORIES, TRACKED_EVENTS
+from tools.demo.traffic import MALFORMED_BODIES, ODD_CASES, RawObject, generate_hour, shop_documents
 
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
 PREFIX = "events/2026/11/24/13/"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from loader.transform import (
+from loader.transform.mapping import (
     EVENT_ID_NAMESPACE,
     EventRecord,
     ObjectResult,

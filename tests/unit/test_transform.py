@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from loader.coerce import REPLACEMENT, TOO_DEEP_MARKER
+from loader.load.sink import EVENT_COLUMNS, META_COLUMNS
 from loader.schema import TEXT_CAPS
-from loader.sink import EVENT_COLUMNS, META_COLUMNS
-from loader.transform import (
+from loader.transform.coerce import REPLACEMENT, TOO_DEEP_MARKER
+from loader.transform.mapping import (
     EVENT_ID_NAMESPACE,
     EventRecord,
     ObjectResult,

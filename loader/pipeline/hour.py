@@ -25,9 +25,10 @@ import sqlalchemy as sa
 from tenacity import RetryCallState, Retrying
 
 from loader import __version__
-from loader.adoption import AdoptedRange, adopted_duplicates, read_adopted_range
 from loader.config import Settings
-from loader.db import (
+from loader.extract.boto3_client import FetchedObject, ObjectRef, ObjectSource
+from loader.load.adoption import AdoptedRange, adopted_duplicates, read_adopted_range
+from loader.load.db import (
     check_revision,
     code_revisions,
     describe_error,
@@ -36,7 +37,7 @@ from loader.db import (
     retrying,
     sqlstate,
 )
-from loader.ledger import (
+from loader.load.ledger import (
     completed_objects,
     finalize_run_id,
     finalize_sharded_hour,
@@ -45,9 +46,7 @@ from loader.ledger import (
     hour_records,
     start_run,
 )
-from loader.observability import log
-from loader.report import KeyList, Report
-from loader.sink import (
+from loader.load.sink import (
     BatchOutcome,
     Completion,
     Tables,
@@ -59,8 +58,9 @@ from loader.sink import (
     tables_for,
     write_isolating_poison,
 )
-from loader.source import FetchedObject, ObjectRef, ObjectSource
-from loader.transform import EventRecord, Rejection, SourceObject, transform_object
+from loader.observability import log
+from loader.report import KeyList, Report
+from loader.transform.mapping import EventRecord, Rejection, SourceObject, transform_object
 from loader.window import HOUR, Shard, Trigger, hour_label, hour_prefix
 
 RemainingMs = Callable[[], int]

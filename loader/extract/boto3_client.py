@@ -30,8 +30,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from loader.body import BodyError, decode_body
 from loader.config import Settings
+from loader.extract.body import BodyError, decode_body
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -145,7 +145,7 @@ class Boto3Source:
                 tcp_keepalive=True,
             ),
         )
-        from loader.s3_list import lister_for_boto3_client  # s3_list imports this module
+        from loader.extract.listing import lister_for_boto3_client  # s3_list imports this module
 
         self._lister = lister_for_boto3_client(self._client, self.bucket, settings.s3_max_attempts)
         self._pool: ThreadPoolExecutor | None = None
@@ -264,7 +264,7 @@ def _result(future: Future[FetchedObject], stop: threading.Event | None) -> Fetc
 def make_source(settings: Settings) -> ObjectSource:
     """The S3 client chosen by S3_CLIENT (boto3 by default)."""
     if settings.s3_client == "crt":
-        from loader.source_crt import CrtSource
+        from loader.extract.crt_client import CrtSource
 
         return CrtSource(settings)
     return Boto3Source(settings)

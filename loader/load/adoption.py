@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from loader.transform import EventRecord
+from loader.transform.mapping import EventRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,7 @@ TRANSIENT_CLASSES: Final = ("08", "53", "58")
 #: Classes where the data itself is at fault: retrying cannot help, bisecting can.
 DATA_ERROR_CLASSES: Final = ("22", "23")
 
-MIGRATIONS_DIR: Final = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parents[2] / "migrations"
 
 
 class SchemaRevisionError(RuntimeError):

@@ -20,7 +20,8 @@ from typing import Any, Final
 
 import orjson
 
-from loader.coerce import (
+from loader.schema import TEXT_CAPS
+from loader.transform.coerce import (
     Repairs,
     anonymize_ip,
     clean_json,
@@ -31,7 +32,6 @@ from loader.coerce import (
     to_price,
     to_text,
 )
-from loader.schema import TEXT_CAPS
 
 #: Namespace of every uuid5 the loader derives: changing it would re-key history.
 EVENT_ID_NAMESPACE: Final = uuid.UUID("6b1f3c1e-8f5d-5a4e-9c37-2d0f6a1b7e42")

@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 from loader.config import load_database_settings
-from loader.local import LocalPostgres
+from tools.servers import LocalPostgres
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = ROOT / ".demo"
 BUCKET = "clickstream-raw-demo"
 SCHEDULED_EVENT = {
@@ -51,7 +51,7 @@ def _migrate(env: dict[str, str]) -> str:
     config.set_main_option("script_location", str(ROOT / "migrations"))
     config.attributes["configure_logging"] = False  # the demo prints its own steps
     command.upgrade(config, "head")
-    from loader.db import code_head_revision
+    from loader.load.db import code_head_revision
 
     return code_head_revision()
 
@@ -104,9 +104,9 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
     import boto3
 
     import lambda_function
-    from loader.demo import ODD_CASES, generate_hour, upload
-    from loader.local import DUMMY_AWS_ENV, moto_s3_server, start_embedded_postgres
     from loader.window import parse_hour
+    from tools.demo.traffic import ODD_CASES, generate_hour, upload
+    from tools.servers import DUMMY_AWS_ENV, moto_s3_server, start_embedded_postgres
 
     def say(text: str) -> None:
         if not as_json:

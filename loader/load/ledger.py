@@ -24,8 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 
+from loader.load.sink import Tables
 from loader.report import Report
-from loader.sink import Tables
 
 
 def lock_key(hour_label: str, shard: str | None) -> int:

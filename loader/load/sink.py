@@ -5,7 +5,7 @@ clickstream_ingest_meta in one transaction: a batch lands in both tables or in n
 inserts only what is missing, and RETURNING tells inserted rows from duplicates. Rows go in
 `event_id` order so concurrent runs of the same hour take row locks in the same order and
 cannot deadlock each other. On a warehouse adopted from the original ETL, events that duplicate
-one of its rows under another id are taken out of the batch first (loader/adoption.py). An
+one of its rows under another id are taken out of the batch first (loader/load/adoption.py). An
 object's completion record (`record_completed`) goes into the
 transaction of its last rows: that, not the rows themselves, is what says it is loaded.
 """
@@ -30,10 +30,10 @@ from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.sql.schema import RETAIN_SCHEMA
 
 from loader import schema
-from loader.adoption import AdoptedRange, adopted_duplicates
 from loader.config import Settings
-from loader.db import describe_error, dumps_json, is_data_error, sqlstate
-from loader.transform import EventRecord, Rejection
+from loader.load.adoption import AdoptedRange, adopted_duplicates
+from loader.load.db import describe_error, dumps_json, is_data_error, sqlstate
+from loader.transform.mapping import EventRecord, Rejection
 
 #: The columns the transform fills; any other column (loaded_at, one a DBA added) gets its
 #: default, whichever write method runs.

@@ -5,13 +5,13 @@ The CRT does the HTTP, connection pooling and SigV4 signing in C on its own even
 this module keeps a bounded window of GETs in flight, collects each body from the CRT's
 callbacks, and settles every attempt on the caller's thread: retries (our own, so they are
 counted and classified exactly like the boto3 path's), size caps, gzip, and the
-terminal/transient split of `loader.source`.
+terminal/transient split of `loader.extract.boto3_client`.
 
 Configuration follows boto3: credentials from botocore's chain (environment incl. session token,
 profiles, container/instance roles; refreshable ones are refreshed through botocore), the
 region from the boto3 session (default us-east-1), and the `AWS_ENDPOINT_URL_S3` /
 `AWS_ENDPOINT_URL` override (path-style, TLS only for an https endpoint). Listing is the lean
-ListObjectsV2 of `loader.s3_list`, sent through the same CRT client.
+ListObjectsV2 of `loader.extract.listing`, sent through the same CRT client.
 """
 
 from __future__ import annotations
@@ -40,9 +40,16 @@ from awscrt.s3 import (
     create_default_s3_signing_config,
 )
 
-from loader.body import BodyError, decode_body
 from loader.config import Settings
-from loader.s3_list import (
+from loader.extract.body import BodyError, decode_body
+from loader.extract.boto3_client import (
+    STOP_POLL_S,
+    FetchedObject,
+    ObjectRef,
+    S3AccessError,
+    S3TransientError,
+)
+from loader.extract.listing import (
     ACCESS_CODES,
     RETRYABLE_CODES,
     RETRYABLE_STATUS,
@@ -53,13 +60,6 @@ from loader.s3_list import (
     endpoint_url_from_env,
     error_code,
     resolve_address,
-)
-from loader.source import (
-    STOP_POLL_S,
-    FetchedObject,
-    ObjectRef,
-    S3AccessError,
-    S3TransientError,
 )
 
 _TERMINAL_CODES = {"NoSuchKey": "not_found", "InvalidObjectState": "not_readable"}

@@ -1,6 +1,6 @@
 """Generated hours of raw objects, byte for byte as the real ingest Lambda writes them.
 
-`loader.demo_shop` simulates what the tracker sends; this module is the ingest Lambda's side
+`tools.demo.shop` simulates what the tracker sends; this module is the ingest Lambda's side
 (SBW-Cloudworks/ClickStream.Lambda `Lambda-Ingest.mjs`, REAL-PLATFORM.md §a): one object per
 POST under `events/YYYY/MM/DD/HH/event-<uuid4>.json` (a uuid of its own, not the event's id),
 the body re-serialised compact with the payload's keys in the order sent and `_ingest` last, in
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from loader.demo_shop import Browse, Sent, http_request_id, new_visitor, sessions, uuid4
 from loader.window import hour_prefix
+from tools.demo.shop import Browse, Sent, http_request_id, new_visitor, sessions, uuid4
 
 HTTP_API_ID: Final = "6m1g52rou7"
 #: The REST v1 stack of the Terraform scaffold (`POST /click`, stage `prod`).

@@ -8,8 +8,8 @@ the same pages. Pagination stays exact: `continuation-token` from `NextContinuat
 
 The HTTP exchange is a `PageFetcher` so each client brings its own transport:
 `SignedUrllib3Fetcher` (botocore's SigV4 signer + urllib3, usable next to any boto3 client) or the
-CRT S3 client's (`loader.source_crt`). Endpoint resolution (`resolve_address`) is shared by both
-so they address buckets exactly the same way.
+CRT S3 client's (`loader.extract.crt_client`). Endpoint resolution (`resolve_address`) is shared
+by both so they address buckets exactly the same way.
 """
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import quote, unquote_plus, urlsplit
 
-from loader.source import ObjectRef, S3AccessError, S3TransientError, is_directory_marker
+from loader.extract.boto3_client import (
+    ObjectRef,
+    S3AccessError,
+    S3TransientError,
+    is_directory_marker,
+)
 
 # Error codes, as S3 names them. Kept identical to the boto3 path's classification.
 ACCESS_CODES = frozenset(
