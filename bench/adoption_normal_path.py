@@ -55,10 +55,12 @@ from alembic import command
 from alembic.config import Config
 
 import loader
+from loader.common import SourceObject
 from loader.config import DatabaseSettings, Settings
-from loader.load.db import MIGRATIONS_DIR, make_engine
+from loader.load.db import make_engine
+from loader.load.revision import MIGRATIONS_DIR
 from loader.pipeline.hour import HourJob, HourLoader
-from loader.transform.mapping import SourceObject, transform_object
+from loader.transform.mapping import transform_object
 from tools.demo.traffic import generate_hour
 from tools.servers import start_embedded_postgres
 

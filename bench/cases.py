@@ -344,8 +344,8 @@ def _report_details(report: Any) -> dict[str, Any]:
 
 
 def case_loader(size: int) -> dict[str, Any]:
+    from loader.app import make_source
     from loader.config import load_settings
-    from loader.extract.boto3_client import make_source
     from loader.load.db import make_engine
     from loader.pipeline.hour import HourJob, HourLoader
 
@@ -366,7 +366,7 @@ def case_loader(size: int) -> dict[str, Any]:
 
 def _prefetched(size: int) -> list[tuple[Any, bytes]]:
     """(ObjectRef, body) of every object of the hour, in key order (as S3 lists them)."""
-    from loader.extract.boto3_client import ObjectRef
+    from loader.common import ObjectRef
 
     spec = hour_for(size)
     modified = spec.hour + timedelta(minutes=59)
@@ -385,7 +385,7 @@ class _Prefetched:
         return (ref for ref, _ in self._items if ref.key.startswith(prefix))
 
     def fetch_many(self, refs: Iterable[Any], stop: Any = None) -> Iterator[Any]:
-        from loader.extract.boto3_client import FetchedObject
+        from loader.common import FetchedObject
 
         return (FetchedObject(ref, b"") for ref in refs)
 
@@ -401,8 +401,8 @@ def case_db_stage(size: int) -> dict[str, Any]:
     lock, ledger rows), which `loader` measures."""
     import uuid
 
+    from loader.common import FetchedObject
     from loader.config import load_settings
-    from loader.extract.boto3_client import FetchedObject
     from loader.load.db import make_engine
     from loader.pipeline.hour import HourJob, HourLoader
     from loader.report import Report
@@ -449,10 +449,12 @@ def case_db_stage(size: int) -> dict[str, Any]:
 def case_db_ceiling(size: int) -> dict[str, Any]:
     import sqlalchemy as sa
 
+    from loader.common import SourceObject
     from loader.config import load_settings
+    from loader.load.copy import _copy_rows
     from loader.load.db import make_engine
-    from loader.load.sink import EVENT_COLUMNS, META_COLUMNS, _copy_rows
-    from loader.transform.mapping import SourceObject, transform_object
+    from loader.load.tables import EVENT_COLUMNS, META_COLUMNS
+    from loader.transform.mapping import transform_object
 
     settings = load_settings()
     records = []

@@ -24,17 +24,13 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from loader.common import SourceObject
 from loader.config import DatabaseSettings, Settings
+from loader.load.copy import _copy_rows, write_batch_copy
 from loader.load.db import make_engine
-from loader.load.sink import (
-    EVENT_COLUMNS,
-    META_COLUMNS,
-    _copy_rows,
-    tables_for,
-    write_batch,
-    write_batch_copy,
-)
-from loader.transform.mapping import SourceObject, transform_object
+from loader.load.sink import write_batch
+from loader.load.tables import EVENT_COLUMNS, META_COLUMNS, tables_for
+from loader.transform.mapping import transform_object
 from tools.demo.traffic import generate_hour
 from tools.servers import start_embedded_postgres
 

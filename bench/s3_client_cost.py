@@ -42,8 +42,9 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 from servers import ensure_s3rver, s3rver  # noqa: E402  (bench/servers.py)
 
+from loader.common import ObjectRef  # noqa: E402
 from loader.config import DatabaseSettings, Settings  # noqa: E402
-from loader.extract.boto3_client import Boto3Source, ObjectRef  # noqa: E402
+from loader.extract.boto3_client import Boto3Source  # noqa: E402
 from loader.extract.crt_client import CrtSource  # noqa: E402
 from loader.extract.listing import lister_for_boto3_client  # noqa: E402
 

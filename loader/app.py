@@ -1,4 +1,4 @@
-"""Wiring: settings → engine + S3 source → HourLoader. Shared by the Lambda handler and the CLI.
+"""Wiring: settings → engine + S3 client → HourLoader. Shared by the Lambda handler and the CLI.
 
 A warm Lambda container keeps the settings, the S3 client and the engine object, but never a
 connection: `release()` closes the pool after every invocation, so no stale connection
@@ -11,10 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from loader.common import ObjectSource
 from loader.config import Settings, load_settings
-from loader.extract.boto3_client import make_source
+from loader.extract.boto3_client import Boto3Source
+from loader.extract.crt_client import CrtSource
 from loader.load.db import make_engine
 from loader.pipeline.hour import HourLoader
+
+
+def make_source(settings: Settings) -> ObjectSource:
+    """The S3 client S3_CLIENT names (boto3 by default)."""
+    if settings.s3_client == "crt":
+        return CrtSource(settings)
+    return Boto3Source(settings)
 
 
 class LoaderFactory:

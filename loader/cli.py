@@ -14,11 +14,20 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
+from loader.app import open_loader
 from loader.config import ConfigError
+from loader.observability import set_log_stream
+from loader.operations import backfill as do_backfill
+from loader.operations import check as do_check
+from loader.operations import parse_since
+from loader.operations import reprocess as do_reprocess
+from loader.operations import status as do_status
+from loader.pipeline.hour import run_trigger
 from loader.report import Report
-from loader.window import Trigger, TriggerError, parse_hour
+from loader.window import Trigger, TriggerError, hours_between, parse_hour
 
 app = typer.Typer(
     help="Load raw clickstream events from S3 into the PostgreSQL warehouse.",
@@ -36,8 +45,6 @@ DryRun = Annotated[
 
 
 def _setup() -> None:
-    from loader.observability import set_log_stream
-
     set_log_stream("stderr")
     # Piped output (a file, grep, the README's transcripts) gets each table's natural width:
     # rich's 80-column default for non-terminals cut hour labels to "2026-11-2…".
@@ -104,9 +111,6 @@ def run(
     as_json: JsonFlag = False,
 ) -> None:
     """Load one hour, in full, inserting only what is missing (the Lambda's code path)."""
-    from loader.app import open_loader
-    from loader.pipeline.hour import run_trigger
-
     _setup()
     with open_loader() as loader:
         report = run_trigger(loader, Trigger(_hour(hour), "manual"), dry_run=dry_run)
@@ -124,10 +128,6 @@ def backfill(
     as_json: JsonFlag = False,
 ) -> None:
     """Load every hour in a range, in order; resumable: complete hours are skipped."""
-    from loader.app import open_loader
-    from loader.operations import backfill as do_backfill
-    from loader.window import hours_between
-
     _setup()
     first, last = _hour(start), _hour(end)
     if last < first:
@@ -135,8 +135,6 @@ def backfill(
     total = sum(1 for _ in hours_between(first, last))
     with open_loader() as loader:
         if err.is_terminal and not as_json:
-            from rich.progress import Progress
-
             with Progress(console=err, transient=True) as bar:
                 task = bar.add_task("backfill", total=total)
 
@@ -171,9 +169,6 @@ def reprocess(
     as_json: JsonFlag = False,
 ) -> None:
     """Re-read quarantined objects (malformed, invalid, rejected) and load what now parses."""
-    from loader.app import open_loader
-    from loader.operations import reprocess as do_reprocess
-
     _setup()
     with open_loader() as loader:
         reports = do_reprocess(loader, _hour(hour) if hour else None, key)
@@ -200,10 +195,6 @@ def status(
     as_json: JsonFlag = False,
 ) -> None:
     """One line per hour: what the ledger says was loaded, skipped and quarantined."""
-    from loader.app import open_loader
-    from loader.operations import parse_since
-    from loader.operations import status as do_status
-
     _setup()
     if since is not None and (start is not None or end is not None):
         raise typer.BadParameter("give --since, or --start (and --end), not both")
@@ -258,9 +249,6 @@ def check(
 ) -> None:
     """Reconcile S3 against the warehouse; exit 1 if any object is neither loaded nor
     quarantined."""
-    from loader.app import open_loader
-    from loader.operations import check as do_check
-
     _setup()
     if hour:
         first = last = _hour(hour)

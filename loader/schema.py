@@ -2,11 +2,8 @@
 
 Alembic revisions own the DDL (a DBA reviews them); this module describes the head state so the
 loader builds its statements from it and `alembic check` / pytest-alembic can prove the two agree.
-Every column carries a comment: `\\d+` in psql is the data dictionary.
-
-Text caps: the loader truncates text to the caps in `TEXT_CAPS` (characters). Indexed columns
-are capped at 256 characters, i.e. at most 1 KiB of UTF-8, far under PostgreSQL's btree tuple
-limit (~2.7 KB), so no event can ever fail an index insert for being too long.
+Every column carries a comment: `\\d+` in psql is the data dictionary. The text caps the
+loader truncates to live with the transform (loader/transform/caps.py).
 """
 
 from __future__ import annotations
@@ -52,33 +49,6 @@ LOAD_RUNS_TABLE: Final = "clickstream_load_runs"
 QUARANTINE_TABLE: Final = "clickstream_quarantine"
 ADOPTIONS_TABLE: Final = "clickstream_adoptions"
 LOADED_OBJECTS_TABLE: Final = "clickstream_loaded_objects"
-
-INDEXED_TEXT_CAP: Final = 256
-URL_CAP: Final = 4096
-DEFAULT_TEXT_CAP: Final = 1024
-
-#: Maximum characters kept per text column; longer values are truncated (and counted).
-TEXT_CAPS: Final[dict[str, int]] = {
-    "event_name": INDEXED_TEXT_CAP,
-    "user_id": INDEXED_TEXT_CAP,
-    "session_id": INDEXED_TEXT_CAP,
-    "client_id": INDEXED_TEXT_CAP,
-    "user_login_state": INDEXED_TEXT_CAP,
-    "identity_source": INDEXED_TEXT_CAP,
-    "page_url": URL_CAP,
-    "referrer": URL_CAP,
-    "context_product_id": INDEXED_TEXT_CAP,
-    "context_product_name": DEFAULT_TEXT_CAP,
-    "context_product_category": INDEXED_TEXT_CAP,
-    "context_product_brand": INDEXED_TEXT_CAP,
-    "context_product_url_path": URL_CAP,
-    "user_agent": DEFAULT_TEXT_CAP,
-    "path": URL_CAP,
-    "request_id": INDEXED_TEXT_CAP,
-    "api_id": INDEXED_TEXT_CAP,
-    "stage": INDEXED_TEXT_CAP,
-    "trace_id": INDEXED_TEXT_CAP,
-}
 
 # Python None means SQL NULL in jsonb columns (not the JSON value `null`), so `IS NULL` works.
 JSON_OR_NULL: Final = JSONB(none_as_null=True)

@@ -43,7 +43,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, MetaData, NullPool, Table, create_engine, text
 
 from loader.config import ConfigError, load_database_settings
-from loader.load.db import compatibility_comment, compatible_loader_revisions
+from loader.load.revision import compatibility_comment, compatible_loader_revisions
 from loader.schema import metadata
 
 LOCK_TIMEOUT_ENV = "ALEMBIC_LOCK_TIMEOUT_MS"

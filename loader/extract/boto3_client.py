@@ -1,11 +1,10 @@
-"""S3: list an hour's keys and fetch their bodies, concurrently and in bounded memory.
+"""S3 through boto3: the reference client, ~1 ms of client CPU per GET.
 
-The pipeline sees one interface (`ObjectSource`) whatever the client: boto3 here, the AWS Common
-Runtime in `source_crt`. Failures come in two kinds and stay apart: a body that can never parse
-(too large, corrupt gzip, deleted since listing) is returned as a `FetchedObject` with an
-`error` and the run goes on; anything transient (throttling, 5xx, a connection cut mid-body)
-is retried, and when the retry budget is spent it raises `S3TransientError` so the invocation
-fails loudly and Lambda retries it.
+A bounded window of GETs runs on a thread pool and results come back in listing order, so memory
+stays flat whatever the hour's size. botocore retries throttling and 5xx itself; a connection
+cut mid-body (which botocore's retry handler never sees) is retried here. Whatever S3 answered
+in the end is classified by `loader.extract.errors`, the same decision the CRT client takes.
+Listing goes through the lean ListObjectsV2 of `loader.extract.listing`.
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import boto3
 import botocore.exceptions
@@ -30,67 +27,14 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from loader.common import STOP_POLL_S, FetchedObject, ObjectRef, S3TransientError
 from loader.config import Settings
 from loader.extract.body import BodyError, decode_body
+from loader.extract.errors import access_error, classify, terminal_reason, transient_error
+from loader.extract.listing import lister_for_boto3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRef:
-    """One listed object."""
-
-    key: str
-    size: int
-    last_modified: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class FetchedObject:
-    """A fetched object: its decoded body, or why there is none (a terminal reason code)."""
-
-    ref: ObjectRef
-    body: bytes | None
-    error: str | None = None
-    detail: str | None = None
-    retries: int = 0
-
-
-class S3TransientError(RuntimeError):
-    """S3 kept failing after every retry: fail the invocation so it is retried as a whole."""
-
-
-class S3AccessError(RuntimeError):
-    """S3 refused access: a configuration problem (bucket, IAM policy), not bad data."""
-
-
-class ObjectSource(Protocol):
-    bucket: str
-
-    def list_objects(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectRef]:
-        """Every object under `prefix` in key order, directory markers left out."""
-        ...
-
-    def fetch_many(
-        self, refs: Iterable[ObjectRef], stop: threading.Event | None = None
-    ) -> Iterator[FetchedObject]:
-        """Fetch concurrently with bounded memory; yield results in the order of `refs`.
-
-        When `stop` is set, return within about STOP_POLL_S, even while S3 has not answered:
-        the caller's invocation is ending and its thread must not outlive it."""
-        ...
-
-    def close(self) -> None: ...
-
-
-#: How often a source waiting on S3 looks at the caller's stop signal.
-STOP_POLL_S = 0.1
-
-
-def is_directory_marker(key: str, size: int) -> bool:
-    """Zero-byte keys ending in '/' are folders made by consoles and tools, not events."""
-    return size == 0 and key.endswith("/")
 
 
 # Errors raised while reading a body after the response headers arrived: botocore's retry
@@ -103,15 +47,6 @@ _BODY_READ_ERRORS: tuple[type[BaseException], ...] = (
     botocore.exceptions.EndpointConnectionError,
     ConnectionError,
 )
-_TERMINAL_CODES = {"NoSuchKey": "not_found", "InvalidObjectState": "not_readable"}
-_ACCESS_CODES = {
-    "AccessDenied",
-    "AllAccessDisabled",
-    "NoSuchBucket",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-}
 
 
 class _BodyRetry(Exception):
@@ -145,8 +80,6 @@ class Boto3Source:
                 tcp_keepalive=True,
             ),
         )
-        from loader.extract.listing import lister_for_boto3_client  # s3_list imports this module
-
         self._lister = lister_for_boto3_client(self._client, self.bucket, settings.s3_max_attempts)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -190,12 +123,17 @@ class Boto3Source:
         try:
             data, encoding, botocore_retries = self._get(ref.key, retry_counter=counter)
         except botocore.exceptions.ClientError as exc:
+            # botocore has already retried what it retries: a verdict of "retry" is spent too.
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in _TERMINAL_CODES:
-                return FetchedObject(ref, None, _TERMINAL_CODES[code], code, counter[0])
-            if code in _ACCESS_CODES:
-                raise S3AccessError(f"cannot read s3://{self.bucket}/{ref.key}: {code}") from None
-            raise S3TransientError(f"GET s3://{self.bucket}/{ref.key} failed: {code}") from None
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            verdict = classify(status, code)
+            if verdict == "terminal":
+                reason = terminal_reason(code)
+                return FetchedObject(ref, None, reason, code or str(status), counter[0])
+            where = f"s3://{self.bucket}/{ref.key}"
+            if verdict == "access":
+                raise access_error("read", where, status, code) from None
+            raise transient_error("GET", where, status, code) from None
         except _BodyRetry as exc:
             raise S3TransientError(
                 f"GET s3://{self.bucket}/{ref.key} body kept failing: {exc.__cause__}"
@@ -259,12 +197,3 @@ def _result(future: Future[FetchedObject], stop: threading.Event | None) -> Fetc
             if stop.is_set():
                 future.cancel()
                 return None
-
-
-def make_source(settings: Settings) -> ObjectSource:
-    """The S3 client chosen by S3_CLIENT (boto3 by default)."""
-    if settings.s3_client == "crt":
-        from loader.extract.crt_client import CrtSource
-
-        return CrtSource(settings)
-    return Boto3Source(settings)

@@ -4,8 +4,8 @@ per GET than boto3, behind the same `ObjectSource` interface.
 The CRT does the HTTP, connection pooling and SigV4 signing in C on its own event-loop threads;
 this module keeps a bounded window of GETs in flight, collects each body from the CRT's
 callbacks, and settles every attempt on the caller's thread: retries (our own, so they are
-counted and classified exactly like the boto3 path's), size caps, gzip, and the
-terminal/transient split of `loader.extract.boto3_client`.
+counted, and classified by `loader.extract.errors` exactly as the boto3 client's are), size
+caps and gzip.
 
 Configuration follows boto3: credentials from botocore's chain (environment incl. session token,
 profiles, container/instance roles; refreshable ones are refreshed through botocore), the
@@ -39,30 +39,22 @@ from awscrt.s3 import (
     S3RetryMode,
     create_default_s3_signing_config,
 )
+from botocore.credentials import RefreshableCredentials
 
+from loader.common import STOP_POLL_S, FetchedObject, ObjectRef, S3AccessError, S3TransientError
 from loader.config import Settings
+from loader.extract.address import S3Address, endpoint_url_from_env, resolve_address
 from loader.extract.body import BodyError, decode_body
-from loader.extract.boto3_client import (
-    STOP_POLL_S,
-    FetchedObject,
-    ObjectRef,
-    S3AccessError,
-    S3TransientError,
-)
-from loader.extract.listing import (
-    ACCESS_CODES,
-    RETRYABLE_CODES,
-    RETRYABLE_STATUS,
-    S3Address,
-    S3Lister,
+from loader.extract.errors import (
     TransportError,
+    access_error,
     backoff_delay,
-    endpoint_url_from_env,
+    classify,
     error_code,
-    resolve_address,
+    terminal_reason,
+    transient_error,
 )
-
-_TERMINAL_CODES = {"NoSuchKey": "not_found", "InvalidObjectState": "not_readable"}
+from loader.extract.listing import S3Lister
 
 # Connections the CRT may open: it sizes its pool from the throughput target (~25 connections
 # at its default of 10 Gbps). We cap the pool explicitly at the in-flight window instead and set
@@ -81,8 +73,6 @@ def credentials_provider(session: boto3.session.Session | None = None) -> Any:
     refreshable ones (assumed roles, SSO, container/instance metadata) a delegate that asks
     botocore, which refreshes them before they expire.
     """
-    from botocore.credentials import RefreshableCredentials
-
     session = session or boto3.session.Session()
     creds = session.get_credentials()
     if creds is None:
@@ -418,15 +408,16 @@ class CrtSource:
         elif isinstance(error, S3ResponseError):
             status = int(error.status_code or 0)
             code = error_code(attempt.error_body or error.body)
-            if code in _TERMINAL_CODES or (status == 404 and code != "NoSuchBucket"):
+            verdict = classify(status, code)
+            if verdict == "terminal":
                 fetch.current = None
-                label = _TERMINAL_CODES.get(code, "not_found")
+                label = terminal_reason(code)
                 fetch.result = FetchedObject(ref, None, label, code or str(status), fetch.retries)
                 return False
-            if code in ACCESS_CODES or status in (301, 307, 403):
-                raise S3AccessError(f"cannot read {where}: {code or status}")
-            if status not in RETRYABLE_STATUS and code not in RETRYABLE_CODES:
-                raise S3TransientError(f"GET {where} failed: {status} {code}".strip())
+            if verdict == "access":
+                raise access_error("read", where, status, code)
+            if verdict == "fail":
+                raise transient_error("GET", where, status, code)
             reason = f"{status} {code}".strip()
         elif isinstance(error, AwsCrtError):
             reason = str(error)  # no response: refused, reset, closed mid-body, TLS, DNS

@@ -8,60 +8,37 @@ the same pages. Pagination stays exact: `continuation-token` from `NextContinuat
 
 The HTTP exchange is a `PageFetcher` so each client brings its own transport:
 `SignedUrllib3Fetcher` (botocore's SigV4 signer + urllib3, usable next to any boto3 client) or the
-CRT S3 client's (`loader.extract.crt_client`). Endpoint resolution (`resolve_address`) is shared
-by both so they address buckets exactly the same way.
+CRT S3 client's (`loader.extract.crt_client`). Both address the bucket through
+`loader.extract.address` and classify failures through `loader.extract.errors`.
 """
 
 from __future__ import annotations
 
-import os
-import random
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import quote, unquote_plus
 
-from loader.extract.boto3_client import (
-    ObjectRef,
-    S3AccessError,
-    S3TransientError,
-    is_directory_marker,
-)
+import boto3
+import urllib3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 
-# Error codes, as S3 names them. Kept identical to the boto3 path's classification.
-ACCESS_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AllAccessDisabled",
-        "NoSuchBucket",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "PermanentRedirect",
-        "AuthorizationHeaderMalformed",
-    }
+from loader.common import ObjectRef, S3TransientError
+from loader.extract.address import S3Address, resolve_address
+from loader.extract.errors import (
+    TransportError,
+    access_error,
+    backoff_delay,
+    classify,
+    error_code,
+    transient_error,
 )
-RETRYABLE_CODES = frozenset(
-    {
-        "SlowDown",
-        "InternalError",
-        "ServiceUnavailable",
-        "RequestTimeout",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-    }
-)
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 PAGE_SIZE = 1000
-
-
-class TransportError(Exception):
-    """The request got no HTTP response (connection refused or reset, timeout): retryable."""
 
 
 class PageFetcher(Protocol):
@@ -72,100 +49,9 @@ class PageFetcher(Protocol):
         ...
 
 
-# --------------------------------------------------------------------------------------------
-# Addressing
-
-
-@dataclass(frozen=True, slots=True)
-class S3Address:
-    """Where a bucket's requests go: scheme, the Host header, and the path prefix.
-
-    Virtual-hosted (`https://bucket.s3.region.amazonaws.com/key`) for AWS; path-style
-    (`http://127.0.0.1:PORT/bucket/key`) for a custom endpoint (moto, s3rver, MinIO) or a bucket
-    whose name cannot be a DNS label under TLS (dots).
-    """
-
-    scheme: str
-    host: str  # host[:port], exactly as sent in the Host header
-    base_path: str  # "" (virtual-hosted) or "/bucket" (path-style), plus any endpoint path
-    custom_endpoint: bool
-
-    @property
-    def tls(self) -> bool:
-        return self.scheme == "https"
-
-    def object_path(self, key: str) -> str:
-        """The request path of an object: the key percent-encoded the way botocore does."""
-        return f"{self.base_path}/{quote(key, safe='/~')}"
-
-    def bucket_path(self) -> str:
-        return self.base_path or "/"
-
-    def url(self, path_and_query: str) -> str:
-        return f"{self.scheme}://{self.host}{path_and_query}"
-
-
-def endpoint_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
-    """The endpoint override botocore honours: AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL."""
-    env = os.environ if env is None else env
-    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
-        return None
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-        value = (env.get(name) or "").strip()
-        if value:
-            return value
-    return None
-
-
-def _aws_dns_suffix(region: str) -> str:
-    return "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
-
-
-def is_aws_host(host: str) -> bool:
-    hostname = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return hostname.endswith((".amazonaws.com", ".amazonaws.com.cn"))
-
-
-def resolve_address(bucket: str, region: str, endpoint_url: str | None = None) -> S3Address:
-    """Address `bucket` through `endpoint_url` (path-style) or AWS's regional endpoint."""
-    if endpoint_url and not is_aws_host(urlsplit(endpoint_url).netloc):
-        parts = urlsplit(endpoint_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"S3 endpoint URL must be http(s)://host[:port], got {endpoint_url!r}")
-        prefix = parts.path.rstrip("/")
-        return S3Address(parts.scheme, parts.netloc, f"{prefix}/{bucket}", custom_endpoint=True)
-    if endpoint_url:  # an explicit AWS endpoint (FIPS, dualstack): keep its host, path-style
-        parts = urlsplit(endpoint_url)
-        if "." in bucket:
-            return S3Address(parts.scheme, parts.netloc, f"/{bucket}", custom_endpoint=False)
-        return S3Address(parts.scheme, f"{bucket}.{parts.netloc}", "", custom_endpoint=False)
-    regional = f"s3.{region}.{_aws_dns_suffix(region)}"
-    if "." in bucket:  # a dotted name breaks the wildcard certificate: path-style
-        return S3Address("https", regional, f"/{bucket}", custom_endpoint=False)
-    return S3Address("https", f"{bucket}.{regional}", "", custom_endpoint=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Retries
-
-
-def backoff_delay(retry: int, base_s: float = 0.25, cap_s: float = 10.0) -> float:
-    """Full-jitter exponential backoff before retry number `retry` (1, 2, ...)."""
-    return random.uniform(0.0, min(cap_s, base_s * (2 ** (retry - 1))))
-
-
-def error_code(body: bytes | None) -> str:
-    """The <Code> of an S3 error document, or "" when there is none."""
-    if not body:
-        return ""
-    try:
-        root = ET.fromstring(body)  # noqa: S314 - the document comes from our own S3 endpoint
-    except ET.ParseError:
-        return ""
-    for child in root.iter():
-        if child.tag.rpartition("}")[2] == "Code":
-            return (child.text or "").strip()
-    return ""
+def is_directory_marker(key: str, size: int) -> bool:
+    """Zero-byte keys ending in '/' are folders made by consoles and tools, not events."""
+    return size == 0 and key.endswith("/")
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,12 +169,13 @@ class S3Lister:
                     last = f"unparseable page: {exc}"
                     continue
             code = error_code(body)
-            if code in ACCESS_CODES or status in (301, 307, 403):
-                raise S3AccessError(f"cannot list {where}: {code or status}")
-            if status in RETRYABLE_STATUS or code in RETRYABLE_CODES:
+            verdict = classify(status, code)
+            if verdict == "access":
+                raise access_error("list", where, status, code)
+            if verdict == "retry":
                 last = f"{status} {code}".strip()
                 continue
-            raise S3TransientError(f"listing {where} failed: {status} {code}".strip())
+            raise transient_error("listing", where, status, code)
         raise S3TransientError(f"listing {where} failed after {self.max_attempts} attempts: {last}")
 
 
@@ -312,8 +199,6 @@ class SignedUrllib3Fetcher:
         timeout_s: float = 30.0,
         connect_timeout_s: float = 5.0,
     ) -> None:
-        import urllib3
-
         self._address = address
         self._region = region
         self._credentials = credentials
@@ -321,10 +206,6 @@ class SignedUrllib3Fetcher:
         self._pool = urllib3.PoolManager(maxsize=2, retries=False)
 
     def __call__(self, path_and_query: str) -> tuple[int, bytes]:
-        import urllib3
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
         url = self._address.url(path_and_query)
         request = AWSRequest(method="GET", url=url, headers={"Host": self._address.host})
         if self._credentials is not None:
@@ -357,8 +238,6 @@ def lister_for_boto3_client(client: Any, bucket: str, max_attempts: int = 5) -> 
     get_credentials = getattr(client, "_get_credentials", None)  # botocore >= 1.31
     credentials = get_credentials() if callable(get_credentials) else None
     if credentials is None:
-        import boto3
-
         credentials = boto3.session.Session().get_credentials()
     fetcher = SignedUrllib3Fetcher(address, region, credentials)
     return S3Lister(fetcher, address, bucket, max_attempts=max_attempts)

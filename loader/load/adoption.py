@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from loader.transform.mapping import EventRecord
+from loader.common import EventRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,22 +1,14 @@
-"""The load ledger and the per-hour lock: what ran, what it did, and who is running now.
+"""The load ledger (clickstream_load_runs): what ran, what it did, and what an hour's state is.
 
-One `clickstream_load_runs` row per run per hour, written when the run starts and updated when
-it ends, so a killed run stays visible as `running` with no `finished_at`.
-
-One locking rule per hour, session-level advisory locks: a full-hour run (schedule, `run`,
-backfill, lookback, reprocess, finalize) holds the hour's lock exclusively; a shard holds it
-shared, plus its own shard's lock exclusively. Shards of an hour run in parallel with each other,
-never with a full-hour run of that hour, and never twice at once; different hours never wait on
-each other.
+One row per run per hour, written when the run starts and updated when it ends, so a killed run
+stays visible as `running` with no `finished_at`. A fanned-out hour gets one more row once every
+shard has completed: its finalize, one per hour and shard count however often it is retried.
+Who may run an hour at the same time is loader/load/locks.py's rule.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,63 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 
-from loader.load.sink import Tables
+from loader.load.tables import Tables
 from loader.report import Report
-
-
-def lock_key(hour_label: str, shard: str | None) -> int:
-    """A stable signed 64-bit key for pg_advisory_lock, from the hour (and shard)."""
-    digest = hashlib.sha256(f"clickstream-loader:{hour_label}:{shard or '*'}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _try_lock(conn: sa.Connection, hour_key: int, shard_key: int | None) -> bool:
-    """One attempt at the hour's locks, all or nothing."""
-    if shard_key is None:
-        return bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(hour_key))).scalar())
-    if not conn.execute(sa.select(sa.func.pg_try_advisory_lock_shared(hour_key))).scalar():
-        return False
-    if conn.execute(sa.select(sa.func.pg_try_advisory_lock(shard_key))).scalar():
-        return True
-    conn.execute(sa.select(sa.func.pg_advisory_unlock_shared(hour_key)))
-    return False
-
-
-def _unlock(conn: sa.Connection, hour_key: int, shard_key: int | None) -> None:
-    if shard_key is None:
-        conn.execute(sa.select(sa.func.pg_advisory_unlock(hour_key)))
-        return
-    conn.execute(sa.select(sa.func.pg_advisory_unlock(shard_key)))
-    conn.execute(sa.select(sa.func.pg_advisory_unlock_shared(hour_key)))
-
-
-@contextmanager
-def hour_lock(
-    engine: sa.Engine, hour_label: str, shard: str | None, wait_s: float
-) -> Iterator[bool]:
-    """Hold the hour's advisory locks for the block (see the module docstring for the rule);
-    yields False if they are still taken after waiting up to `wait_s`. The locks live on their
-    own connection and die with it, so a killed loader never leaves an hour locked."""
-    hour_key = lock_key(hour_label, None)
-    shard_key = None if shard is None else lock_key(hour_label, shard)
-    with engine.connect() as conn:
-        deadline = time.monotonic() + wait_s
-        while True:
-            acquired = _try_lock(conn, hour_key, shard_key)
-            conn.commit()
-            if acquired or time.monotonic() >= deadline:
-                break
-            time.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                try:
-                    _unlock(conn, hour_key, shard_key)
-                    conn.commit()
-                except sa.exc.DBAPIError:
-                    pass  # connection gone: the server already released the locks
-
 
 _COUNT_COLUMNS = (
     "objects_listed",
@@ -189,66 +126,6 @@ def hour_records(
             row["hour"], row["state"], dict(row), row["hour"] in completed
         )
     return out
-
-
-def _under(column: sa.ColumnElement[str], prefix: str) -> sa.ColumnElement[bool]:
-    """`column LIKE 'prefix%'` with the prefix taken literally (the "C" collation lets a btree
-    index on the column serve it)."""
-    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    return column.like(pattern, escape="\\")
-
-
-def completed_objects(conn: sa.Connection, tables: Tables, prefix: str) -> dict[str, int]:
-    """Keys under `prefix` recorded as loaded in full, each with the clickstream_ingest_meta
-    rows it had when it completed.
-
-    Only this record says an object is loaded: rows in the event tables or the quarantine may
-    be what a failed run left of it (the slices of a big object commit one by one).
-    """
-    done = tables.loaded_objects
-    rows = conn.execute(
-        sa.select(done.c.s3_key, done.c.meta_rows).where(_under(done.c.s3_key, prefix))
-    )
-    return {row.s3_key: row.meta_rows for row in rows}
-
-
-def meta_rows_by_key(conn: sa.Connection, tables: Tables, prefix: str) -> dict[str, int]:
-    """clickstream_ingest_meta rows per key under `prefix`, now (a prefix scan of its index)."""
-    meta = tables.meta
-    rows = conn.execute(
-        sa.select(meta.c.s3_key, sa.func.count())
-        .where(_under(meta.c.s3_key, prefix))
-        .group_by(meta.c.s3_key)
-    )
-    return {key: int(n) for key, n in rows}
-
-
-def incomplete_keys(conn: sa.Connection, tables: Tables, prefix: str) -> set[str]:
-    """Keys under `prefix` with rows in the event tables or the quarantine but no completion
-    record: objects a failed or killed run left part-way."""
-    meta, q, done = tables.meta, tables.quarantine, tables.loaded_objects
-    with_rows = sa.union(
-        sa.select(meta.c.s3_key.label("s3_key")).where(_under(meta.c.s3_key, prefix)),
-        sa.select(q.c.s3_key.label("s3_key")).where(_under(q.c.s3_key, prefix)),
-    ).subquery()
-    unrecorded = sa.select(with_rows.c.s3_key).where(
-        ~sa.exists().where(done.c.s3_key == with_rows.c.s3_key)
-    )
-    return set(conn.execute(unrecorded).scalars())
-
-
-def open_quarantine(
-    conn: sa.Connection, tables: Tables, hour: datetime | None = None, key: str | None = None
-) -> Sequence[sa.Row[Any]]:
-    q = tables.quarantine
-    stmt = (
-        sa.select(q).where(q.c.resolved_at.is_(None)).order_by(q.c.hour, q.c.s3_key, q.c.position)
-    )
-    if hour is not None:
-        stmt = stmt.where(q.c.hour == hour)
-    if key is not None:
-        stmt = stmt.where(q.c.s3_key == key)
-    return conn.execute(stmt).all()
 
 
 def finalize_run_id(hour_label: str, shard_count: int) -> uuid.UUID:

@@ -25,42 +25,34 @@ import sqlalchemy as sa
 from tenacity import RetryCallState, Retrying
 
 from loader import __version__
-from loader.config import Settings
-from loader.extract.boto3_client import FetchedObject, ObjectRef, ObjectSource
-from loader.load.adoption import AdoptedRange, adopted_duplicates, read_adopted_range
-from loader.load.db import (
-    check_revision,
-    code_revisions,
-    describe_error,
-    is_data_error,
-    log_retry,
-    retrying,
-    sqlstate,
+from loader.common import (
+    EventRecord,
+    FetchedObject,
+    ObjectRef,
+    ObjectSource,
+    Rejection,
+    SourceObject,
 )
+from loader.config import Settings
+from loader.load.adoption import AdoptedRange, adopted_duplicates, read_adopted_range
+from loader.load.batch import batch_writer, write_isolating_poison
+from loader.load.completion import Completion, completed_objects, record_completed
+from loader.load.db import describe_error, is_data_error, log_retry, retrying, sqlstate
 from loader.load.ledger import (
-    completed_objects,
     finalize_run_id,
     finalize_sharded_hour,
     finish_run,
-    hour_lock,
     hour_records,
     start_run,
 )
-from loader.load.sink import (
-    BatchOutcome,
-    Completion,
-    Tables,
-    batch_writer,
-    quarantine,
-    record_completed,
-    rejection_row,
-    resolve_quarantined,
-    tables_for,
-    write_isolating_poison,
-)
+from loader.load.locks import hour_lock
+from loader.load.quarantine import quarantine, rejection_row, resolve_quarantined
+from loader.load.revision import check_revision, code_revisions
+from loader.load.sink import BatchOutcome
+from loader.load.tables import Tables, tables_for
 from loader.observability import log
 from loader.report import KeyList, Report
-from loader.transform.mapping import EventRecord, Rejection, SourceObject, transform_object
+from loader.transform.mapping import transform_object
 from loader.window import HOUR, Shard, Trigger, hour_label, hour_prefix
 
 RemainingMs = Callable[[], int]

@@ -1,4 +1,5 @@
-"""Raw S3 object → warehouse rows. Pure: no I/O, no clock, no randomness.
+"""Raw S3 object → warehouse rows: which payload field lands in which column. Pure: no I/O, no
+clock, no randomness.
 
 One object usually holds one JSON event; newline-delimited JSON (several objects, one per line)
 and a JSON array of objects are accepted too. What cannot be read as JSON objects is
@@ -20,7 +21,8 @@ from typing import Any, Final
 
 import orjson
 
-from loader.schema import TEXT_CAPS
+from loader.common import EventRecord, Rejection, SourceObject
+from loader.transform.caps import TEXT_CAPS
 from loader.transform.coerce import (
     Repairs,
     anonymize_ip,
@@ -32,15 +34,13 @@ from loader.transform.coerce import (
     to_price,
     to_text,
 )
+from loader.transform.parse import split_records
 
 #: Namespace of every uuid5 the loader derives: changing it would re-key history.
 EVENT_ID_NAMESPACE: Final = uuid.UUID("6b1f3c1e-8f5d-5a4e-9c37-2d0f6a1b7e42")
 _KEY_UUID = re.compile(
     r"event-([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\.json"
 )
-#: Integers beyond 64 bits: orjson would turn them into floats, the standard library keeps them.
-_LONG_INTEGER = re.compile(rb"\d{19,}")
-_BOM = b"\xef\xbb\xbf"
 
 # Spellings. The real tracker sends camelCase (`eventName`, `userId`, ...); the original ETL also
 # read snake_case, so older or hand-made payloads use it. One precedence rule for every field:
@@ -132,41 +132,6 @@ def _shadowed(
             leftovers[name] = record[name]
 
 
-@dataclass(frozen=True, slots=True)
-class SourceObject:
-    """What transform needs to know about an object besides its body."""
-
-    bucket: str
-    key: str
-    last_modified: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """A record that was not loaded, and why (reason code + human detail, no row data)."""
-
-    key: str
-    position: int
-    reason: str
-    detail: str
-    event_id: uuid.UUID | None = None
-    sqlstate: str | None = None
-
-
-@dataclass(slots=True)
-class EventRecord:
-    """One event as rows for both tables, plus where it came from."""
-
-    event_id: uuid.UUID
-    key: str
-    position: int
-    event: dict[str, Any]
-    meta: dict[str, Any]
-    #: False when the payload had no id and event_id was derived from the key: the original
-    #: ETL stored such events under a random id, so only these can duplicate an adopted row.
-    id_from_payload: bool = True
-
-
 @dataclass(slots=True)
 class ObjectResult:
     key: str
@@ -175,106 +140,6 @@ class ObjectResult:
     invalid: list[Rejection] = field(default_factory=list)
     sanitised: int = 0
     truncated: int = 0
-
-
-def _parse_int(text: str) -> int | float:
-    """Integers as Python ints, exactly; past the interpreter's int-from-text limit (4300 digits)
-    as ±inf, which clean_json turns into null (counted as sanitised)."""
-    try:
-        return int(text)
-    except ValueError:
-        # Fix: int() refuses such digit strings, which made the whole object "not JSON".
-        return float(text)
-
-
-def _stdlib_loads(data: bytes) -> Any:
-    # Fix: json.loads(bytes) guesses UTF-16/UTF-32 from NUL bytes, so a BOM-less UTF-16 body
-    # (valid UTF-8 when ASCII-only) loaded while the same body with a BOM was malformed. The
-    # caller has checked the body is UTF-8: decode it as that, never as anything else.
-    return json.loads(data.decode("utf-8"), parse_int=_parse_int)
-
-
-def _parse_json(data: bytes) -> Any:
-    if _LONG_INTEGER.search(data):
-        return _stdlib_loads(data)
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        # orjson refuses what the standard library reads and we can repair: lone surrogate
-        # escapes, NaN/Infinity literals, numbers past double range. Same JSON grammar otherwise.
-        return _stdlib_loads(data)
-
-
-def split_records(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
-    """Body → ([(position, record)], [(position, why malformed)]).
-
-    A body that is one JSON object (or an array of objects) is that; otherwise each non-blank
-    line must be a JSON object (NDJSON). Positions are 0-based record/line numbers.
-    """
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
-    if not data.strip():
-        return [], [(0, "empty body")]
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return [], [(0, f"invalid UTF-8 at byte {exc.start}")]
-    too_deep = False
-    try:
-        whole = _parse_json(data)
-    except RecursionError:
-        # Fix: this used to reject the whole object, so one over-deep NDJSON line lost the good
-        # lines after it. Parse line by line instead; a single-document body still ends below.
-        whole, too_deep = _NOT_JSON, True
-    except ValueError:
-        whole = _NOT_JSON
-    if isinstance(whole, dict):
-        return [(0, whole)], []
-    if isinstance(whole, list):
-        if whole and all(isinstance(item, dict) for item in whole):
-            return list(enumerate(whole)), []
-        return [], [(0, "JSON array that is not a list of objects")]
-    if whole is not _NOT_JSON:
-        return [], [(0, f"JSON {_json_kind(whole)}, not an object")]
-    records: list[tuple[int, dict[str, Any]]] = []
-    bad: list[tuple[int, str]] = []
-    for position, line in enumerate(data.split(b"\n")):
-        if not line.strip():
-            continue
-        try:
-            value = _parse_json(line)
-        except RecursionError:
-            bad.append((position, "line is JSON nested too deep to parse"))
-            continue
-        except ValueError:
-            bad.append((position, "line is not valid JSON"))
-            continue
-        if isinstance(value, dict):
-            records.append((position, value))
-        else:
-            bad.append((position, f"line is JSON {_json_kind(value)}, not an object"))
-    if not records:
-        if too_deep:
-            return [], [(0, "JSON nested too deep to parse")]
-        return [], [(0, "not JSON: no line parses as a JSON object")]
-    return records, bad
-
-
-_NOT_JSON: Final = object()
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
 
 
 def payload_event_id(record: Mapping[str, Any]) -> tuple[str, uuid.UUID] | None:

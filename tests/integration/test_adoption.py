@@ -27,13 +27,16 @@ from test_grants import run_psql
 from test_migrations import HEAD, _alembic_cli, _env_for, _env_without_database, _script
 
 import lambda_function
+from loader.common import EventRecord, SourceObject
 from loader.config import DatabaseSettings, Settings
 from loader.load.adoption import AdoptedRange, read_adopted_range
-from loader.load.db import check_revision, code_revisions
-from loader.load.sink import BatchWriter, tables_for, write_batch, write_batch_copy
+from loader.load.copy import write_batch_copy
+from loader.load.revision import check_revision, code_revisions
+from loader.load.sink import BatchWriter, write_batch
+from loader.load.tables import tables_for
 from loader.pipeline.hour import HourJob
 from loader.schema import metadata
-from loader.transform.mapping import EventRecord, SourceObject, transform_object
+from loader.transform.mapping import transform_object
 
 ROOT = Path(__file__).resolve().parents[2]
 

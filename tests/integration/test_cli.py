@@ -26,8 +26,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from loader.cli import app
-from loader.extract.boto3_client import S3TransientError
-from loader.load.ledger import lock_key
+from loader.common import S3TransientError
+from loader.load.locks import lock_key
 from loader.observability import log
 from loader.window import hour_label, hour_prefix
 from tools.demo.traffic import RawObject, generate_hour, upload

@@ -46,8 +46,8 @@ from support.reconcile import (
 from support.tcp_fault_proxy import TcpFaultProxy, pg_socket
 
 from loader.app import open_loader
+from loader.common import S3TransientError
 from loader.config import DatabaseSettings, load_settings
-from loader.extract.boto3_client import S3TransientError
 from loader.operations import status
 from loader.pipeline.hour import HourJob, run_trigger
 from loader.report import Report

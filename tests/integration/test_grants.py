@@ -379,7 +379,7 @@ def test_without_select_on_alembic_version_the_loader_says_permission_denied(
 ) -> None:
     """A missing grant is a DBA's to fix, and the message must say so, not "table missing"."""
     import lambda_function
-    from loader.load.db import SchemaRevisionError
+    from loader.load.revision import SchemaRevisionError
 
     with dw.cursor() as cur:
         cur.execute(f'REVOKE SELECT ON alembic_version FROM "{loader_roles.group}"')

@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy as sa
 
 import lambda_function
-from loader.app import open_loader
+from loader.app import make_source, open_loader
+from loader.common import FetchedObject, ObjectRef, ObjectSource
 from loader.config import load_settings
-from loader.extract.boto3_client import FetchedObject, ObjectRef, ObjectSource, make_source
 from loader.load.db import make_engine, sqlstate
 from loader.pipeline.hour import HourJob, HourLoader, run_trigger
 from loader.window import Trigger

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 import lambda_function
 from loader.cli import app
-from loader.extract.boto3_client import S3TransientError
+from loader.common import S3TransientError
 from loader.observability import set_log_stream
 from loader.window import hour_prefix
 from tools.demo.traffic import RawObject, generate_hour, upload

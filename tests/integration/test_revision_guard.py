@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config
 
 import lambda_function
-from loader.load.db import SchemaRevisionError, code_head_revision
+from loader.load.revision import SchemaRevisionError, code_head_revision
 from loader.window import parse_hour
 from tools.demo.traffic import generate_hour, upload
 

@@ -14,17 +14,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from loader.common import EventRecord, SourceObject
 from loader.config import DatabaseSettings, Settings
-from loader.load.sink import (
-    BatchWriter,
-    Completion,
-    record_completed,
-    tables_for,
-    write_batch,
-    write_batch_copy,
-    write_isolating_poison,
-)
-from loader.transform.mapping import EventRecord, SourceObject, transform_object
+from loader.load.batch import write_isolating_poison
+from loader.load.completion import Completion, record_completed
+from loader.load.copy import write_batch_copy
+from loader.load.sink import BatchWriter, write_batch
+from loader.load.tables import tables_for
+from loader.transform.mapping import transform_object
 
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
 TABLES = tables_for(Settings(raw_bucket="b", db=DatabaseSettings()))

@@ -26,21 +26,12 @@ import boto3
 import pytest
 from support.http_fault_proxy import LISTINGS, OBJECT_GETS, Fault, FaultProxy
 
+from loader.common import ObjectRef, ObjectSource, S3AccessError, S3TransientError
 from loader.config import DatabaseSettings, Settings
-from loader.extract.boto3_client import (
-    Boto3Source,
-    ObjectRef,
-    ObjectSource,
-    S3AccessError,
-    S3TransientError,
-)
+from loader.extract.address import endpoint_url_from_env, resolve_address
+from loader.extract.boto3_client import Boto3Source
 from loader.extract.crt_client import CrtSource
-from loader.extract.listing import (
-    endpoint_url_from_env,
-    lister_for_boto3_client,
-    parse_list_page,
-    resolve_address,
-)
+from loader.extract.listing import lister_for_boto3_client, parse_list_page
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -447,6 +438,26 @@ def test_refusal_is_an_access_error(
     with pytest.raises(S3AccessError):
         _refs(source, "events/")
     assert proxy.stats["error_403"] == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(301, "PermanentRedirect"), (400, "AuthorizationHeaderMalformed")]
+)
+def test_bucket_in_another_region_is_an_access_error(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str, status: int, code: str
+) -> None:
+    # GIVEN a listed object, and then S3 answering that the bucket lives in another region, as
+    # it does for a client addressing the wrong one (the region in a header, as S3 sends it)
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=b"{}")
+    source = make_source()
+    refs = _refs(source, "events/")
+    proxy.set_faults(Fault.error(status, code, headers={"x-amz-bucket-region": "eu-west-1"}))
+    # WHEN the source fetches it or lists again THEN it is a configuration error, raised at once
+    # (the same request would reach the same wrong endpoint), whichever client
+    with pytest.raises(S3AccessError, match=code):
+        list(source.fetch_many(refs))
+    with pytest.raises(S3AccessError, match=code):
+        _refs(source, "events/")
 
 
 # ------------------------------------------------------------------------------------- CRT only

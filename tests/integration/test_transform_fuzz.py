@@ -34,8 +34,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from loader import schema
-from loader.load.sink import Tables, write_batch
-from loader.transform.mapping import EventRecord, SourceObject, transform_object
+from loader.common import EventRecord, SourceObject
+from loader.load.sink import write_batch
+from loader.load.tables import Tables
+from loader.transform.mapping import transform_object
 
 _EXPLORE = os.environ.get("FUZZ_EXPLORE") == "1"
 FUZZ = settings(

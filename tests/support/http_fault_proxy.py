@@ -95,6 +95,8 @@ class Fault:
     fraction: float = 1.0
     match: Matcher | None = None
     name: str = ""
+    #: Extra response headers of an error (e.g. x-amz-bucket-region on a 301, as S3 sends it).
+    headers: tuple[tuple[str, str], ...] = ()
     seen: int = field(default=0, init=False)  # matching requests so far
     fired: int = field(default=0, init=False)  # times applied
 
@@ -108,6 +110,7 @@ class Fault:
         fraction: float = 1.0,
         match: Matcher | None = None,
         name: str = "",
+        headers: dict[str, str] | None = None,
     ) -> Fault:
         """Answer `status` with an S3 XML error whose <Code> is `code`."""
         return cls(
@@ -118,6 +121,7 @@ class Fault:
             fraction=fraction,
             match=match,
             name=name or f"error_{status}",
+            headers=tuple((headers or {}).items()),
         )
 
     @classmethod
@@ -385,6 +389,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
             if fault.status == 503:
                 self.send_header("Retry-After", "0")
+            for header, value in fault.headers:
+                self.send_header(header, value)
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(payload)

@@ -15,13 +15,8 @@ from typing import Any
 
 import pytest
 
-from loader.transform.mapping import (
-    EVENT_ID_NAMESPACE,
-    EventRecord,
-    ObjectResult,
-    SourceObject,
-    transform_object,
-)
+from loader.common import EventRecord, SourceObject
+from loader.transform.mapping import EVENT_ID_NAMESPACE, ObjectResult, transform_object
 
 REAL = Path(__file__).resolve().parent.parent / "data" / "real"
 PREFIX = "events/2026/11/24/13/"

@@ -3,7 +3,7 @@ reads it: only a comment written for the warehouse's very version counts."""
 
 from __future__ import annotations
 
-from loader.load.db import compatibility_comment, parse_compatibility_comment
+from loader.load.revision import compatibility_comment, parse_compatibility_comment
 
 
 def test_the_comment_round_trips_the_chain_head_first() -> None:

@@ -13,20 +13,18 @@ from typing import Any
 
 import pytest
 
-from loader.load.sink import EVENT_COLUMNS, META_COLUMNS
-from loader.schema import TEXT_CAPS
+from loader.common import EventRecord, Rejection, SourceObject
+from loader.load.tables import EVENT_COLUMNS, META_COLUMNS
+from loader.transform.caps import TEXT_CAPS
 from loader.transform.coerce import REPLACEMENT, TOO_DEEP_MARKER
 from loader.transform.mapping import (
     EVENT_ID_NAMESPACE,
-    EventRecord,
     ObjectResult,
-    Rejection,
-    SourceObject,
     derive_event_id,
     payload_digest,
-    split_records,
     transform_object,
 )
+from loader.transform.parse import split_records
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 PREFIX = "events/2026/11/24/13/"

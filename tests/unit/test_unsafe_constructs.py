@@ -27,8 +27,8 @@ SQL_WORDS = re.compile(
 #: (file, a fragment of the f-string's literal text) for every reviewed f-string that builds SQL.
 #: See docs/security.md, "SQL construction".
 REVIEWED_SQL_FSTRINGS = {
-    ("loader/load/sink.py", "CREATE TEMPORARY TABLE IF NOT EXISTS "),
-    ("loader/load/sink.py", "COPY pg_temp."),
+    ("loader/load/copy.py", "CREATE TEMPORARY TABLE IF NOT EXISTS "),
+    ("loader/load/copy.py", "COPY pg_temp."),
 }
 
 

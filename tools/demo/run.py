@@ -51,7 +51,7 @@ def _migrate(env: dict[str, str]) -> str:
     config.set_main_option("script_location", str(ROOT / "migrations"))
     config.attributes["configure_logging"] = False  # the demo prints its own steps
     command.upgrade(config, "head")
-    from loader.load.db import code_head_revision
+    from loader.load.revision import code_head_revision
 
     return code_head_revision()
 

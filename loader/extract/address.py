@@ -1,0 +1,78 @@
+"""How a bucket is addressed: the endpoint override botocore honours, then virtual-hosted or
+path-style. Both clients resolve through here, so they address buckets exactly the same way."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+
+@dataclass(frozen=True, slots=True)
+class S3Address:
+    """Where a bucket's requests go: scheme, the Host header, and the path prefix.
+
+    Virtual-hosted (`https://bucket.s3.region.amazonaws.com/key`) for AWS; path-style
+    (`http://127.0.0.1:PORT/bucket/key`) for a custom endpoint (moto, s3rver, MinIO) or a bucket
+    whose name cannot be a DNS label under TLS (dots).
+    """
+
+    scheme: str
+    host: str  # host[:port], exactly as sent in the Host header
+    base_path: str  # "" (virtual-hosted) or "/bucket" (path-style), plus any endpoint path
+    custom_endpoint: bool
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    def object_path(self, key: str) -> str:
+        """The request path of an object: the key percent-encoded the way botocore does."""
+        return f"{self.base_path}/{quote(key, safe='/~')}"
+
+    def bucket_path(self) -> str:
+        return self.base_path or "/"
+
+    def url(self, path_and_query: str) -> str:
+        return f"{self.scheme}://{self.host}{path_and_query}"
+
+
+def endpoint_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """The endpoint override botocore honours: AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL."""
+    env = os.environ if env is None else env
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
+        return None
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        value = (env.get(name) or "").strip()
+        if value:
+            return value
+    return None
+
+
+def _aws_dns_suffix(region: str) -> str:
+    return "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+
+
+def is_aws_host(host: str) -> bool:
+    hostname = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return hostname.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+
+def resolve_address(bucket: str, region: str, endpoint_url: str | None = None) -> S3Address:
+    """Address `bucket` through `endpoint_url` (path-style) or AWS's regional endpoint."""
+    if endpoint_url and not is_aws_host(urlsplit(endpoint_url).netloc):
+        parts = urlsplit(endpoint_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"S3 endpoint URL must be http(s)://host[:port], got {endpoint_url!r}")
+        prefix = parts.path.rstrip("/")
+        return S3Address(parts.scheme, parts.netloc, f"{prefix}/{bucket}", custom_endpoint=True)
+    if endpoint_url:  # an explicit AWS endpoint (FIPS, dualstack): keep its host, path-style
+        parts = urlsplit(endpoint_url)
+        if "." in bucket:
+            return S3Address(parts.scheme, parts.netloc, f"/{bucket}", custom_endpoint=False)
+        return S3Address(parts.scheme, f"{bucket}.{parts.netloc}", "", custom_endpoint=False)
+    regional = f"s3.{region}.{_aws_dns_suffix(region)}"
+    if "." in bucket:  # a dotted name breaks the wildcard certificate: path-style
+        return S3Address("https", regional, f"/{bucket}", custom_endpoint=False)
+    return S3Address("https", f"{bucket}.{regional}", "", custom_endpoint=False)

@@ -1,0 +1,178 @@
+"""Per-object completion records (clickstream_loaded_objects): what says an object is loaded.
+
+Rows in the event tables or the quarantine do not prove an object loaded: the slices of an
+object larger than a batch commit one by one, and a run can die between them. Its completion
+record does: it is written in the transaction of the object's last rows and quarantine entries,
+and records how many clickstream_ingest_meta rows the object had then.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+
+from loader.load.tables import Tables
+
+# PostgreSQL array literals (`{"a","b"}`), sent as one text parameter each and cast by the
+# server: psycopg2 adapts a Python list element by element, several times the CPU per batch.
+_ARRAY_ESCAPE = re.compile(r'["\\]').search
+
+
+def _text_array(values: Sequence[str]) -> str:
+    quoted = (
+        v.replace("\\", "\\\\").replace('"', '\\"') if _ARRAY_ESCAPE(v) else v for v in values
+    )
+    return '{"' + '","'.join(quoted) + '"}'
+
+
+def _int_array(values: Sequence[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _timestamp_array(values: Sequence[datetime | None]) -> str:
+    return "{" + ",".join("NULL" if v is None else v.isoformat() for v in values) + "}"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """An object whose last rows are in the batch being committed."""
+
+    key: str
+    events: int
+    quarantined: int
+    last_modified: datetime | None
+
+
+def record_completed(
+    conn: sa.Connection,
+    tables: Tables,
+    completions: Sequence[Completion],
+    *,
+    bucket: str,
+    hour: datetime,
+    run_id: uuid.UUID,
+    refresh: bool = False,
+) -> None:
+    """Record objects as loaded, inside the transaction that commits their last rows.
+
+    One statement per batch whatever its size: the objects travel as arrays and `meta_rows`
+    is counted by the server, in this transaction, from the key's index. A row already there
+    is kept as it is (a rerun writes nothing), unless `refresh` (reprocess: the counts moved).
+    """
+    if not completions:
+        return
+    conn.execute(
+        _completion_statement(tables.loaded_objects, tables.meta, refresh),
+        {
+            "keys": _text_array([c.key for c in completions]),
+            "events": _int_array([c.events for c in completions]),
+            "quarantined": _int_array([c.quarantined for c in completions]),
+            "modified": _timestamp_array([c.last_modified for c in completions]),
+            "bucket": bucket,
+            "hour": hour,
+            "run_id": run_id,
+        },
+    )
+
+
+@functools.cache
+def _completion_statement(done: sa.Table, meta: sa.Table, refresh: bool) -> sa.Insert:
+    """INSERT ... SELECT FROM unnest(arrays): built once per table, like a prepared statement."""
+    objects = (
+        sa.func.unnest(
+            sa.cast(sa.bindparam("keys"), ARRAY(sa.Text)),
+            sa.cast(sa.bindparam("events"), ARRAY(sa.Integer)),
+            sa.cast(sa.bindparam("quarantined"), ARRAY(sa.Integer)),
+            sa.cast(sa.bindparam("modified"), ARRAY(sa.DateTime(timezone=True))),
+        )
+        .table_valued("s3_key", "events", "quarantined", "s3_last_modified")
+        .render_derived()
+    )
+    meta_rows = (
+        sa.select(sa.func.count()).where(meta.c.s3_key == objects.c.s3_key).scalar_subquery()
+    )
+    rows = sa.select(
+        objects.c.s3_key,
+        sa.bindparam("bucket", type_=sa.Text),
+        sa.bindparam("hour", type_=sa.DateTime(timezone=True)),
+        objects.c.events,
+        meta_rows,
+        objects.c.quarantined,
+        objects.c.s3_last_modified,
+        sa.bindparam("run_id", type_=PG_UUID(as_uuid=True)),
+        sa.func.now(),
+    )
+    stmt = insert(done).from_select(
+        [
+            "s3_key",
+            "s3_bucket",
+            "hour",
+            "events",
+            "meta_rows",
+            "quarantined",
+            "s3_last_modified",
+            "run_id",
+            "completed_at",
+        ],
+        rows,
+    )
+    if not refresh:
+        return stmt.on_conflict_do_nothing(index_elements=["s3_key"])
+    updated = ("events", "meta_rows", "quarantined", "s3_last_modified", "run_id", "completed_at")
+    return stmt.on_conflict_do_update(
+        index_elements=["s3_key"], set_={name: stmt.excluded[name] for name in updated}
+    )
+
+
+def _under(column: sa.ColumnElement[str], prefix: str) -> sa.ColumnElement[bool]:
+    """`column LIKE 'prefix%'` with the prefix taken literally (the "C" collation lets a btree
+    index on the column serve it)."""
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return column.like(pattern, escape="\\")
+
+
+def completed_objects(conn: sa.Connection, tables: Tables, prefix: str) -> dict[str, int]:
+    """Keys under `prefix` recorded as loaded in full, each with the clickstream_ingest_meta
+    rows it had when it completed.
+
+    Only this record says an object is loaded: rows in the event tables or the quarantine may
+    be what a failed run left of it (the slices of a big object commit one by one).
+    """
+    done = tables.loaded_objects
+    rows = conn.execute(
+        sa.select(done.c.s3_key, done.c.meta_rows).where(_under(done.c.s3_key, prefix))
+    )
+    return {row.s3_key: row.meta_rows for row in rows}
+
+
+def meta_rows_by_key(conn: sa.Connection, tables: Tables, prefix: str) -> dict[str, int]:
+    """clickstream_ingest_meta rows per key under `prefix`, now (a prefix scan of its index)."""
+    meta = tables.meta
+    rows = conn.execute(
+        sa.select(meta.c.s3_key, sa.func.count())
+        .where(_under(meta.c.s3_key, prefix))
+        .group_by(meta.c.s3_key)
+    )
+    return {key: int(n) for key, n in rows}
+
+
+def incomplete_keys(conn: sa.Connection, tables: Tables, prefix: str) -> set[str]:
+    """Keys under `prefix` with rows in the event tables or the quarantine but no completion
+    record: objects a failed or killed run left part-way."""
+    meta, q, done = tables.meta, tables.quarantine, tables.loaded_objects
+    with_rows = sa.union(
+        sa.select(meta.c.s3_key.label("s3_key")).where(_under(meta.c.s3_key, prefix)),
+        sa.select(q.c.s3_key.label("s3_key")).where(_under(q.c.s3_key, prefix)),
+    ).subquery()
+    unrecorded = sa.select(with_rows.c.s3_key).where(
+        ~sa.exists().where(done.c.s3_key == with_rows.c.s3_key)
+    )
+    return set(conn.execute(unrecorded).scalars())

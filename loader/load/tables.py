@@ -1,0 +1,59 @@
+"""The tables one loader writes: schema.py's, or copies under TARGET_TABLE's name and schema.
+
+Every statement of the load stage takes a `Tables`, so a renamed or moved events table (and its
+sibling tables in the same schema) is decided once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.sql.schema import RETAIN_SCHEMA
+
+from loader import schema
+from loader.config import Settings
+
+#: The columns the transform fills; any other column (loaded_at, one a DBA added) gets its
+#: default, whichever write method runs.
+EVENT_COLUMNS: Final = tuple(c.name for c in schema.clickstream_events.c if c.name != "loaded_at")
+META_COLUMNS: Final = tuple(
+    c.name for c in schema.clickstream_ingest_meta.c if c.name != "loaded_at"
+)
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The tables one loader writes: TARGET_TABLE may rename/move the events table."""
+
+    events: sa.Table
+    meta: sa.Table
+    load_runs: sa.Table
+    quarantine: sa.Table
+    adoptions: sa.Table
+    loaded_objects: sa.Table
+
+
+def tables_for(settings: Settings) -> Tables:
+    """Schema.py's tables, or copies under TARGET_TABLE's name and schema."""
+    if settings.target_table == schema.EVENTS_TABLE and settings.target_schema is None:
+        return Tables(
+            schema.clickstream_events,
+            schema.clickstream_ingest_meta,
+            schema.clickstream_load_runs,
+            schema.clickstream_quarantine,
+            schema.clickstream_adoptions,
+            schema.clickstream_loaded_objects,
+        )
+    md = sa.MetaData()
+    target = settings.target_schema or RETAIN_SCHEMA
+    events = schema.clickstream_events.to_metadata(md, schema=target, name=settings.target_table)
+    return Tables(
+        events,
+        schema.clickstream_ingest_meta.to_metadata(md, schema=target),
+        schema.clickstream_load_runs.to_metadata(md, schema=target),
+        schema.clickstream_quarantine.to_metadata(md, schema=target),
+        schema.clickstream_adoptions.to_metadata(md, schema=target),
+        schema.clickstream_loaded_objects.to_metadata(md, schema=target),
+    )
