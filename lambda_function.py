@@ -13,7 +13,7 @@ from typing import Any
 from loader.app import LoaderFactory
 from loader.load.db import sqlstate
 from loader.observability import emit_metrics, log
-from loader.pipeline.hour import finalize_fanned_out_hour, run_hours, run_trigger
+from loader.pipeline.runs import finalize_fanned_out_hour, run_hours, run_trigger
 from loader.secrets import forget_database_secrets
 from loader.window import (
     Shard,

@@ -59,7 +59,9 @@ from loader.common import SourceObject
 from loader.config import DatabaseSettings, Settings
 from loader.load.db import make_engine
 from loader.load.revision import MIGRATIONS_DIR
-from loader.pipeline.hour import HourJob, HourLoader
+from loader.pipeline.batching import Batch
+from loader.pipeline.hour import HourLoader
+from loader.pipeline.job import HourJob
 from loader.transform.mapping import transform_object
 from tools.demo.traffic import generate_hour
 from tools.servers import start_embedded_postgres
@@ -168,7 +170,8 @@ def _run(
         inserted = duplicates = 0
         started, cpu_started = time.perf_counter(), time.process_time()
         for i in range(0, len(records), BATCH):
-            outcome = hour_loader._commit(records[i : i + BATCH], [], job, [])
+            batch = Batch(records=records[i : i + BATCH])
+            outcome = hour_loader._commit(batch, [], job, uuid.uuid4())
             inserted += outcome.inserted
             duplicates += outcome.duplicate_exact
         seconds = time.perf_counter() - started

@@ -347,7 +347,8 @@ def case_loader(size: int) -> dict[str, Any]:
     from loader.app import make_source
     from loader.config import load_settings
     from loader.load.db import make_engine
-    from loader.pipeline.hour import HourJob, HourLoader
+    from loader.pipeline.hour import HourLoader
+    from loader.pipeline.job import HourJob
 
     settings = load_settings()
     engine = make_engine(settings.db)
@@ -404,7 +405,8 @@ def case_db_stage(size: int) -> dict[str, Any]:
     from loader.common import FetchedObject
     from loader.config import load_settings
     from loader.load.db import make_engine
-    from loader.pipeline.hour import HourJob, HourLoader
+    from loader.pipeline.hour import HourLoader
+    from loader.pipeline.job import HourJob
     from loader.report import Report
     from loader.window import hour_label
 

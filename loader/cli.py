@@ -25,7 +25,7 @@ from loader.operations import check as do_check
 from loader.operations import parse_since
 from loader.operations import reprocess as do_reprocess
 from loader.operations import status as do_status
-from loader.pipeline.hour import run_trigger
+from loader.pipeline.runs import run_trigger
 from loader.report import Report
 from loader.window import Trigger, TriggerError, hours_between, parse_hour
 

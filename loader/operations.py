@@ -17,7 +17,8 @@ import sqlalchemy as sa
 
 from loader.load.completion import completed_objects, incomplete_keys, meta_rows_by_key
 from loader.load.ledger import hour_records
-from loader.pipeline.hour import HourJob, HourLoader
+from loader.pipeline.hour import HourLoader
+from loader.pipeline.job import HourJob
 from loader.report import Report
 from loader.window import HOUR, floor_hour, hour_label, hour_of_key, hour_prefix, hours_between
 

@@ -110,6 +110,14 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(orig).__name__}: {first_line}"[:300]
 
 
+def error_summary(exc: BaseException) -> str:
+    """An error for the ledger and the day run's message: SQLSTATE-based for database errors
+    (no row data), the exception's type and first 500 characters otherwise."""
+    if sqlstate(exc) is not None or isinstance(exc, sa.exc.DBAPIError):
+        return describe_error(exc)
+    return f"{type(exc).__name__}: {str(exc)[:500]}"
+
+
 def dumps_json(value: Any) -> str:
     """jsonb serializer: orjson for speed, the standard library for integers past 64 bits."""
     try:

@@ -34,7 +34,7 @@ from loader.load.copy import write_batch_copy
 from loader.load.revision import check_revision, code_revisions
 from loader.load.sink import BatchWriter, write_batch
 from loader.load.tables import tables_for
-from loader.pipeline.hour import HourJob
+from loader.pipeline.job import HourJob
 from loader.schema import metadata
 from loader.transform.mapping import transform_object
 

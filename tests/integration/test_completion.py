@@ -25,7 +25,8 @@ from conftest import alembic_config, db_settings
 from loader.app import open_loader
 from loader.config import load_settings
 from loader.operations import check, reprocess, status
-from loader.pipeline.hour import HourJob, run_trigger
+from loader.pipeline.job import HourJob
+from loader.pipeline.runs import run_trigger
 from loader.report import Report
 from loader.window import Trigger, hour_prefix
 from tools.demo.traffic import generate_hour

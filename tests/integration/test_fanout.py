@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 import lambda_function
-from loader.pipeline.hour import in_shard
+from loader.pipeline.job import in_shard
 from loader.window import Shard
 from tools.demo.traffic import generate_hour, upload
 

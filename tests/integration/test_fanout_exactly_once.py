@@ -26,7 +26,7 @@ import lambda_function
 from loader.app import open_loader
 from loader.config import load_settings
 from loader.operations import status
-from loader.pipeline.hour import run_trigger
+from loader.pipeline.runs import run_trigger
 from loader.report import Report
 from loader.window import Shard, Trigger
 from tools.demo.traffic import generate_hour, upload

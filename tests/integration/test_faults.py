@@ -49,7 +49,8 @@ from loader.app import open_loader
 from loader.common import S3TransientError
 from loader.config import DatabaseSettings, load_settings
 from loader.operations import status
-from loader.pipeline.hour import HourJob, run_trigger
+from loader.pipeline.job import HourJob
+from loader.pipeline.runs import run_trigger
 from loader.report import Report
 from loader.window import Trigger, hour_prefix
 from tools.demo.traffic import _event, generate_hour

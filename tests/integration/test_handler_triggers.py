@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from support.http_fault_proxy import LISTINGS, Fault, FaultProxy
 
 import lambda_function
-from loader.pipeline.hour import HoursFailed
+from loader.pipeline.runs import HoursFailed
 from loader.window import TriggerError, day_hours, hour_label, hour_prefix
 
 EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"

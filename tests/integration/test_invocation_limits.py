@@ -23,7 +23,9 @@ from loader.app import make_source, open_loader
 from loader.common import FetchedObject, ObjectRef, ObjectSource
 from loader.config import load_settings
 from loader.load.db import make_engine, sqlstate
-from loader.pipeline.hour import HourJob, HourLoader, run_trigger
+from loader.pipeline.hour import HourLoader
+from loader.pipeline.job import HourJob
+from loader.pipeline.runs import run_trigger
 from loader.window import Trigger
 from tools.demo.traffic import generate_hour, upload
 

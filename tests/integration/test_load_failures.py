@@ -18,7 +18,7 @@ import sqlalchemy as sa
 import lambda_function
 from loader.app import open_loader
 from loader.config import load_settings
-from loader.pipeline.hour import HourJob
+from loader.pipeline.job import HourJob
 from tools.demo.traffic import generate_hour, upload
 
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
@@ -154,7 +154,7 @@ def test_concurrent_runs_without_the_lock_wait_do_not_deadlock(
 ) -> None:
     """Two loaders writing the same events at once (as two shards of overlapping listings
     would): rows go in event_id order, so they wait on each other instead of deadlocking."""
-    from loader.pipeline.hour import in_shard
+    from loader.pipeline.job import in_shard
     from loader.window import Shard
 
     monkeypatch.setenv("MAX_RECORDS_PER_BATCH", "20")
