@@ -47,7 +47,7 @@ from support.tcp_fault_proxy import TcpFaultProxy, pg_socket
 
 from loader.app import open_loader
 from loader.config import DatabaseSettings, load_settings
-from loader.demo import _event, generate_hour
+from loader.demo import generate_hour, shop_documents
 from loader.operations import status
 from loader.pipeline import HourJob, run_trigger
 from loader.report import Report
@@ -775,8 +775,9 @@ def big_object(
     event PostgreSQL will refuse (a page_url the test's CHECK constraint forbids)."""
     key = f"{hour_prefix(HOUR)}event-{uid}.json"
     rows, ids = [], []
-    for position in range(lines):
-        event = _event(rng, HOUR, position)
+    documents = shop_documents(HOUR, lines, seed=rng.randrange(1 << 30))
+    for position, event in enumerate(documents):
+        event.pop("eventId", None)  # ids from the key and the line, as the test expects
         if position == poison_at:
             event["pageUrl"] = POISON_URL
         else:
