@@ -53,7 +53,7 @@ from loader.pipeline.job import HourJob
 from loader.pipeline.runs import run_trigger
 from loader.report import Report
 from loader.window import Trigger, hour_prefix
-from tools.demo.traffic import _event, generate_hour
+from tools.demo.traffic import generate_hour, shop_documents
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
@@ -776,8 +776,9 @@ def big_object(
     event PostgreSQL will refuse (a page_url the test's CHECK constraint forbids)."""
     key = f"{hour_prefix(HOUR)}event-{uid}.json"
     rows, ids = [], []
-    for position in range(lines):
-        event = _event(rng, HOUR, position)
+    documents = shop_documents(HOUR, lines, seed=rng.randrange(1 << 30))
+    for position, event in enumerate(documents):
+        event.pop("eventId", None)  # ids from the key and the line, as the test expects
         if position == poison_at:
             event["pageUrl"] = POISON_URL
         else:

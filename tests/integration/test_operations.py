@@ -56,6 +56,19 @@ class FakeLambdaContext:
         return 600_000
 
 
+class RowsLambdaContext(FakeLambdaContext):
+    """A Lambda clock that runs out once `rows` events are committed, however often the loader
+    reads it: plenty of time before, less than any safety margin after."""
+
+    def __init__(self, engine: sa.Engine, rows: int) -> None:
+        super().__init__()
+        self.engine, self.rows = engine, rows
+
+    def get_remaining_time_in_millis(self) -> int:
+        committed = scalar(self.engine, "SELECT count(*) FROM clickstream_events")
+        return 50 if committed >= self.rows else 600_000
+
+
 @pytest.fixture
 def handler(loader_env: dict[str, str]) -> Iterator[Any]:
     """The Lambda handler with a fresh warm-container state per test."""
@@ -191,12 +204,12 @@ def test_lambda_running_out_of_time_records_a_partial_hour_and_the_next_invocati
     monkeypatch.setenv("SAFETY_MARGIN_MS", "1000")
     keys = sorted(o.key for o in put_hour(s3, bucket, T13, 20, seed=3))
     # GIVEN a Lambda whose clock runs out after its second committed batch
-    context = FakeLambdaContext(plenty_calls=2)
+    context = RowsLambdaContext(dw_engine, rows=10)
     # WHEN the handler runs
     first = handler({"hour": "2026-11-24T13"}, context)
     # THEN it stops after a committed batch and says where to resume
     assert first["state"] == "partial"
-    assert 0 < first["inserted"] < 20
+    assert first["inserted"] == 10
     assert first["inserted"] % 5 == 0
     assert first["resume_after"] == keys[first["inserted"] - 1]
     assert scalar(dw_engine, "SELECT count(*) FROM clickstream_events") == first["inserted"]
