@@ -240,7 +240,7 @@ def test_reprocess_of_a_partial_hour_does_not_mark_the_hour_complete(
     broken = PREFIX13 + "0-broken.json"  # sorts first: quarantined by the first batch
     s3.put_object(Bucket=bucket, Key=broken, Body=b"{oops")
     # GIVEN a partial hour (time ran out after one batch) that quarantined a malformed object
-    first = handler({"hour": "2026-11-24T13"}, FakeLambdaContext(plenty_calls=0))
+    first = handler({"hour": "2026-11-24T13"}, RowsLambdaContext(dw_engine, rows=1))
     assert first["state"] == "partial"
     assert first["malformed"]["keys"] == [broken]
     # AND the object fixed and reprocessed
