@@ -143,32 +143,9 @@ def status(
         first = floor_hour(start)
     else:
         first = floor_hour(now - (since if since is not None else timedelta(hours=48)))
-    q, done = loader.tables.quarantine, loader.tables.loaded_objects
     with loader.engine.connect() as conn:
         records = hour_records(conn, loader.tables, first, last)
-        loaded_counts: dict[datetime, int] = dict(
-            conn.execute(
-                sa.select(done.c.hour, sa.func.count())
-                .where(done.c.hour.between(first, last))
-                .group_by(done.c.hour)
-            ).all()
-        )
-        open_counts: dict[datetime, int] = dict(
-            conn.execute(
-                sa.select(q.c.hour, sa.func.count())
-                .where(q.c.hour.between(first, last), q.c.resolved_at.is_(None))
-                .group_by(q.c.hour)
-            ).all()
-        )
-        runs = loader.tables.load_runs
-        # Lookback and reprocess runs add late events to an hour: the hour's total is the sum.
-        inserted_total: dict[datetime, int] = dict(
-            conn.execute(
-                sa.select(runs.c.hour, sa.func.sum(runs.c.inserted))
-                .where(runs.c.hour.between(first, last), runs.c.shard.is_(None))
-                .group_by(runs.c.hour)
-            ).all()
-        )
+        counts = _hour_counts(conn, loader, first, last)
     hours = []
     for hour in hours_between(first, last):
         record = records.get(hour)
@@ -180,37 +157,77 @@ def status(
             )
             entry["state"] = "missing" if has_objects else "empty"
         else:
-            run = record.last_run
-            state = run["state"]
-            if (
-                state == "running"
-                and run["finished_at"] is None
-                and run["started_at"] < now - timedelta(hours=1)
-            ):
-                state = "failed"  # a run that never finished (killed): say so
-            if state in ("failed", "running") and record.ever_complete:
-                state = "complete"
-            entry.update(
-                state=state,
-                trigger=run["trigger"],
-                objects_listed=run["objects_listed"],
-                objects_loaded=int(loaded_counts.get(hour, 0)),
-                inserted=int(inserted_total.get(hour, 0)),
-                inserted_last_run=run["inserted"],
-                duplicates=run["duplicate_exact"] + run["duplicate_conflicting"],
-                duplicate_conflicting=run["duplicate_conflicting"],
-                skipped=run["malformed"] + run["invalid"],
-                finished_at=run["finished_at"].isoformat() if run["finished_at"] else None,
-                lag_seconds=(
-                    round((run["finished_at"] - (hour + HOUR)).total_seconds())
-                    if run["finished_at"]
-                    else None
-                ),
-                error=run["error_summary"],
-            )
-        entry["quarantined"] = int(open_counts.get(hour, 0))
+            entry.update(_run_entry(hour, record.last_run, record.ever_complete, counts, now))
+        entry["quarantined"] = int(counts.open_quarantine.get(hour, 0))
         hours.append(entry)
     return {"hours": hours}
+
+
+@dataclass
+class _HourCounts:
+    """Per hour: objects recorded as loaded, open quarantine entries, events inserted."""
+
+    loaded: dict[datetime, int]
+    open_quarantine: dict[datetime, int]
+    inserted: dict[datetime, int]
+
+
+def _hour_counts(
+    conn: sa.Connection, loader: HourLoader, first: datetime, last: datetime
+) -> _HourCounts:
+    q, done, runs = loader.tables.quarantine, loader.tables.loaded_objects, loader.tables.load_runs
+    loaded: dict[datetime, int] = dict(
+        conn.execute(
+            sa.select(done.c.hour, sa.func.count())
+            .where(done.c.hour.between(first, last))
+            .group_by(done.c.hour)
+        ).all()
+    )
+    open_counts: dict[datetime, int] = dict(
+        conn.execute(
+            sa.select(q.c.hour, sa.func.count())
+            .where(q.c.hour.between(first, last), q.c.resolved_at.is_(None))
+            .group_by(q.c.hour)
+        ).all()
+    )
+    # Lookback and reprocess runs add late events to an hour: the hour's total is the sum.
+    inserted: dict[datetime, int] = dict(
+        conn.execute(
+            sa.select(runs.c.hour, sa.func.sum(runs.c.inserted))
+            .where(runs.c.hour.between(first, last), runs.c.shard.is_(None))
+            .group_by(runs.c.hour)
+        ).all()
+    )
+    return _HourCounts(loaded, open_counts, inserted)
+
+
+def _run_entry(
+    hour: datetime, run: dict[str, Any], ever_complete: bool, counts: _HourCounts, now: datetime
+) -> dict[str, Any]:
+    """What the ledger says of an hour that ran: its newest run, with the hour's totals."""
+    state = run["state"]
+    if state == "running" and run["finished_at"] is None and run["started_at"] < now - HOUR:
+        state = "failed"  # a run that never finished (killed): say so
+    if state in ("failed", "running") and ever_complete:
+        state = "complete"
+    return {
+        "state": state,
+        "trigger": run["trigger"],
+        "objects_listed": run["objects_listed"],
+        "objects_loaded": int(counts.loaded.get(hour, 0)),
+        "inserted": int(counts.inserted.get(hour, 0)),
+        "inserted_last_run": run["inserted"],
+        "duplicates": run["duplicate_exact"] + run["duplicate_conflicting"],
+        "duplicate_conflicting": run["duplicate_conflicting"],
+        "skipped": run["malformed"] + run["invalid"],
+        "finished_at": run["finished_at"].isoformat() if run["finished_at"] else None,
+        "lag_seconds": (
+            round((run["finished_at"] - (hour + HOUR)).total_seconds())
+            if run["finished_at"]
+            else None
+        ),
+        "error": run["error_summary"],
+    }
 
 
 def check(loader: HourLoader, start: datetime, end: datetime) -> dict[str, Any]:

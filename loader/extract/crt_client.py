@@ -175,6 +175,51 @@ class _Fetch:
     current: _Attempt | None = None
 
 
+class _Window:
+    """The GETs of one `fetch_many` call: in input order, and what the loop waits on."""
+
+    def __init__(self, refs: Iterator[ObjectRef]) -> None:
+        self.refs = refs
+        self.exhausted = False
+        #: Input order; at most the window's size long. The head is the next result to yield.
+        self.pending: deque[_Fetch] = deque()
+        #: Attempts in start order, for their deadlines.
+        self.started: deque[_Attempt] = deque()
+        #: (when, sequence, fetch): retries waiting for their backoff to pass.
+        self.retries: list[tuple[float, int, _Fetch]] = []
+        self.done_q: queue.SimpleQueue[_Attempt] = queue.SimpleQueue()
+        self._seq = 0
+
+    def next_finished(self) -> _Attempt | None:
+        try:
+            return self.done_q.get_nowait()
+        except queue.Empty:
+            return None
+
+    def next_deadline(self) -> float | None:
+        """The deadline of the oldest attempt still in flight."""
+        started = self.started
+        while started and (started[0].timed_out or started[0].fetch.current is not started[0]):
+            started.popleft()  # settled, superseded, or cancelled and on its way
+        return started[0].deadline if started else None
+
+    def retry_at(self, when: float, fetch: _Fetch) -> None:
+        self._seq += 1
+        heapq.heappush(self.retries, (when, self._seq, fetch))
+
+    def due_retries(self, now: float) -> Iterator[_Fetch]:
+        while self.retries and self.retries[0][0] <= now:
+            yield heapq.heappop(self.retries)[2]
+
+    def expired(self, now: float) -> Iterator[_Attempt]:
+        """The attempts in flight past their deadline, not yet cancelled."""
+        for attempt in self.started:
+            if attempt.deadline > now:
+                break
+            if attempt.fetch.current is attempt and not attempt.timed_out:
+                yield attempt
+
+
 class CrtSource:
     """`ObjectSource` on the CRT's S3 client: ~0.2 ms of client CPU per GET."""
 
@@ -274,87 +319,83 @@ class CrtSource:
         # No local reference to the client here or in `_start`: a traceback that outlives this
         # generator (pytest keeps them) would keep the client, and `close()` waiting for it.
         self._require_client()
-        done_q: queue.SimpleQueue[_Attempt] = queue.SimpleQueue()
-        pending: deque[_Fetch] = deque()  # input order; at most `window` long
-        started: deque[_Attempt] = deque()  # attempts in start order, for deadlines
-        retry_heap: list[tuple[float, int, _Fetch]] = []
-        seq = 0
-        source = iter(refs)
-        exhausted = False
-        cap = self._settings.max_object_bytes
+        window = _Window(iter(refs))
         try:
             while True:
-                while not exhausted and len(pending) < self._window:
-                    ref = next(source, None)
-                    if ref is None:
-                        exhausted = True
-                        break
-                    fetch = _Fetch(ref)
-                    if ref.size > cap:
-                        fetch.result = FetchedObject(
-                            ref,
-                            None,
-                            "too_large",
-                            f"object is {ref.size} bytes, over MAX_OBJECT_BYTES={cap}",
-                        )
-                    else:
-                        self._start(fetch, done_q, started)
-                    pending.append(fetch)
-                if not pending:
+                self._fill(window)
+                if not window.pending:
                     return
-                head = pending[0]
+                head = window.pending[0]
                 while head.result is None:
                     if stop is not None and stop.is_set():
                         return
-                    # Sleep until a GET finishes, a retry is due or an in-flight GET times out.
-                    now = time.monotonic()
-                    while started and (
-                        started[0].timed_out or started[0].fetch.current is not started[0]
-                    ):
-                        started.popleft()  # settled, superseded, or cancelled and on its way
-                    wake = started[0].deadline if started else now + self._timeout_s
-                    if retry_heap:
-                        wake = min(wake, retry_heap[0][0])
-                    if stop is not None:
-                        wake = min(wake, now + STOP_POLL_S)
-                    try:
-                        attempt: _Attempt | None = done_q.get(timeout=max(0.0, wake - now))
-                    except queue.Empty:
-                        attempt = None
-                    while attempt is not None:
-                        if self._settle(attempt):
-                            seq += 1
-                            fetch = attempt.fetch
-                            delay = backoff_delay(fetch.retries, *self._backoff)
-                            heapq.heappush(retry_heap, (time.monotonic() + delay, seq, fetch))
-                        try:
-                            attempt = done_q.get_nowait()
-                        except queue.Empty:
-                            attempt = None
-                    now = time.monotonic()
-                    while retry_heap and retry_heap[0][0] <= now:
-                        self._start(heapq.heappop(retry_heap)[2], done_q, started)
-                    for attempt in started:
-                        if attempt.deadline > now:
-                            break
-                        if attempt.fetch.current is attempt and not attempt.timed_out:
-                            attempt.timed_out = True
-                            attempt.request.cancel()
-                pending.popleft()
+                    self._advance(window, stop)
+                window.pending.popleft()
                 yield head.result
         finally:
-            self._abandon(pending, done_q)
+            self._abandon(window.pending, window.done_q)
 
-    def _start(
-        self, fetch: _Fetch, done_q: queue.SimpleQueue[_Attempt], started: deque[_Attempt]
-    ) -> None:
+    def _fill(self, window: _Window) -> None:
+        """Start a GET for each next ref until the window is full or the refs run out; an object
+        listed over MAX_OBJECT_BYTES gets its result without one."""
+        cap = self._settings.max_object_bytes
+        while not window.exhausted and len(window.pending) < self._window:
+            ref = next(window.refs, None)
+            if ref is None:
+                window.exhausted = True
+                return
+            fetch = _Fetch(ref)
+            if ref.size > cap:
+                detail = f"object is {ref.size} bytes, over MAX_OBJECT_BYTES={cap}"
+                fetch.result = FetchedObject(ref, None, "too_large", detail)
+            else:
+                self._start(fetch, window)
+            window.pending.append(fetch)
+
+    def _advance(self, window: _Window, stop: threading.Event | None) -> None:
+        """One turn of the loop: wait for something to happen, then settle the GETs that
+        finished, start the retries that are due, and cancel the GETs past their deadline."""
+        finished = self._wait(window, stop)
+        while finished is not None:
+            if self._settle(finished):
+                fetch = finished.fetch
+                window.retry_at(
+                    time.monotonic() + backoff_delay(fetch.retries, *self._backoff), fetch
+                )
+            finished = window.next_finished()
+        now = time.monotonic()
+        for fetch in window.due_retries(now):
+            self._start(fetch, window)
+        for attempt in window.expired(now):
+            attempt.timed_out = True
+            attempt.request.cancel()
+
+    def _wait(self, window: _Window, stop: threading.Event | None) -> _Attempt | None:
+        """Sleep until a GET finishes (returned), a retry is due or an in-flight GET times out;
+        with a stop signal to watch, at most STOP_POLL_S."""
+        now = time.monotonic()
+        deadline = window.next_deadline()
+        wake = deadline if deadline is not None else now + self._timeout_s
+        if window.retries:
+            wake = min(wake, window.retries[0][0])
+        if stop is not None:
+            wake = min(wake, now + STOP_POLL_S)
+        try:
+            return window.done_q.get(timeout=max(0.0, wake - now))
+        except queue.Empty:
+            return None
+
+    def _start(self, fetch: _Fetch, window: _Window) -> None:
         key = fetch.ref.key
         attempt = _Attempt(
-            fetch, self._settings.max_object_bytes, time.monotonic() + self._timeout_s, done_q
+            fetch,
+            self._settings.max_object_bytes,
+            time.monotonic() + self._timeout_s,
+            window.done_q,
         )
         fetch.attempts += 1
         fetch.current = attempt
-        started.append(attempt)
+        window.started.append(attempt)
         attempt.request = self._require_client().make_request(
             type=S3RequestType.DEFAULT,
             operation_name="GetObject",
@@ -372,62 +413,71 @@ class CrtSource:
         if fetch.current is not attempt:  # an attempt we already gave up on
             return False
         attempt.request = None
-        ref = fetch.ref
-        error = attempt.error
-        where = f"s3://{self.bucket}/{ref.key}"
-        reason: str
-        if error is None:
-            data = b"".join(attempt.chunks)
-            attempt.chunks = []
-            length = attempt.content_length
-            if length is not None and len(data) != length:
-                reason = f"body cut short: {len(data)} of {length} bytes"
-            else:
-                fetch.current = None
-                try:
-                    body = decode_body(
-                        data, attempt.content_encoding, self._settings.max_decompressed_bytes
-                    )
-                except BodyError as exc:
-                    fetch.result = FetchedObject(ref, None, exc.reason, str(exc), fetch.retries)
-                else:
-                    fetch.result = FetchedObject(ref, body, None, None, fetch.retries)
-                return False
-        elif isinstance(error, _TooLarge):
+        reason = self._retry_reason(attempt)
+        if reason is None:
             fetch.current = None
-            fetch.result = FetchedObject(
-                ref,
-                None,
-                "too_large",
-                f"{error}: over MAX_OBJECT_BYTES={self._settings.max_object_bytes}",
-                fetch.retries,
-            )
             return False
-        elif attempt.timed_out:
-            reason = f"no complete response in {self._timeout_s} s"
-        elif isinstance(error, S3ResponseError):
-            status = int(error.status_code or 0)
-            code = error_code(attempt.error_body or error.body)
-            verdict = classify(status, code)
-            if verdict == "terminal":
-                fetch.current = None
-                label = terminal_reason(code)
-                fetch.result = FetchedObject(ref, None, label, code or str(status), fetch.retries)
-                return False
-            if verdict == "access":
-                raise access_error("read", where, status, code)
-            if verdict == "fail":
-                raise transient_error("GET", where, status, code)
-            reason = f"{status} {code}".strip()
-        elif isinstance(error, AwsCrtError):
-            reason = str(error)  # no response: refused, reset, closed mid-body, TLS, DNS
-        else:
-            raise error  # a bug in a callback: do not mask it as an S3 problem
         if fetch.attempts >= self._max_attempts:
+            where = f"s3://{self.bucket}/{fetch.ref.key}"
             raise S3TransientError(f"GET {where} failed after {fetch.attempts} attempts: {reason}")
         fetch.retries += 1
         fetch.current = None
         return True
+
+    def _retry_reason(self, attempt: _Attempt) -> str | None:
+        """Why the attempt must be tried again; None once the fetch has its result (a body, or
+        a terminal reason). Raises what must not be retried."""
+        fetch, error = attempt.fetch, attempt.error
+        if error is None:
+            return self._take_body(attempt)
+        if isinstance(error, _TooLarge):
+            detail = f"{error}: over MAX_OBJECT_BYTES={self._settings.max_object_bytes}"
+            fetch.result = FetchedObject(fetch.ref, None, "too_large", detail, fetch.retries)
+            return None
+        if attempt.timed_out:
+            return f"no complete response in {self._timeout_s} s"
+        if isinstance(error, S3ResponseError):
+            return self._refusal(attempt, error)
+        if isinstance(error, AwsCrtError):
+            return str(error)  # no response: refused, reset, closed mid-body, TLS, DNS
+        raise error  # a bug in a callback: do not mask it as an S3 problem
+
+    def _take_body(self, attempt: _Attempt) -> str | None:
+        """A complete response: the decoded body (or why it never parses) becomes the result."""
+        fetch = attempt.fetch
+        data = b"".join(attempt.chunks)
+        attempt.chunks = []
+        length = attempt.content_length
+        if length is not None and len(data) != length:
+            return f"body cut short: {len(data)} of {length} bytes"
+        try:
+            body = decode_body(
+                data, attempt.content_encoding, self._settings.max_decompressed_bytes
+            )
+        except BodyError as exc:
+            fetch.result = FetchedObject(fetch.ref, None, exc.reason, str(exc), fetch.retries)
+        else:
+            fetch.result = FetchedObject(fetch.ref, body, None, None, fetch.retries)
+        return None
+
+    def _refusal(self, attempt: _Attempt, error: S3ResponseError) -> str | None:
+        """S3 answered with an error: classified as the boto3 client's are."""
+        fetch = attempt.fetch
+        status = int(error.status_code or 0)
+        code = error_code(attempt.error_body or error.body)
+        verdict = classify(status, code)
+        if verdict == "terminal":
+            reason = terminal_reason(code)
+            fetch.result = FetchedObject(
+                fetch.ref, None, reason, code or str(status), fetch.retries
+            )
+            return None
+        where = f"s3://{self.bucket}/{fetch.ref.key}"
+        if verdict == "access":
+            raise access_error("read", where, status, code)
+        if verdict == "fail":
+            raise transient_error("GET", where, status, code)
+        return f"{status} {code}".strip()
 
     def _abandon(self, pending: Iterable[_Fetch], done_q: queue.SimpleQueue[_Attempt]) -> None:
         """Cancel what is still in flight and wait (bounded) for the CRT to let go of it."""

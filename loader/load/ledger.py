@@ -183,13 +183,7 @@ def finalize_sharded_hour(
         if missing:
             return missing
         passes = [run for shard_passes in covering.values() for run in shard_passes or []]
-        every_run = [dict(row) for row in shard_runs]
-        totals: dict[str, int] = {
-            name: sum(int(run[name]) for run in passes)
-            for name in (*_COUNT_COLUMNS, "malformed", "invalid", "quarantined")
-        }
-        for name in ("inserted", "retries"):
-            totals[name] = sum(int(run[name]) for run in every_run)
+        totals = _shard_totals(passes, [dict(row) for row in shard_runs])
         newest = max(
             (run["newest_event_at"] for run in passes if run["newest_event_at"]), default=None
         )
@@ -208,6 +202,13 @@ def finalize_sharded_hour(
             .values(run_id=run_id, hour=hour, trigger=report.trigger, shard=None, **values)
             .on_conflict_do_update(index_elements=["run_id"], set_=values)
         )
+    _report_finalized(report, run_id, totals, newest)
+    return []
+
+
+def _report_finalized(
+    report: Report, run_id: uuid.UUID, totals: dict[str, int], newest: datetime | None
+) -> None:
     report.run_id = str(run_id)
     report.inserted = totals["inserted"]
     report.objects_listed = totals["objects_listed"]
@@ -218,4 +219,15 @@ def finalize_sharded_hour(
     report.retries = totals["retries"]
     report.state = "complete"
     report.newest_event_at = newest.isoformat() if newest else None
-    return []
+
+
+def _shard_totals(passes: list[dict[str, Any]], every_run: list[dict[str, Any]]) -> dict[str, int]:
+    """The finalize row's counts: summed over the passes that listed each shard once, except
+    `inserted` and `retries`, summed over every run (an event is inserted by exactly one)."""
+    totals: dict[str, int] = {
+        name: sum(int(run[name]) for run in passes)
+        for name in (*_COUNT_COLUMNS, "malformed", "invalid", "quarantined")
+    }
+    for name in ("inserted", "retries"):
+        totals[name] = sum(int(run[name]) for run in every_run)
+    return totals

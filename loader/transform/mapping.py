@@ -207,17 +207,7 @@ def map_record(
     """One JSON object → an EventRecord, or a Rejection when it has no usable event name.
 
     Values changed on the way (sanitised, truncated) are counted in `repairs`."""
-    raw_ingest = record.get("_ingest")
-    ingest = raw_ingest if isinstance(raw_ingest, dict) else None
-    if ingest is not None and anonymize:
-        ingest = _anonymize_ingest(ingest)
-        record = {**record, "_ingest": ingest}
-    elif raw_ingest is not None and anonymize:
-        # An `_ingest` that is not an object may still hold an address we cannot truncate.
-        raw_ingest = None
-        record = {k: v for k, v in record.items() if k != "_ingest"}
-    record = clean_json(record, repairs)
-    ingest = record.get("_ingest") if ingest is not None else None
+    record, ingest, odd_ingest = _cleaned(record, repairs, anonymize=anonymize)
     id_source = payload_event_id(record)
     event_id = id_source[1] if id_source else key_event_id(source.key, position)
 
@@ -230,11 +220,51 @@ def map_record(
     leftovers: dict[str, Any] = {
         k: v for k, v in record.items() if k not in _MAPPED_TOP_LEVEL and k != used_id_field
     }
-    if raw_ingest is not None and ingest is None:
+    if odd_ingest:
         # The repaired value: the raw one may hold NUL, a lone surrogate or NaN, which jsonb
         # refuses.
         leftovers["_ingest"] = record.get("_ingest")
     _shadowed(record, EVENT_NAME_FIELDS, name_field, leftovers)
+    received_at = to_instant(ingest.get("receivedAt")) if ingest else None
+    event = _event_columns(record, event_id, name, source, received_at, leftovers, repairs)
+    meta = _meta_columns(record, event_id, source, ingest, received_at, repairs)
+    return EventRecord(
+        event_id, source.key, position, event, meta, id_from_payload=id_source is not None
+    )
+
+
+def _cleaned(
+    record: dict[str, Any], repairs: Repairs, *, anonymize: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+    """The record as stored: repaired (`clean_json`), its addresses truncated first when
+    ANONYMIZE_IP is on. Returns it, its `_ingest` block when that is an object, and whether it
+    holds an `_ingest` that is not one (kept in `properties`)."""
+    raw_ingest = record.get("_ingest")
+    ingest = raw_ingest if isinstance(raw_ingest, dict) else None
+    if ingest is not None and anonymize:
+        ingest = _anonymize_ingest(ingest)
+        record = {**record, "_ingest": ingest}
+    elif raw_ingest is not None and anonymize:
+        # An `_ingest` that is not an object may still hold an address we cannot truncate.
+        raw_ingest = None
+        record = {k: v for k, v in record.items() if k != "_ingest"}
+    record = clean_json(record, repairs)
+    ingest = record.get("_ingest") if ingest is not None else None
+    return record, ingest, raw_ingest is not None and ingest is None
+
+
+def _event_columns(
+    record: dict[str, Any],
+    event_id: uuid.UUID,
+    name: str,
+    source: SourceObject,
+    received_at: datetime | None,
+    leftovers: dict[str, Any],
+    repairs: Repairs,
+) -> dict[str, Any]:
+    """The clickstream_events row. What a column does not take goes to `leftovers`, which
+    becomes `properties`: a losing spelling with another value, an original a coercion
+    dropped."""
 
     def winner(spellings: Spellings) -> tuple[str | None, Any]:
         field_name, raw = pick(record, spellings)
@@ -264,7 +294,6 @@ def map_record(
 
     field_name, raw = winner(TIMESTAMP_FIELDS)
     client_timestamp = keep_original(field_name, raw, to_instant(raw))
-    received_at = to_instant(ingest.get("receivedAt")) if ingest else None
     event["client_timestamp"] = client_timestamp
     # Never NULL: LastModified is always sane for a real object; the epoch floor is the
     # last resort of a caller that passes none.
@@ -272,7 +301,18 @@ def map_record(
         first_instant(received_at, client_timestamp, source.last_modified) or _FALLBACK_INSTANT
     )
     event["properties"] = leftovers or None
+    return event
 
+
+def _meta_columns(
+    record: dict[str, Any],
+    event_id: uuid.UUID,
+    source: SourceObject,
+    ingest: dict[str, Any] | None,
+    received_at: datetime | None,
+    repairs: Repairs,
+) -> dict[str, Any]:
+    """The clickstream_ingest_meta row: the `_ingest` block's fields, lineage, the digest."""
     meta: dict[str, Any] = {
         "event_id": event_id,
         "received_at": received_at,
@@ -287,10 +327,7 @@ def map_record(
         meta[column] = (
             to_text(ingest.get(ingest_field), TEXT_CAPS[column], repairs) if ingest else None
         )
-
-    return EventRecord(
-        event_id, source.key, position, event, meta, id_from_payload=id_source is not None
-    )
+    return meta
 
 
 def _map_product(
