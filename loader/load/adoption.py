@@ -93,8 +93,8 @@ def adopted_duplicates(
     )
     # LATERAL ... LIMIT 1 keeps this a probe per candidate. Measured (EXPLAIN ANALYZE, 100k
     # adopted rows): an index scan on (event_name, event_timestamp) and an index-only probe of
-    # clickstream_ingest_meta's primary key per candidate, 3 ms for 500; the flattened
-    # semi-join it replaces hash-joined the whole of both tables for every batch.
+    # clickstream_ingest_meta's primary key per candidate, 3 ms for 500, where a flattened
+    # semi-join hash-joins the whole of both tables for every batch.
     adopted_row = (
         sa.select(sa.literal(1).label("found"))
         .select_from(events)

@@ -130,7 +130,8 @@ def to_price(value: Any) -> Decimal | None:
         return None
     if not number.is_finite() or abs(number) >= MAX_PRICE:
         return None
-    # Fix: "1e-20000" used to pass and then fail the whole batch in PostgreSQL.
+    # A scale past the column's ("1e-20000") is finite here but fails the whole batch in
+    # PostgreSQL.
     if -int(number.as_tuple().exponent) > MAX_PRICE_SCALE:
         return None
     return number
@@ -144,8 +145,8 @@ def to_ip(value: Any) -> str | None:
         address = ipaddress.ip_address(value.strip())
     except ValueError:
         return None
-    # Fix: a scoped IPv6 address ("fe80::1%eth0") parses in Python but PostgreSQL's inet rejects
-    # it, which failed the whole batch; it is not storable, so it is treated as invalid.
+    # A scoped IPv6 address ("fe80::1%eth0") parses in Python but PostgreSQL's inet refuses it
+    # and would fail the whole batch: it is not storable, so it is invalid.
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
         return None
     return str(address)
@@ -185,7 +186,7 @@ def to_instant(value: Any) -> datetime | None:
     if isinstance(value, int | float):
         try:
             number = float(value)
-        except OverflowError:  # Fix: an integer past float range (e.g. 400 digits) used to raise.
+        except OverflowError:  # an integer past float range (e.g. 400 digits)
             return None
         return _from_epoch(number)
     if not isinstance(value, str):

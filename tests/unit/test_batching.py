@@ -75,7 +75,7 @@ def test_an_object_larger_than_a_batch_is_written_in_slices() -> None:
 
 def test_refusals_in_slices_count_in_the_completion_record() -> None:
     batcher = Batcher(3)
-    (*slices,) = batcher.add(obj("big", 7))
+    slices = batcher.add(obj("big", 7))
     assert [b.slice_of for b in slices] == ["big", "big"]
     refused = Counter({"big": 2})
     # WHEN the slices' refused events are known THEN the object's completion counts them once
