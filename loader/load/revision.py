@@ -36,6 +36,8 @@ class CodeRevisions:
 
 
 def _script_directory(migrations_dir: Path) -> ScriptDirectory:
+    # Imported here: alembic takes ~0.35 s to import, and only this once-per-process read of
+    # the shipped migrations needs it.
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
