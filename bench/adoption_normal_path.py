@@ -52,13 +52,13 @@ from alembic.config import Config
 
 import loader
 from loader.config import DatabaseSettings, Settings
-from loader.db import MIGRATIONS_DIR, make_engine
+from loader.db import make_engine
 from loader.demo import generate_hour
 from loader.local import start_embedded_postgres
 from loader.pipeline import HourJob, HourLoader
 from loader.transform import SourceObject, transform_object
 
-TREE = MIGRATIONS_DIR.parent
+TREE = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
 EVENTS = 20_000

@@ -13,8 +13,6 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
@@ -32,6 +30,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from loader.config import DatabaseSettings
+from loader.schema import HEAD_REVISION, KNOWN_REVISIONS
 
 if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
@@ -61,9 +60,6 @@ QUERY_CANCELED_RETRIES: Final = 1
 TRANSIENT_CLASSES: Final = ("08", "53", "58")
 #: Classes where the data itself is at fault: retrying cannot help, bisecting can.
 DATA_ERROR_CLASSES: Final = ("22", "23")
-
-MIGRATIONS_DIR: Final = Path(__file__).resolve().parent.parent / "migrations"
-
 
 class SchemaRevisionError(RuntimeError):
     """The warehouse is not at the revision this loader was built for."""
@@ -157,34 +153,20 @@ def make_engine(db: DatabaseSettings, *, pool_size: int = 1, max_overflow: int =
 
 @dataclass(frozen=True)
 class CodeRevisions:
-    """The Alembic history shipped beside this code: its head, and every revision it knows."""
+    """The Alembic history this code was built for: its head, and every revision it knows."""
 
     head: str
     known: frozenset[str]
 
 
-def _script_directory(migrations_dir: Path) -> ScriptDirectory:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir))
-    return ScriptDirectory.from_config(config)
+def code_revisions() -> CodeRevisions:
+    """From loader.schema's constants, which a test keeps equal to migrations/versions."""
+    return CodeRevisions(HEAD_REVISION, frozenset(KNOWN_REVISIONS))
 
 
-@lru_cache(maxsize=4)
-def code_revisions(migrations_dir: Path = MIGRATIONS_DIR) -> CodeRevisions:
-    """Read once per process: parsing the revision files imports every one of them."""
-    script = _script_directory(migrations_dir)
-    head = script.get_current_head()
-    if head is None:
-        raise SchemaRevisionError(f"no Alembic revisions found in {migrations_dir}")
-    return CodeRevisions(head, frozenset(rev.revision for rev in script.walk_revisions()))
-
-
-def code_head_revision(migrations_dir: Path = MIGRATIONS_DIR) -> str:
-    """The Alembic head this code expects, read from the migrations shipped beside it."""
-    return code_revisions(migrations_dir).head
+def code_head_revision() -> str:
+    """The Alembic head this code expects."""
+    return HEAD_REVISION
 
 
 # --- expand/contract: which loaders may load into a newer warehouse ------------------------------
