@@ -61,6 +61,7 @@ TRANSIENT_CLASSES: Final = ("08", "53", "58")
 #: Classes where the data itself is at fault: retrying cannot help, bisecting can.
 DATA_ERROR_CLASSES: Final = ("22", "23")
 
+
 class SchemaRevisionError(RuntimeError):
     """The warehouse is not at the revision this loader was built for."""
 
