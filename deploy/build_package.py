@@ -393,7 +393,7 @@ def report_wheel(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         count = len(archive.infolist())
     print(f"\nbuilt {shown}  (the CLI, and the DBA's clickstream-migrate)")
-    print(f"  size:     {_mb(wheel.stat().st_size):>9}  in {count} files")
+    print(f"  size:     {wheel.stat().st_size / 1024:>6.0f} kB  in {count} files")
     print(f"  sha256:   {hashlib.sha256(wheel.read_bytes()).hexdigest()}")
 
 
