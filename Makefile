@@ -39,7 +39,7 @@ unit: $(VENV)/.dev-installed
 integration: $(VENV)/.dev-installed
 	$(BIN)/pytest tests/integration
 
-## package: the Lambda deployment zip (ARCH=x86_64|arm64, PYTHON_VERSION=3.12|3.13)
+## package: the Lambda zip and, beside it, the wheel (CLI, DBA migrations) (ARCH=x86_64|arm64, LAMBDA_PYTHON=3.12|3.13)
 ARCH ?= x86_64
 LAMBDA_PYTHON ?= 3.12
 package: $(VENV)/.dev-installed

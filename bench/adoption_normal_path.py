@@ -58,7 +58,6 @@ import loader
 from loader.common import SourceObject
 from loader.config import DatabaseSettings, Settings
 from loader.load.db import make_engine
-from loader.load.revision import MIGRATIONS_DIR
 from loader.pipeline.batching import Batch
 from loader.pipeline.hour import HourLoader
 from loader.pipeline.job import HourJob
@@ -66,7 +65,7 @@ from loader.transform.mapping import transform_object
 from tools.demo.traffic import generate_hour
 from tools.servers import start_embedded_postgres
 
-TREE = MIGRATIONS_DIR.parent
+TREE = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results"
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
 EVENTS = 20_000

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the Lambda deployment zip: `dist/clickstream-loader.zip`.
+"""Build the release: the Lambda zip `dist/clickstream-loader.zip`, and the wheel beside it.
 
 The loader runs in a private subnet with no internet, so everything it imports ships in this
 one artifact. The zip holds:
@@ -8,13 +8,19 @@ one artifact. The zip holds:
   truth; `constraints.txt` at the repository root pins them when present), installed by pip as
   manylinux wheels (manylinux2014 up to glibc 2.34, Amazon Linux 2023) for the Lambda runtime's
   Python and CPU, never for the build machine's;
-- the loader: `loader/`, `lambda_function.py`;
-- `migrations/` and `alembic.ini`, so a DBA or a one-off migration invocation runs
-  `python -m alembic upgrade head` from exactly the code that will load the data.
+- the loader: `loader/`, `lambda_function.py`.
 
-Nothing else: no tests, no dev or CLI extras (typer, rich), no `__pycache__`, no console
-scripts. Entries are sorted and time-stamped with one fixed date, so the same inputs give the
-same bytes (pin the inputs with constraints.txt; the build prints the versions it resolved).
+Nothing else: no tests, no dev or CLI extras (typer, rich), no migrations and no Alembic (the
+loader checks the warehouse's revision against constants in loader/schema.py), no
+`__pycache__`, no console scripts. Entries are sorted and time-stamped with one fixed date, so
+the same inputs give the same bytes (pin the inputs with constraints.txt; the build prints the
+versions it resolved).
+
+The wheel (`dist/clickstream_loader-<version>-py3-none-any.whl`, `--no-wheel` skips it) is the
+same code for a host: the `clickstream-loader` CLI with the `[cli]` extra, and the DBA's
+migrations as the `clickstream_migrations` package with `clickstream-migrate` and the
+`[migrations]` extra (Alembic). tests/integration/test_install.py builds it with `build_wheel`
+below, installs it into a fresh virtualenv and runs both.
 
 Usage (`make package` runs the first line):
 
@@ -44,8 +50,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "dist" / "clickstream-loader.zip"
 
 #: What the package carries from the repository, besides the dependencies.
-PROJECT_DIRS = ("loader", "migrations")
-PROJECT_FILES = ("lambda_function.py", "alembic.ini")
+PROJECT_DIRS = ("loader",)
+PROJECT_FILES = ("lambda_function.py",)
+#: What the wheel is built from: pyproject.toml and the files it names.
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "lambda_function.py", "loader", "migrations")
 
 #: Lambda's CPU names and the machine name in wheel platform tags.
 WHEEL_MACHINES = {"x86_64": "x86_64", "arm64": "aarch64"}
@@ -213,7 +221,7 @@ def remove_distribution(site: Path, info: Path) -> None:
 
 
 def copy_project(staging: Path) -> None:
-    """The loader, the handler and the migrations, without byte-code."""
+    """The loader and the handler, without byte-code."""
     missing = [n for n in (*PROJECT_DIRS, *PROJECT_FILES) if not (ROOT / n).exists()]
     if missing:
         raise BuildError(f"missing from {ROOT}: {', '.join(missing)}")
@@ -231,8 +239,7 @@ def package_files(staging: Path) -> Iterator[tuple[str, Path]]:
     entries: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(staging):
         rel_dir = Path(dirpath).relative_to(staging)
-        # pip's console scripts (alembic, mako-render, ...) carry the build machine's
-        # shebang: useless on Lambda, where `python -m alembic` is the way in.
+        # pip's console scripts carry the build machine's shebang: useless on Lambda.
         dirnames[:] = [
             d
             for d in dirnames
@@ -333,6 +340,63 @@ def build(
     )
 
 
+def build_wheel(dist: Path, *, verbose: bool = False) -> Path:
+    """Build the wheel into `dist` and return its path.
+
+    From a copy of WHEEL_SOURCES: setuptools writes build/ and *.egg-info beside its input, and
+    a module deleted since an earlier build would linger in build/lib and in the wheel. Without
+    build isolation, so the environment's setuptools builds it and no index is consulted; with
+    SOURCE_DATE_EPOCH (1980 unless set) the same sources give the same bytes."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+    with tempfile.TemporaryDirectory(prefix="clickstream-wheel-") as tmp:
+        source = Path(tmp) / "source"
+        source.mkdir()
+        for name in WHEEL_SOURCES:
+            if (ROOT / name).is_dir():
+                shutil.copytree(ROOT / name, source / name, ignore=ignore)
+            else:
+                shutil.copy2(ROOT / name, source / name)
+        built = Path(tmp) / "wheel"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(built),
+            *([] if verbose else ["--quiet"]),
+            str(source),
+        ]
+        env = {**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "315532800")}
+        result = subprocess.run(cmd, check=False, env=env)  # noqa: S603 - our interpreter and args
+        wheels = sorted(built.glob("*.whl"))
+        if result.returncode != 0 or len(wheels) != 1:
+            raise BuildError(
+                f"pip wheel failed (exit {result.returncode}); it needs setuptools>=77 in "
+                f"{sys.prefix} (`make .venv/.dev-installed` installs it)"
+            )
+        dist.mkdir(parents=True, exist_ok=True)
+        target = dist / wheels[0].name
+        shutil.copyfile(wheels[0], target)
+    return target
+
+
+def report_wheel(wheel: Path) -> None:
+    try:
+        shown = wheel.relative_to(ROOT)
+    except ValueError:
+        shown = wheel
+    with zipfile.ZipFile(wheel) as archive:
+        count = len(archive.infolist())
+    print(f"\nbuilt {shown}  (the CLI, and the DBA's clickstream-migrate)")
+    print(f"  size:     {wheel.stat().st_size / 1024:>6.0f} kB  in {count} files")
+    print(f"  sha256:   {hashlib.sha256(wheel.read_bytes()).hexdigest()}")
+
+
 def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
@@ -399,6 +463,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="a CA bundle (e.g. the RDS global-bundle.pem) to ship as "
         "certs/<name>; set DW_PG_SSLROOTCERT=/var/task/certs/<name>",
     )
+    parser.add_argument(
+        "--wheel",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also build the wheel (CLI and migrations) next to the zip (default)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show pip's output")
     return parser.parse_args(argv)
 
@@ -440,6 +510,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report(
         result, arch=args.arch, python_version=args.python_version, bundle_boto3=args.bundle_boto3
     )
+    if args.wheel:
+        try:
+            wheel = build_wheel(output.parent, verbose=args.verbose)
+        except BuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        report_wheel(wheel)
     if result.unzipped_bytes > UNZIPPED_LIMIT_BYTES:
         print(
             f"error: unzipped size {_mb(result.unzipped_bytes)} exceeds Lambda's "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import sys
 from datetime import datetime
 from typing import IO, Any, Final, Literal, cast
@@ -20,10 +19,11 @@ from typing import IO, Any, Final, Literal, cast
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from loader.config import LOG_LEVEL, METRICS_NAMESPACE, SERVICE_NAME
 from loader.report import Report
 
-SERVICE: Final = os.environ.get("POWERTOOLS_SERVICE_NAME", "clickstream-loader")
-NAMESPACE: Final = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ClickstreamLoader")
+SERVICE: Final = SERVICE_NAME.read()
+NAMESPACE: Final = METRICS_NAMESPACE.read()
 
 
 class CurrentStream(io.TextIOBase):
@@ -46,7 +46,7 @@ class CurrentStream(io.TextIOBase):
 
 log = Logger(
     service=SERVICE,
-    level=os.environ.get("LOG_LEVEL", "INFO"),
+    level=LOG_LEVEL.read(),
     stream=cast(IO[str], CurrentStream("stdout")),
 )
 

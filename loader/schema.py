@@ -43,6 +43,19 @@ NAMING_CONVENTION: Final = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
+#: Every Alembic revision id in migrations/versions, oldest first: the revisions this code knows.
+#: The loader checks the warehouse against these (loader.db.check_revision) without reading the
+#: revision files, so neither Alembic nor migrations/ ships with it. A new revision fails
+#: tests/unit/test_revision_constants.py until its id is appended here.
+KNOWN_REVISIONS: Final = (
+    "0001_clickstream_tables",
+    "0002_load_ledger",
+    "0003_adopt_original_etl_table",
+    "0004_object_completion",
+)
+#: The revision these tables describe: the head the loader loads into.
+HEAD_REVISION: Final = KNOWN_REVISIONS[-1]
+
 EVENTS_TABLE: Final = "clickstream_events"
 INGEST_META_TABLE: Final = "clickstream_ingest_meta"
 LOAD_RUNS_TABLE: Final = "clickstream_load_runs"

@@ -1,6 +1,7 @@
 """The revision guard: the loader refuses a warehouse it was not built for, and never runs DDL.
 
-The code's side is the Alembic history shipped beside it (its head and every revision it knows);
+The code's side is the Alembic history it was built for (loader.schema's KNOWN_REVISIONS, which
+a test keeps equal to migrations/versions, so neither Alembic nor migrations/ ships with it);
 the warehouse's side is `alembic_version` and, for expand/contract deploys, the list of
 compatible revisions that migrations/env.py records in that table's comment. `check_revision`
 compares the two once per invocation, before any S3 work.
@@ -9,19 +10,15 @@ compares the two once per invocation, before any S3 work.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import sqlalchemy as sa
 
 from loader.load.db import sqlstate
+from loader.schema import HEAD_REVISION, KNOWN_REVISIONS
 
 if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
-
-MIGRATIONS_DIR: Final = Path(__file__).resolve().parents[2] / "migrations"
-
 
 class SchemaRevisionError(RuntimeError):
     """The warehouse is not at the revision this loader was built for."""
@@ -29,36 +26,20 @@ class SchemaRevisionError(RuntimeError):
 
 @dataclass(frozen=True)
 class CodeRevisions:
-    """The Alembic history shipped beside this code: its head, and every revision it knows."""
+    """The Alembic history this code was built for: its head, and every revision it knows."""
 
     head: str
     known: frozenset[str]
 
 
-def _script_directory(migrations_dir: Path) -> ScriptDirectory:
-    # Imported here: alembic takes ~0.35 s to import, and only this once-per-process read of
-    # the shipped migrations needs it.
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir))
-    return ScriptDirectory.from_config(config)
+def code_revisions() -> CodeRevisions:
+    """From loader.schema's constants, which a test keeps equal to migrations/versions."""
+    return CodeRevisions(HEAD_REVISION, frozenset(KNOWN_REVISIONS))
 
 
-@lru_cache(maxsize=4)
-def code_revisions(migrations_dir: Path = MIGRATIONS_DIR) -> CodeRevisions:
-    """Read once per process: parsing the revision files imports every one of them."""
-    script = _script_directory(migrations_dir)
-    head = script.get_current_head()
-    if head is None:
-        raise SchemaRevisionError(f"no Alembic revisions found in {migrations_dir}")
-    return CodeRevisions(head, frozenset(rev.revision for rev in script.walk_revisions()))
-
-
-def code_head_revision(migrations_dir: Path = MIGRATIONS_DIR) -> str:
-    """The Alembic head this code expects, read from the migrations shipped beside it."""
-    return code_revisions(migrations_dir).head
+def code_head_revision() -> str:
+    """The Alembic head this code expects."""
+    return HEAD_REVISION
 
 
 # --- expand/contract: which loaders may load into a newer warehouse ------------------------------

@@ -4,8 +4,8 @@ The build (deploy/build_package.py) runs once per session for this machine's CPU
 the zip's wheels can load here. The handler then runs in `python -S -I`: no site-packages, no
 environment-driven paths, no current directory; sys.path is the unpacked zip plus the standard
 library, as on Lambda. If the zip lacks anything the loader imports, the import fails here.
-It loads the sample events from the S3 server into the test's PostgreSQL, and a DBA's
-`alembic upgrade head` runs from the same unpacked zip.
+It loads the sample events from the S3 server into the test's PostgreSQL. The zip carries no
+migrations and no Alembic: the DBA's come in the wheel built beside it (test_install.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -45,6 +44,12 @@ FORBIDDEN_TOP_LEVEL = {
     "cfnlint",
     "samtranslator",
     "bin",
+    # The DBA's migrations ship in the wheel; the loader checks revisions against constants.
+    "migrations",
+    "clickstream_migrations",
+    "alembic.ini",
+    "alembic",
+    "mako",
 }
 
 #: Runs inside the bare interpreter: argv = [task dir, event JSON].
@@ -64,14 +69,6 @@ foreign = sorted(
     and not module.__file__.startswith(stdlib)
 )
 print("REPORT " + json.dumps({"report": report, "foreign_modules": foreign}))
-"""
-
-RUN_ALEMBIC = """
-import sys
-task = sys.argv[1]
-sys.path.insert(0, task)
-from alembic.config import main
-main(argv=["-c", task + "/alembic.ini", *sys.argv[2:]])
 """
 
 
@@ -150,18 +147,30 @@ def test_build_reports_sizes(lambda_package: BuiltPackage) -> None:
     assert "boto3 bundled" in out
 
 
+def test_the_wheel_with_the_migrations_is_built_beside_the_zip(
+    lambda_package: BuiltPackage,
+) -> None:
+    (wheel,) = lambda_package.path.parent.glob("clickstream_loader-*-py3-none-any.whl")
+    assert f"built {wheel}" in lambda_package.build_output
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert "clickstream_migrations/env.py" in names
+    shipped = {
+        n.rsplit("/", 1)[1] for n in names if n.startswith("clickstream_migrations/versions/")
+    }
+    assert shipped == {p.name for p in (ROOT / "migrations" / "versions").glob("*.py")}
+
+
 def test_zip_holds_the_loader_and_nothing_it_should_not(lambda_package: BuiltPackage) -> None:
     with zipfile.ZipFile(lambda_package.path) as archive:
         infos = archive.infolist()
     names = [info.filename for info in infos]
     tops = {name.split("/", 1)[0] for name in names}
 
-    for required in ("lambda_function.py", "alembic.ini", "loader", "migrations"):
+    for required in ("lambda_function.py", "loader"):
         assert required in tops, required
-    for dependency in ("sqlalchemy", "alembic", "psycopg2", "boto3", "botocore", "awscrt"):
+    for dependency in ("sqlalchemy", "psycopg2", "boto3", "botocore", "awscrt"):
         assert dependency in tops, dependency
-    assert "migrations/env.py" in names
-    assert any(n.startswith("migrations/versions/") and n.endswith(".py") for n in names)
     # The runtime package ships whole (and holds no development code: see the next test).
     shipped_loader = {n for n in names if n.startswith("loader/")}
     repo_loader = {
@@ -240,31 +249,6 @@ def test_handler_runs_from_the_unpacked_zip_in_a_bare_python(
     assert sorted(names) == ["click", "custom", "page_view"]
 
 
-def test_dba_migrates_an_empty_database_from_the_unpacked_zip(
-    task_root: Path, postgresql: psycopg.Connection, tmp_path: Path
-) -> None:
-    info = postgresql.info
-    env = lambda_like_env(
-        {
-            "DW_PG_HOST": info.host,
-            "DW_PG_PORT": str(info.port),
-            "DW_PG_USER": info.user,
-            "DW_PG_DATABASE": info.dbname,
-            "DW_PG_SSL": "disable",
-            **({"DW_PG_PASSWORD": info.password} if info.password else {}),
-        },
-        task_root,
-    )
-
-    result = bare_python(RUN_ALEMBIC, str(task_root), "upgrade", "head", env=env, cwd=tmp_path)
-
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    with postgresql.cursor() as cur:
-        cur.execute("SELECT to_regclass('public.clickstream_events') IS NOT NULL")
-        row = cur.fetchone()
-    assert row == (True,)
-
-
 def test_other_arch_lambda_python_without_boto3(tmp_path: Path) -> None:
     """The real target on the other CPU resolves (every dependency has a wheel for it), and
     --no-bundle-boto3 drops boto3, botocore and their dependencies, and only those."""
@@ -275,6 +259,7 @@ def test_other_arch_lambda_python_without_boto3(tmp_path: Path) -> None:
             sys.executable,
             str(ROOT / "deploy" / "build_package.py"),
             "--no-bundle-boto3",
+            "--no-wheel",
             "--arch",
             other_arch,
             "--python-version",

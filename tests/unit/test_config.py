@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loader.config import ConfigError, Settings, load_settings
+from loader.config import (
+    LOG_LEVEL,
+    ConfigError,
+    DatabaseSettings,
+    Settings,
+    documented_settings,
+    load_settings,
+    settings_table,
+)
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 PASSWORD = "s3cr3t-P@ss/w:rd%?"  # characters a URL would have to escape
 BASE = {"RAW_BUCKET_NAME": "raw-clickstream"}
@@ -59,6 +71,8 @@ def test_missing_bucket_names_the_variable(env: dict[str, str]) -> None:
         ("DB_RETRY_BUDGET_SECONDS", "nan", "DB_RETRY_BUDGET_SECONDS must be >= 0"),
         ("ANONYMIZE_IP", "maybe", "ANONYMIZE_IP must be true or false"),
         ("S3_CLIENT", "curl", "S3_CLIENT must be boto3 or crt"),
+        ("WRITE_METHOD", "Fast", "WRITE_METHOD must be copy or insert, got 'fast'"),
+        ("LOOKBACK_HOURS", "-1", "LOOKBACK_HOURS must be >= 0, got -1"),
     ],
 )
 def test_a_bad_value_names_its_variable(name: str, value: str, message: str) -> None:
@@ -76,6 +90,8 @@ def test_a_bad_value_names_its_variable(name: str, value: str, message: str) -> 
         ("ANONYMIZE_IP", "0", ("anonymize_ip",), False),
         ("S3_CLIENT", "CRT", ("s3_client",), "crt"),
         ("MAX_RECORDS_PER_BATCH", "", ("max_records_per_batch",), 500),  # blank: the default
+        ("DW_PG_APPLICATION_NAME", " ", ("db", "application_name"), "clickstream-loader"),
+        ("TARGET_TABLE", "events_v2", ("target_schema",), None),
     ],
 )
 def test_good_values_are_read(
@@ -225,3 +241,55 @@ def test_an_empty_password_is_no_password() -> None:
     loaded = settings(**db_env(DW_PG_PASSWORD=""))
     assert loaded.db.password is None
     assert loaded.db.url().password is None
+
+
+def test_a_password_is_taken_as_it_is() -> None:
+    assert settings(DW_PG_PASSWORD=" two words ").db.password == " two words "
+
+
+# --- one declaration per setting ---------------------------------------------------------------
+
+
+def test_an_empty_environment_gives_the_dataclass_defaults() -> None:
+    assert settings() == Settings(raw_bucket="raw-clickstream", db=DatabaseSettings())
+    assert LOG_LEVEL.read({}) == "INFO"
+    assert LOG_LEVEL.read({"LOG_LEVEL": " DEBUG "}) == "DEBUG"
+
+
+def test_every_field_is_declared_with_its_variable() -> None:
+    """A new field needs `metadata=from_env(...)`, or it is never read from the environment."""
+    undeclared = {
+        f"{cls.__name__}.{f.name}"
+        for cls in (Settings, DatabaseSettings)
+        for f in dataclasses.fields(cls)
+        if not f.metadata
+    }
+    # db holds the DW_PG_* settings; target_schema is the schema part of TARGET_TABLE.
+    assert undeclared == {"Settings.db", "Settings.target_schema"}
+
+
+def test_each_variable_is_declared_once() -> None:
+    variables = [s.variable for s in documented_settings()]
+    assert len(variables) == len(set(variables))
+    assert all(s.meaning for s in documented_settings())
+
+
+def _readme_configuration_table() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("|")]
+
+
+def test_the_readme_table_is_the_declared_settings() -> None:
+    """Rows compared one by one (variable, default, meaning), so the diff names the setting."""
+    readme = [
+        tuple(cell.strip() for cell in line.strip("|").split(" | "))
+        for line in _readme_configuration_table()[2:]
+    ]
+    declared = [(f"`{s.variable}`", s.default, s.meaning) for s in documented_settings()]
+
+    assert readme == declared, (
+        "README.md's Configuration table differs from the declarations in loader/config.py: "
+        "paste the output of `python -m loader.config` into it"
+    )
+    assert "\n".join(_readme_configuration_table()) == settings_table()

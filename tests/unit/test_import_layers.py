@@ -66,9 +66,6 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     "only: the CLI's `demo` subcommand imports it when asked and says so when it is absent",
     ("loader.config", "loader.secrets"): "boto3's Secrets Manager client only when "
     "DW_PG_SECRET_ARN is set (Alembic's env.py reads the settings too)",
-    ("loader.load.revision", "alembic.config"): "alembic takes ~0.35 s to import and is needed "
-    "only to read the shipped migrations, once per process",
-    ("loader.load.revision", "alembic.script"): "as alembic.config",
 }
 
 
