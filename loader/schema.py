@@ -44,9 +44,9 @@ NAMING_CONVENTION: Final = {
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 #: Every Alembic revision id in migrations/versions, oldest first: the revisions this code knows.
-#: The loader checks the warehouse against these (loader.db.check_revision) without reading the
-#: revision files, so neither Alembic nor migrations/ ships with it. A new revision fails
-#: tests/unit/test_revision_constants.py until its id is appended here.
+#: The loader checks the warehouse against these (loader.load.revision.check_revision) without
+#: reading the revision files, so neither Alembic nor migrations/ ships with it. A new revision
+#: fails tests/unit/test_revision_constants.py until its id is appended here.
 KNOWN_REVISIONS: Final = (
     "0001_clickstream_tables",
     "0002_load_ledger",

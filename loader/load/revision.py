@@ -20,6 +20,7 @@ from loader.schema import HEAD_REVISION, KNOWN_REVISIONS
 if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
+
 class SchemaRevisionError(RuntimeError):
     """The warehouse is not at the revision this loader was built for."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from loader.db import code_head_revision, code_revisions
+from loader.load.revision import code_head_revision, code_revisions
 from loader.schema import HEAD_REVISION, KNOWN_REVISIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def test_the_handler_and_its_revision_guard_never_import_alembic() -> None:
     # A fresh interpreter: this test process has imported alembic above.
     probe = (
         "import sys, lambda_function\n"
-        "from loader.db import code_revisions\n"
+        "from loader.load.revision import code_revisions\n"
         "code_revisions()\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))\n"
     )
