@@ -12,7 +12,8 @@ from typing import Any
 
 from loader.app import LoaderFactory
 from loader.load.db import sqlstate
-from loader.observability import emit_metrics, log
+from loader.notifications import is_sqs_event, parse_sqs_event, plan_batch
+from loader.observability import emit_batch_metrics, emit_metrics, log
 from loader.pipeline.runs import finalize_fanned_out_hour, run_hours, run_trigger
 from loader.secrets import forget_database_secrets
 from loader.window import (
@@ -47,6 +48,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if request_id:
         log.append_keys(request_id=request_id)
     try:
+        if is_sqs_event(event):
+            return _notifications(event, context)
         action = event.get("action") if isinstance(event, dict) else None
         if action == "plan":
             return _plan(event)
@@ -77,6 +80,23 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         raise
     finally:
         _factory.release()
+
+
+def _notifications(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """An SQS batch of S3 notifications (the near-real-time path, loader/pipeline/notified.py):
+    load exactly the named objects and answer which messages SQS must deliver again."""
+    messages = parse_sqs_event(event)
+    events = _factory.events()
+    settings = events.loader.settings
+    plan = plan_batch(messages, settings.raw_bucket, settings.events_prefix)
+    result = events.load_batch(plan, _remaining_ms(context))
+    now = datetime.now(UTC)
+    for report in result.reports:
+        emit_metrics(report, now)
+    emit_batch_metrics(result.metric_counts(), result.lag(), [r.hour for r in result.reports])
+    log.info("batch finished", extra={"batch": result.to_dict()})
+    result.raise_if_nothing_loaded()
+    return result.response()
 
 
 def _plan(event: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from loader.extract.boto3_client import Boto3Source
 from loader.extract.crt_client import CrtSource
 from loader.load.db import make_engine
 from loader.pipeline.hour import HourLoader
+from loader.pipeline.notified import EventLoader
 
 
 def make_source(settings: Settings) -> ObjectSource:
@@ -31,6 +32,7 @@ class LoaderFactory:
 
     def __init__(self) -> None:
         self._loader: HourLoader | None = None
+        self._events: EventLoader | None = None
 
     def get(self, settings: Settings | None = None) -> HourLoader:
         if self._loader is None:
@@ -38,18 +40,27 @@ class LoaderFactory:
             self._loader = HourLoader(settings, make_engine(settings.db), make_source(settings))
         return self._loader
 
+    def events(self, settings: Settings | None = None) -> EventLoader:
+        """The near-real-time path's loader, over the same engine and S3 client as `get`'s."""
+        if self._events is None:
+            self._events = EventLoader(self.get(settings))
+        return self._events
+
     def release(self) -> None:
         """Close every pooled connection; keep clients and settings for the next invocation,
         which reads the warehouse's revision again (a DBA may migrate in between)."""
         if self._loader is not None:
             self._loader.engine.dispose()
             self._loader.expire_schema_check()
+        if self._events is not None:
+            self._events.loader.expire_schema_check()
 
     def close(self) -> None:
         if self._loader is not None:
             self._loader.engine.dispose()
             self._loader.source.close()
             self._loader = None
+            self._events = None
 
 
 @contextmanager

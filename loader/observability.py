@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import sys
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import IO, Any, Final, Literal, cast
 
@@ -89,3 +90,35 @@ def emf_metrics(report: Report, now: datetime) -> dict[str, Any]:
 def emit_metrics(report: Report, now: datetime) -> None:
     """Print the run's EMF document on stdout, where CloudWatch Logs turns it into metrics."""
     print(json.dumps(emf_metrics(report, now), separators=(",", ":")), flush=True)
+
+
+def emf_batch_metrics(
+    counts: Mapping[str, int], lag: Mapping[str, float | None], hours: Sequence[str]
+) -> dict[str, Any]:
+    """An SQS batch's own metrics as one EMF document (the near-real-time path): its counts and
+    the end-to-end lag of its objects, S3's creation time to the commit (`p50`, `p95`, `max`
+    seconds). Each hour it loaded emits its run's usual document besides."""
+    metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+    metrics.clear_metrics()
+    for name, value in counts.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    for name, key in (
+        ("EndToEndLagP50Seconds", "p50"),
+        ("EndToEndLagP95Seconds", "p95"),
+        ("EndToEndLagMaxSeconds", "max"),
+    ):
+        seconds = lag.get(key)
+        if seconds is not None:
+            metrics.add_metric(name=name, unit=MetricUnit.Seconds, value=max(seconds, 0.0))
+    metrics.add_metadata(key="trigger", value="event")
+    metrics.add_metadata(key="hours", value=list(hours))
+    document = dict(metrics.serialize_metric_set())
+    metrics.clear_metrics()
+    return document
+
+
+def emit_batch_metrics(
+    counts: Mapping[str, int], lag: Mapping[str, float | None], hours: Sequence[str]
+) -> None:
+    """Print the batch's EMF document on stdout, where CloudWatch Logs turns it into metrics."""
+    print(json.dumps(emf_batch_metrics(counts, lag, hours), separators=(",", ":")), flush=True)

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from loader.load.completion import completed_objects, incomplete_keys, meta_rows_by_key
-from loader.load.ledger import hour_records
+from loader.load.ledger import event_loaded_hours, hour_records
 from loader.pipeline.hour import HourLoader
 from loader.pipeline.job import HourJob
 from loader.report import Report
@@ -136,7 +136,11 @@ def status(
 ) -> dict[str, Any]:
     """One entry per hour from `now - since` (or from `start`) to the last complete hour (or to
     `end`): the ledger's newest run, the objects recorded as loaded in full, open quarantine
-    entries, and `missing` for hours with S3 objects but no run in the ledger."""
+    entries, and `missing` for hours with S3 objects but no run in the ledger.
+
+    Runs that read only the keys notifications named (trigger `event`) never make an hour
+    `complete`: an hour they loaded into reads `awaiting_sweep` until its hourly run has swept
+    it, and `inserted_by_events` says how much of the hour they loaded."""
     now = now or datetime.now(UTC)
     last = floor_hour(end) if end is not None else floor_hour(now) - HOUR
     if start is not None:
@@ -146,11 +150,15 @@ def status(
     with loader.engine.connect() as conn:
         records = hour_records(conn, loader.tables, first, last)
         counts = _hour_counts(conn, loader, first, last)
+        notified = event_loaded_hours(conn, loader.tables, first, last)
     hours = []
     for hour in hours_between(first, last):
         record = records.get(hour)
+        events = notified.get(hour)
         entry: dict[str, Any] = {"hour": hour_label(hour)}
-        if record is None:
+        if record is None and events is not None:
+            entry.update(_awaiting_sweep(hour, events, counts))
+        elif record is None:
             has_objects = next(
                 iter(loader.source.list_objects(hour_prefix(hour, loader.settings.events_prefix))),
                 None,
@@ -158,6 +166,8 @@ def status(
             entry["state"] = "missing" if has_objects else "empty"
         else:
             entry.update(_run_entry(hour, record.last_run, record.ever_complete, counts, now))
+        if events is not None:
+            entry["inserted_by_events"] = int(events["inserted"])
         entry["quarantined"] = int(counts.open_quarantine.get(hour, 0))
         hours.append(entry)
     return {"hours": hours}
@@ -199,6 +209,19 @@ def _hour_counts(
         ).all()
     )
     return _HourCounts(loaded, open_counts, inserted)
+
+
+def _awaiting_sweep(hour: datetime, events: dict[str, Any], counts: _HourCounts) -> dict[str, Any]:
+    """An hour only notifications have loaded into: not complete until its hourly run."""
+    last = events["last_finished_at"]
+    return {
+        "state": "awaiting_sweep",
+        "trigger": "event",
+        "objects_loaded": int(counts.loaded.get(hour, 0)),
+        "inserted": int(counts.inserted.get(hour, 0)),
+        "event_runs": int(events["runs"]),
+        "finished_at": last.isoformat() if last else None,
+    }
 
 
 def _run_entry(

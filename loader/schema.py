@@ -52,6 +52,7 @@ KNOWN_REVISIONS: Final = (
     "0002_load_ledger",
     "0003_adopt_original_etl_table",
     "0004_object_completion",
+    "0005_event_trigger",
 )
 #: The revision these tables describe: the head the loader loads into.
 HEAD_REVISION: Final = KNOWN_REVISIONS[-1]
@@ -258,7 +259,7 @@ clickstream_ingest_meta = Table(
 # Reconciliation (`check`) asks "which keys of this hour are loaded": a prefix scan.
 Index("ix_clickstream_ingest_meta_s3_key", clickstream_ingest_meta.c.s3_key)
 
-RUN_TRIGGERS: Final = ("schedule", "manual", "backfill", "reprocess", "lookback")
+RUN_TRIGGERS: Final = ("schedule", "manual", "backfill", "reprocess", "lookback", "event")
 RUN_STATES: Final = ("running", "complete", "partial", "failed")
 
 clickstream_load_runs = Table(
@@ -269,7 +270,12 @@ clickstream_load_runs = Table(
         "hour", DateTime(timezone=True), nullable=False, comment="Start of the UTC hour loaded."
     ),
     Column(
-        "trigger", Text, nullable=False, comment="schedule, manual, backfill, reprocess, lookback."
+        "trigger",
+        Text,
+        nullable=False,
+        comment="schedule, manual, backfill, lookback: runs that read the whole hour; "
+        "reprocess (its quarantined keys) and event (the keys notifications named): runs that "
+        "read only some.",
     ),
     Column("shard", Text, comment="Shard 'index/count' when the hour was fanned out, else NULL."),
     Column("started_at", DateTime(timezone=True), nullable=False, comment="Run start."),

@@ -11,13 +11,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 
 from loader.load.tables import Tables
 from loader.report import Report
+
+#: Triggers whose runs load only some keys of an hour: never proof that the hour is complete.
+SOME_KEYS_TRIGGERS: Final = ("reprocess", "event")
 
 _COUNT_COLUMNS = (
     "objects_listed",
@@ -102,12 +105,13 @@ def hour_records(
 ) -> dict[datetime, HourRecord]:
     """Newest run per hour in [start, end], full-hour runs only unless a shard is named.
 
-    Reprocess runs are left out: they read only an hour's quarantined keys, so their
-    `complete` says nothing about the rest of the hour (a partial hour stays partial)."""
+    Reprocess and event runs are left out: they read only some keys of an hour (its
+    quarantined ones, the ones notifications named), so their `complete` says nothing about
+    the rest of the hour (a partial hour stays partial, a notified one awaits its sweep)."""
     runs = tables.load_runs
     shard_filter = runs.c.shard.is_(None) if shard is None else runs.c.shard == shard
     whole_hour = sa.and_(
-        runs.c.hour.between(start, end), shard_filter, runs.c.trigger != "reprocess"
+        runs.c.hour.between(start, end), shard_filter, runs.c.trigger.not_in(SOME_KEYS_TRIGGERS)
     )
     newest = (
         sa.select(runs)
@@ -126,6 +130,25 @@ def hour_records(
             row["hour"], row["state"], dict(row), row["hour"] in completed
         )
     return out
+
+
+def event_loaded_hours(
+    conn: sa.Connection, tables: Tables, start: datetime, end: datetime
+) -> dict[datetime, dict[str, Any]]:
+    """Hours in [start, end] that notifications loaded into (event runs), with how many runs
+    and events: the hourly run of such an hour is a sweep of what they missed."""
+    runs = tables.load_runs
+    rows = conn.execute(
+        sa.select(
+            runs.c.hour,
+            sa.func.count().label("runs"),
+            sa.func.coalesce(sa.func.sum(runs.c.inserted), 0).label("inserted"),
+            sa.func.max(runs.c.finished_at).label("last_finished_at"),
+        )
+        .where(runs.c.hour.between(start, end), runs.c.trigger == "event")
+        .group_by(runs.c.hour)
+    ).mappings()
+    return {row["hour"]: dict(row) for row in rows}
 
 
 def finalize_run_id(hour_label: str, shard_count: int) -> uuid.UUID:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -115,7 +115,12 @@ class HourLoader:
             if job.dry_run:
                 self._stream(job, report, remaining_ms, start_after=None)
                 return report
-            with hour_lock(self.engine, label, report.shard, self.settings.lock_wait_s) as held:
+            lock = (
+                hour_lock(self.engine, label, report.shard, self.settings.lock_wait_s)
+                if job.locks_hour
+                else nullcontext(True)
+            )
+            with lock as held:
                 if not held:
                     report.state = "already_running"
                     log.info("another run holds this hour's lock; exiting without work")

@@ -37,6 +37,10 @@ class HourJob:
     only_keys: frozenset[str] | None = None
     #: Mark open quarantine entries of keys that now load as resolved (reprocess).
     resolve_quarantine: bool = False
+    #: Take the hour's advisory lock. Event-driven loads of a few named keys do not: they must
+    #: never wait behind the hour's run, and ON CONFLICT keeps a race harmless
+    #: (loader/pipeline/notified.py).
+    locks_hour: bool = True
 
 
 class JobKeys:

@@ -1,7 +1,8 @@
 """The runs made of hour loads: what a trigger asks for, beyond loading one hour.
 
 - `run_trigger`: the trigger's hour in full; a scheduled run then looks back over the previous
-  LOOKBACK_HOURS hours for objects that landed late (`look_back`).
+  LOOKBACK_HOURS hours for objects that landed late (`look_back`). Of an hour notifications
+  loaded into, the scheduled run is the sweep of what they missed.
 - `run_hours`: a day, hour by hour, each its own run in the ledger.
 - `finalize_fanned_out_hour`: the fan-out's last step, once every shard of an hour is complete.
 """
@@ -15,7 +16,12 @@ from typing import Any
 
 from loader import __version__
 from loader.load.db import error_summary
-from loader.load.ledger import finalize_run_id, finalize_sharded_hour, hour_records
+from loader.load.ledger import (
+    event_loaded_hours,
+    finalize_run_id,
+    finalize_sharded_hour,
+    hour_records,
+)
 from loader.load.locks import hour_lock
 from loader.observability import log
 from loader.pipeline.hour import HourLoader
@@ -44,8 +50,14 @@ def run_trigger(
     re-check the previous LOOKBACK_HOURS hours for late objects and report hours never loaded.
 
     A shard never looks back: that would repeat the lookback once per shard. The fan-out's
-    lookback is done once per hour, by `finalize_fanned_out_hour`."""
+    lookback is done once per hour, by `finalize_fanned_out_hour`.
+
+    When notifications have loaded into the hour (event runs, loader/pipeline/notified.py),
+    the scheduled run is its reconciliation sweep: it lists the whole hour but fetches only the
+    objects with no completion record, and its `complete` is what proves the hour complete."""
     job = HourJob(trigger.hour, trigger.kind, trigger.shard, dry_run=dry_run)
+    if trigger.kind == "schedule" and trigger.shard is None:
+        job.skip_loaded_keys = _notified(loader, trigger.hour, remaining_ms)
     report = loader.load(job, remaining_ms)
     if trigger.kind != "schedule" or trigger.shard is not None or dry_run:
         return report
@@ -107,16 +119,19 @@ def look_back(
     if not previous:
         return
 
-    def read_records() -> dict[datetime, Any]:
+    def read_records() -> tuple[dict[datetime, Any], dict[datetime, Any]]:
         with loader.engine.connect() as conn:
-            return hour_records(conn, loader.tables, min(previous), max(previous))
+            return (
+                hour_records(conn, loader.tables, min(previous), max(previous)),
+                event_loaded_hours(conn, loader.tables, min(previous), max(previous)),
+            )
 
     with loader.lambda_clock(remaining_ms):
-        records = loader.retrying("ledger", report)(read_records)
+        records, notified = loader.retrying("ledger", report)(read_records)
     for each_hour in sorted(previous):
         if remaining_ms is not None and remaining_ms() < 2 * loader.settings.safety_margin_ms:
             break
-        if each_hour not in records:
+        if each_hour not in records and each_hour not in notified:
             if _has_objects(loader, each_hour):
                 report.missing_hours.append(hour_label(each_hour))
             continue
@@ -136,6 +151,18 @@ def look_back(
             "backfill` for them",
             extra={"missing_hours": report.missing_hours},
         )
+
+
+def _notified(loader: HourLoader, hour: datetime, remaining_ms: RemainingMs | None) -> bool:
+    """Whether notifications loaded into this hour: then its scheduled run is the sweep."""
+    with loader.lambda_clock(remaining_ms):
+        loader.check_schema()
+
+        def read() -> bool:
+            with loader.engine.connect() as conn:
+                return hour in event_loaded_hours(conn, loader.tables, hour, hour)
+
+        return bool(loader.retrying("ledger")(read))
 
 
 def _has_objects(loader: HourLoader, hour: datetime) -> bool:

@@ -57,7 +57,8 @@ def deployed(template: dict[str, Any]) -> dict[str, Any]:
     """The CloudFormation the SAM transform generates: what IAM really gets."""
     sam = copy.deepcopy(template)
     # The transform needs S3 locations where `sam deploy` would have uploaded the artifacts.
-    sam["Resources"]["LoaderFunction"]["Properties"]["CodeUri"] = "s3://artifacts/loader.zip"
+    for function in ("LoaderFunction", "EventLoaderFunction"):
+        sam["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/loader.zip"
     sam["Resources"]["LoadHourStateMachine"]["Properties"]["DefinitionUri"] = {
         "Bucket": "artifacts",
         "Key": "load_hour.asl.json",
@@ -278,8 +279,10 @@ def test_async_failures_go_to_the_dead_letter_queue(deployed: dict[str, Any]) ->
 
 def test_one_hourly_schedule_enabled_per_target(deployed: dict[str, Any]) -> None:
     rules = resources_of_type(deployed, "AWS::Events::Rule")
+    schedules = [r for r in rules.values() if "ScheduleExpression" in r["Properties"]]
+    assert len(schedules) == 2
     targets = {}
-    for rule in rules.values():
+    for rule in schedules:
         props = rule["Properties"]
         assert props["ScheduleExpression"] == SCHEDULE
         condition, enabled, disabled = props["State"]["Fn::If"]
@@ -303,6 +306,7 @@ def test_alarms(template: dict[str, Any]) -> None:
     alarms = {
         (a["Properties"]["Namespace"], a["Properties"]["MetricName"]): a["Properties"]
         for a in resources_of_type(template, "AWS::CloudWatch::Alarm").values()
+        if "Condition" not in a  # the opt-in path's alarms: test_near_real_time_alarms
     }
     errors = alarms[("AWS/Lambda", "Errors")]
     assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "LoaderFunction"}}]
@@ -323,6 +327,194 @@ def test_alarms(template: dict[str, Any]) -> None:
     assert failed["Dimensions"] == [
         {"Name": "StateMachineArn", "Value": {"Ref": "LoadHourStateMachine"}}
     ]
+
+
+# --- the near-real-time opt-in ------------------------------------------------------------------
+
+NRT_RESOURCES = {
+    "EventDeadLetterQueue",
+    "EventQueue",
+    "ObjectCreatedRule",
+    "EventQueuePolicy",
+    "EventLoaderLogGroup",
+    "EventLoaderFunction",
+    "EventSourceMapping",
+    "EventDeadLetterQueueDepthAlarm",
+    "EventQueueAgeAlarm",
+    "EventLoaderErrorsAlarm",
+}
+
+
+def test_near_real_time_is_opt_in(template: dict[str, Any], deployed: dict[str, Any]) -> None:
+    assert template["Parameters"]["NearRealTime"]["Default"] == "false"
+    assert template["Conditions"]["NearRealTimeEnabled"] == {
+        "Fn::Equals": [{"Ref": "NearRealTime"}, "true"]
+    }
+    conditional = {k for k, v in template["Resources"].items() if v.get("Condition")}
+    assert conditional == NRT_RESOURCES
+    assert all(template["Resources"][k]["Condition"] == "NearRealTimeEnabled" for k in conditional)
+    # ... and so is everything SAM generates for the event function (its role above all)
+    generated = {k for k, v in deployed["Resources"].items() if k.startswith("EventLoader")}
+    assert generated >= {"EventLoaderFunction", "EventLoaderFunctionRole"}
+    for name in generated:
+        assert deployed["Resources"][name].get("Condition") == "NearRealTimeEnabled", name
+    outputs = {k for k, v in template["Outputs"].items() if v.get("Condition")}
+    assert outputs == {"EventQueueUrl", "EventDeadLetterQueueUrl", "EventLoaderFunctionName"}
+
+
+def test_event_source_mapping_reports_batch_item_failures_within_bounds(
+    template: dict[str, Any],
+) -> None:
+    mapping = template["Resources"]["EventSourceMapping"]
+    assert mapping["Type"] == "AWS::Lambda::EventSourceMapping"
+    props = mapping["Properties"]
+    assert props["EventSourceArn"] == {"Fn::GetAtt": ["EventQueue", "Arn"]}
+    assert props["FunctionName"] == {"Ref": "EventLoaderFunction"}
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert props["BatchSize"] == {"Ref": "EventBatchSize"}
+    assert props["MaximumBatchingWindowInSeconds"] == {"Ref": "EventBatchingWindowSeconds"}
+    assert props["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "EventMaxConcurrency"}}
+    params = template["Parameters"]
+    # Lambda's own bounds: a batch over 10 needs a window of at least 1 s, concurrency 2-1000
+    batch, window = params["EventBatchSize"], params["EventBatchingWindowSeconds"]
+    assert batch["Default"] <= 10 or window["Default"] >= 1
+    assert (batch["MinValue"], batch["MaxValue"]) == (1, 10000)
+    assert (window["MinValue"], window["MaxValue"]) == (0, 300)
+    concurrency = params["EventMaxConcurrency"]
+    assert (concurrency["MinValue"], concurrency["MaxValue"]) == (2, 1000)
+    # the default batch is one MAX_RECORDS_PER_BATCH transaction (500 events of one object each)
+    assert batch["Default"] <= 500
+
+
+def test_event_queue_redrives_to_its_dead_letter_queue_after_the_function_timeout(
+    template: dict[str, Any],
+) -> None:
+    queue = template["Resources"]["EventQueue"]["Properties"]
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["EventDeadLetterQueue", "Arn"]},
+        "maxReceiveCount": {"Ref": "EventMaxReceiveCount"},
+    }
+    assert queue["VisibilityTimeout"] == {"Ref": "EventQueueVisibilityTimeout"}
+    assert queue["SqsManagedSseEnabled"] is True
+    params = template["Parameters"]
+    # A message must stay hidden while an invocation may still hold it (AWS: 6x the timeout)
+    assert params["EventQueueVisibilityTimeout"]["Default"] >= (
+        6 * params["EventFunctionTimeout"]["Default"]
+    )
+    dlq = template["Resources"]["EventDeadLetterQueue"]["Properties"]
+    assert dlq["MessageRetentionPeriod"] == 1209600
+    function = template["Resources"]["EventLoaderFunction"]["Properties"]
+    assert function["Timeout"] == {"Ref": "EventFunctionTimeout"}
+
+
+def test_eventbridge_rule_sends_only_object_created_under_events_of_the_raw_bucket(
+    template: dict[str, Any],
+) -> None:
+    rule = template["Resources"]["ObjectCreatedRule"]["Properties"]
+    assert rule["EventPattern"] == {
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created"],
+        "detail": {
+            "bucket": {"name": [{"Ref": "RawBucketName"}]},
+            "object": {"key": [{"prefix": "events/"}]},
+        },
+    }
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["EventQueue", "Arn"]}
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["EventDeadLetterQueue", "Arn"]}}
+    # Only that rule may send to the queues: the EventBridge service, for that rule's ARN
+    policy = template["Resources"]["EventQueuePolicy"]["Properties"]
+    assert policy["Queues"] == [{"Ref": "EventQueue"}, {"Ref": "EventDeadLetterQueue"}]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    assert statement["Resource"] == [
+        {"Fn::GetAtt": ["EventQueue", "Arn"]},
+        {"Fn::GetAtt": ["EventDeadLetterQueue", "Arn"]},
+    ]
+    assert statement["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ObjectCreatedRule", "Arn"]}}
+    }
+
+
+def test_event_loader_role_is_least_privilege(deployed: dict[str, Any]) -> None:
+    role = deployed["Resources"]["EventLoaderFunctionRole"]
+    # No AWSLambdaSQSQueueExecutionRole (its resource is "*"): SAM's pair only
+    assert sorted(role["Properties"]["ManagedPolicyArns"]) == [
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
+    ]
+    by_action = {}
+    for statement in policy_statements(role):
+        assert statement["Effect"] == "Allow"
+        for action in actions(statement):
+            assert action not in by_action, f"{action} granted twice"
+            by_action[action] = statement
+    assert set(by_action) == {
+        "s3:ListBucket",
+        "s3:GetObject",
+        "secretsmanager:GetSecretValue",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+    }
+    loader = {
+        a: s
+        for s in policy_statements(deployed["Resources"]["LoaderFunctionRole"])
+        for a in actions(s)
+    }
+    for action in ("s3:ListBucket", "s3:GetObject", "secretsmanager:GetSecretValue"):
+        assert by_action[action] == loader[action], action  # the hourly function's grants
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"):
+        assert by_action[action]["Resource"] == {"Fn::GetAtt": ["EventQueue", "Arn"]}
+
+
+def test_event_loader_runs_the_same_code_with_the_same_environment(
+    template: dict[str, Any],
+) -> None:
+    hourly = template["Resources"]["LoaderFunction"]["Properties"]
+    event = template["Resources"]["EventLoaderFunction"]["Properties"]
+    for name in ("CodeUri", "Handler", "Runtime", "Architectures", "MemorySize", "VpcConfig"):
+        assert event[name] == hourly[name], name
+    env = dict(event["Environment"]["Variables"])
+    assert env.pop("SAFETY_MARGIN_MS") == "10000"
+    assert env == hourly["Environment"]["Variables"]
+    assert "ReservedConcurrentExecutions" not in event  # MaximumConcurrency bounds it
+    assert "Events" not in event  # the mapping is declared on its own (least privilege)
+    assert event["LoggingConfig"] == {"LogGroup": {"Ref": "EventLoaderLogGroup"}}
+
+
+def test_near_real_time_alarms(template: dict[str, Any]) -> None:
+    alarms = {
+        name: a["Properties"]
+        for name, a in resources_of_type(template, "AWS::CloudWatch::Alarm").items()
+        if a.get("Condition") == "NearRealTimeEnabled"
+    }
+    dlq = alarms["EventDeadLetterQueueDepthAlarm"]
+    assert (dlq["Namespace"], dlq["MetricName"]) == (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+    )
+    assert dlq["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["EventDeadLetterQueue", "QueueName"]}}
+    ]
+    assert (dlq["Threshold"], dlq["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    age = alarms["EventQueueAgeAlarm"]
+    assert (age["Namespace"], age["MetricName"]) == ("AWS/SQS", "ApproximateAgeOfOldestMessage")
+    assert age["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["EventQueue", "QueueName"]}}
+    ]
+    assert age["Threshold"] == {"Ref": "EventQueueAgeThresholdSeconds"}
+    assert age["Statistic"] == "Maximum"
+    errors = alarms["EventLoaderErrorsAlarm"]
+    assert errors["Dimensions"] == [
+        {"Name": "FunctionName", "Value": {"Ref": "EventLoaderFunction"}}
+    ]
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"] == {
+            "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
+        }
 
 
 def test_state_machine_substitutions_match_the_definition(template: dict[str, Any]) -> None:

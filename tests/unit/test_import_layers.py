@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, list[list[str]]]] = [
                 "loader.secrets",
                 "loader.schema",
                 "loader.window",
+                "loader.notifications",
                 "loader.report",
                 "loader.observability",
             ]
