@@ -36,6 +36,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import resource
 import socket
 import subprocess
@@ -76,6 +77,7 @@ class Run:
     pollers: int
     hour: datetime
     name: str
+    producers: int = 1
 
 
 @contextlib.contextmanager
@@ -227,66 +229,36 @@ def db_cost(engine: sa.Engine, before: dict[str, Any], after: dict[str, Any]) ->
 # --- the producer and the pollers (their own processes) ------------------------------------------
 
 
-def produce(env: dict[str, str], bucket: str, run: Run, queue_url: str | None, out: str) -> None:
-    """PUT `rate` objects a second for `seconds`, each at its scheduled instant. With
-    `queue_url`, also play S3's notification: as each PutObject returns, its EventBridge
-    "Object Created" event goes to the queue (sent in batches of up to 10, at most 20 ms
-    after the PUT, so the queue server sees a tenth of the requests)."""
+def produce(
+    env: dict[str, str],
+    bucket: str,
+    run: Run,
+    part: tuple[int, int],
+    start: float,
+    notices: Any,
+    out: str,
+) -> None:
+    """PUT this producer's share (`part` = index, count: objects i with i % count == index) of
+    `rate` objects a second for `seconds`, object i at `start + i/rate`, from a pool of
+    threads, and record when each PutObject returned. With `notices`, hand each object to the
+    notifier process as its PutObject returns (S3's part: it notifies, the writer does not)."""
     os.environ.update(env)
     from tools.demo.traffic import generate_hour
 
     count = int(run.rate * run.seconds)
     objects = list(generate_hour(run.hour, count, malformed_ratio=0.0, seed=run.rate))
+    mine = list(range(part[0], count, part[1]))
     s3 = boto3.session.Session().client("s3", config=Config(max_pool_connections=64))
-    done: list[tuple[str, float, float]] = [("", 0.0, 0.0)] * count
+    done: list[tuple[str, float, float]] = []
     errors: list[str] = []
-    start = time.time() + 1.0
     lock = threading.Lock()
-    cursor = [0]
-    outbox: list[str] = []
-    sending = threading.Event()
-
-    def notify(key: str, size: int, at: float) -> None:
-        event = {
-            "version": "0",
-            "id": str(uuid.uuid4()),
-            "detail-type": "Object Created",
-            "source": "aws.s3",
-            "time": datetime.fromtimestamp(int(at), UTC).isoformat().replace("+00:00", "Z"),
-            "detail": {"bucket": {"name": bucket}, "object": {"key": key, "size": size}},
-        }
-        with lock:
-            outbox.append(json.dumps(event))
-
-    def sender() -> None:
-        sqs = boto3.session.Session().client("sqs")
-        while not sending.is_set() or outbox:
-            with lock:
-                batch, outbox[:10] = outbox[:10], []
-            if not batch:
-                time.sleep(0.02)
-                continue
-            entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(batch)]
-            for attempt in range(10):  # S3 retries a notification too: none may go missing
-                try:
-                    failed = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries).get(
-                        "Failed", []
-                    )
-                except Exception as exc:
-                    errors.append(f"send: {type(exc).__name__}: {exc}"[:200])
-                    time.sleep(0.1 * (attempt + 1))
-                    continue
-                ids = {f["Id"] for f in failed}
-                entries = [e for e in entries if e["Id"] in ids]
-                if not entries:
-                    break
+    cursor = iter(mine)
 
     def worker() -> None:
         while True:
             with lock:
-                i = cursor[0]
-                cursor[0] += 1
-            if i >= count:
+                i = next(cursor, None)
+            if i is None:
                 return
             due = start + i / run.rate
             delay = due - time.time()
@@ -302,22 +274,77 @@ def produce(env: dict[str, str], bucket: str, run: Run, queue_url: str | None, o
             else:
                 continue
             finished = time.time()
-            done[i] = (objects[i].key, due, finished)
-            if queue_url is not None:
-                notify(objects[i].key, len(objects[i].body), finished)
+            with lock:
+                done.append((objects[i].key, due, finished))
+            if notices is not None:
+                notices.put((objects[i].key, len(objects[i].body), finished))
 
-    senders = [threading.Thread(target=sender) for _ in range(4 if queue_url else 0)]
-    for thread in senders:
-        thread.start()
-    threads = min(128, max(8, run.rate // 5))
+    threads = min(64, max(8, run.rate // (5 * part[1])))
     with ThreadPoolExecutor(threads) as pool:
         for _ in range(threads):
             pool.submit(worker)
-    sending.set()
-    for thread in senders:
+    Path(out).write_text(json.dumps({"puts": done, "put_errors": errors[:20]}))
+
+
+def notify(env: dict[str, str], bucket: str, queue_url: str, notices: Any, senders: int) -> None:
+    """Play S3 → EventBridge → SQS for the producers' objects: each object's EventBridge
+    "Object Created" event to the queue as soon as its PutObject returned, up to 10 a
+    SendMessageBatch, from `senders` threads (AWS's side: its own process, so the producers'
+    PUT threads never hold it up), retrying what SQS refuses (S3 retries a notification too)."""
+    os.environ.update(env)
+    outbox: queue.Queue[str | None] = queue.Queue()
+
+    def sender() -> None:
+        sqs = boto3.session.Session().client("sqs")
+        while True:
+            first = outbox.get()
+            if first is None:
+                outbox.put(None)  # for the next sender
+                return
+            batch = [first]
+            while len(batch) < 10:
+                try:
+                    more = outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    outbox.put(None)  # for the next sender
+                    break
+                batch.append(more)
+            entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(batch)]
+            for attempt in range(10):
+                try:
+                    failed = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries).get(
+                        "Failed", []
+                    )
+                except Exception:
+                    time.sleep(0.1 * (attempt + 1))
+                    continue
+                ids = {f["Id"] for f in failed}
+                entries = [e for e in entries if e["Id"] in ids]
+                if not entries:
+                    break
+
+    threads = [threading.Thread(target=sender) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    while True:
+        item = notices.get()
+        if item is None:
+            break
+        key, size, at = item
+        event = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "Object Created",
+            "source": "aws.s3",
+            "time": datetime.fromtimestamp(int(at), UTC).isoformat().replace("+00:00", "Z"),
+            "detail": {"bucket": {"name": bucket}, "object": {"key": key, "size": size}},
+        }
+        outbox.put(json.dumps(event))
+    outbox.put(None)
+    for thread in threads:
         thread.join()
-    puts = [p for p in done if p[0]]
-    Path(out).write_text(json.dumps({"start": start, "puts": puts, "put_errors": errors[:20]}))
 
 
 def poll(env: dict[str, str], queue_url: str, run: Run, stop: Any, out: str) -> None:
@@ -489,14 +516,34 @@ def measure_rate(
     for p in pollers:
         p.start()
     time.sleep(5)  # imports and the first long poll, before any object exists
-    notify = None if servers.kind == "moto" else queue_url
-    producer = ctx.Process(
-        target=produce, args=(env, bucket, run, notify, str(work / "producer.json"))
-    )
-    producer.start()
-    producer.join()
+    # With s3rver, the notifications are played by their own process (moto sends its own).
+    notices = ctx.Queue() if servers.kind != "moto" else None
+    notifier = None
+    if notices is not None:
+        notifier = ctx.Process(target=notify, args=(env, bucket, queue_url, notices, 8))
+        notifier.start()
+    start = time.time() + 3.0  # the producers' imports and object generation
+    producers = [
+        ctx.Process(
+            target=produce,
+            args=(env, bucket, run, (i, run.producers), start, notices, str(work / f"put{i}.json")),
+        )
+        for i in range(run.producers)
+    ]
+    for p in producers:
+        p.start()
+    for p in producers:
+        p.join()
+    if notices is not None and notifier is not None:
+        notices.put(None)
+        notifier.join(300)
     load_average = round(os.getloadavg()[0], 1)
-    produced = json.loads((work / "producer.json").read_text())
+    parts = [json.loads((work / f"put{i}.json").read_text()) for i in range(run.producers)]
+    produced = {
+        "start": start,
+        "puts": [put for part in parts for put in part["puts"]],
+        "put_errors": [e for part in parts for e in part["put_errors"]][:20],
+    }
     count = len(produced["puts"])
     deadline = time.monotonic() + max(120.0, run.seconds * 3)
     while _rows(engine) < count and time.monotonic() < deadline:
@@ -545,6 +592,7 @@ def measure_rate(
         "window_s": run.window,
         "batch_size": run.batch,
         "pollers": run.pollers,
+        "producers": run.producers,
         "s3": servers.kind,
         # The machine is shared: what else ran shows here (2 CPUs).
         "load_average_1m": load_average,
@@ -731,6 +779,12 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=5)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--pollers", type=int, default=4)
+    parser.add_argument(
+        "--producers",
+        type=int,
+        default=2,
+        help="PUT processes (the ingest Lambdas' stand-in), each a share of the schedule",
+    )
     parser.add_argument("--client", default="crt", choices=["boto3", "crt"])
     parser.add_argument(
         "--s3",
@@ -768,7 +822,8 @@ def main() -> None:
             for index, rate in enumerate(int(r) for r in args.rates.split(",")):
                 name = f"{rate}_{args.window:g}_{args.batch}_{len(results)}".replace(".", "p")
                 run = Run(rate, args.seconds, args.window, args.batch, args.pollers,
-                          HOUR0 + timedelta(hours=len(results) + index), name)  # fmt: skip
+                          HOUR0 + timedelta(hours=len(results) + index), name,
+                          args.producers)  # fmt: skip
                 print(f"rate {rate}/s for {args.seconds:g} s ...", file=sys.stderr, flush=True)
                 result = measure_rate(
                     pg,
