@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -80,8 +80,17 @@ class Run:
     producers: int = 1
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
+def moto_server() -> Iterator[tuple[str, int]]:
     """moto in its own process on 127.0.0.1, through bench/moto_fast_sqs.py (see there)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -101,7 +110,7 @@ def moto_server() -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("moto did not start") from None
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process.pid
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -443,6 +452,8 @@ class Servers:
     s3: str
     sqs: str
     kind: str
+    #: name → pid of each server process whose CPU the run reports (moto, s3rver)
+    pids: dict[str, int] = field(default_factory=dict)
 
 
 def wire(servers: Servers, run: Run) -> tuple[str, str]:
@@ -513,6 +524,7 @@ def measure_rate(
         for i in range(run.pollers)
     ]
     before = db_counters(engine, data_dir)
+    servers_cpu = {name: process_cpu_s(pid) for name, pid in servers.pids.items()}
     for p in pollers:
         p.start()
     time.sleep(5)  # imports and the first long poll, before any object exists
@@ -552,6 +564,9 @@ def measure_rate(
     for p in pollers:
         p.join(120)
     after = db_counters(engine, data_dir)
+    servers_cpu = {
+        name: round(process_cpu_s(pid) - servers_cpu[name], 2) for name, pid in servers.pids.items()
+    }
     polled = [json.loads((work / f"poller{i}.json").read_text()) for i in range(run.pollers)]
     calls = [c for p in polled for c in p["calls"]]
     loader_cpu = sum(p["cpu_s"] for p in polled)
@@ -596,6 +611,8 @@ def measure_rate(
         "s3": servers.kind,
         # The machine is shared: what else ran shows here (2 CPUs).
         "load_average_1m": load_average,
+        # CPU seconds the local servers spent over the run: AWS's side, on this machine's cores.
+        "server_process_cpu_s": servers_cpu,
         "put_errors": produced["put_errors"],
         "s3_client": client,
         "write_method": write,
@@ -810,15 +827,20 @@ def main() -> None:
         results = json.loads(path.read_text())["results"]
     try:
         with contextlib.ExitStack() as stack:
-            moto_endpoint = stack.enter_context(moto_server())
-            servers = Servers(moto_endpoint, moto_endpoint, "moto")
+            moto_endpoint, moto_pid = stack.enter_context(moto_server())
+            servers = Servers(moto_endpoint, moto_endpoint, "moto", {"moto": moto_pid})
             if args.s3 == "s3rver":
                 from servers import ensure_s3rver, s3rver_server
 
                 if not ensure_s3rver():
                     raise SystemExit("s3rver needs node and npm")
                 s3rver = stack.enter_context(s3rver_server(fast_listing=True))
-                servers = Servers(s3rver.endpoint, moto_endpoint, "s3rver")
+                servers = Servers(
+                    s3rver.endpoint,
+                    moto_endpoint,
+                    "s3rver",
+                    {"moto": moto_pid, "s3rver": s3rver.process.pid},
+                )
             for index, rate in enumerate(int(r) for r in args.rates.split(",")):
                 name = f"{rate}_{args.window:g}_{args.batch}_{len(results)}".replace(".", "p")
                 run = Run(rate, args.seconds, args.window, args.batch, args.pollers,
