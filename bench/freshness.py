@@ -9,13 +9,17 @@ Created under events/ and targets the queue), and the embedded PostgreSQL with
 `track_commit_timestamp = on`, so every row's commit time is the server's own record.
 
 Per rate, a fresh bucket, queue and database, then:
-- a producer process PUTs real-shaped objects (~850 B, one event each) on a fixed schedule,
-  object i at t0 + i/rate, from a pool of threads, and records when each PutObject returned;
+- `--producers` processes PUT real-shaped objects (~850 B, one event each) on a fixed
+  schedule, object i at t0 + i/rate (each process a share), from pools of threads, and record
+  when each PutObject returned; with `--s3 s3rver` a notifier process plays S3 → EventBridge →
+  SQS, sending each object's "Object Created" event as its PutObject returns;
 - `--pollers` processes play the event source mapping at MaximumConcurrency = pollers
   (tests/support/sqs_poller.py: long-poll ReceiveMessage, gather up to `--batch` messages or
   `--window` seconds, call lambda_function.lambda_handler in-process as a warm Lambda would,
   delete what it did not report failed);
-- lag = pg_xact_commit_timestamp(xmin) of the event's row - the moment its PutObject returned;
+- lag = pg_xact_commit_timestamp(xmin) of the event's row - the moment its PutObject returned,
+  and its legs per object: notification (→ SQS's SentTimestamp), queue wait (→ its
+  ApproximateFirstReceiveTimestamp), batching window (→ the handler call), load (→ commit);
 - cost per event, from the database server: transactions committed (pg_stat_database),
   WAL bytes (pg_current_wal_lsn before/after), CPU of PostgreSQL (every server process, the
   exited backends included) and of the loader processes (getrusage of each poller);
@@ -23,7 +27,8 @@ Per rate, a fresh bucket, queue and database, then:
   path alone loading the same objects into a fresh database (one `HourJob(hour, "manual")`).
 
 Writes bench/results/freshness.json and freshness.md. The machine is shared (2 CPUs): moto,
-PostgreSQL, the producer and the pollers compete for them, so the absolute numbers are this
+PostgreSQL, the producers and the pollers compete for them (and with whatever else runs: the
+load average is recorded, and each local server's CPU seconds), so the absolute numbers are this
 machine's, and past what moto can serve the queue simply grows (the table says which rate was
 achieved).
 """
@@ -288,7 +293,7 @@ def produce(
             if notices is not None:
                 notices.put((objects[i].key, len(objects[i].body), finished))
 
-    threads = min(64, max(8, run.rate // (5 * part[1])))
+    threads = min(64, max(8, run.rate // (2 * part[1])))
     with ThreadPoolExecutor(threads) as pool:
         for _ in range(threads):
             pool.submit(worker)
