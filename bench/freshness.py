@@ -462,14 +462,16 @@ class Servers:
 
 
 def wire(servers: Servers, run: Run) -> tuple[str, str]:
-    """A bucket and the queue its notifications reach (visibility 30 s). With moto for both, as
-    deploy/template.yaml wires AWS: the bucket sends its events to EventBridge, a rule picks
-    Object Created under events/ and targets the queue."""
+    """A bucket and the queue its notifications reach, with the template's default visibility
+    timeout (EventQueueVisibilityTimeout, 360 s: a starved invocation must not see its messages
+    handed to another poller meanwhile, which 30 s did here at a load average of 26). With moto
+    for both, as deploy/template.yaml wires AWS: the bucket sends its events to EventBridge, a
+    rule picks Object Created under events/ and targets the queue."""
     s3 = boto3.client("s3", endpoint_url=servers.s3)
     sqs = boto3.client("sqs", endpoint_url=servers.sqs)
     bucket = f"fresh-{run.name.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
     s3.create_bucket(Bucket=bucket)
-    url = sqs.create_queue(QueueName=bucket, Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+    url = sqs.create_queue(QueueName=bucket, Attributes={"VisibilityTimeout": "360"})["QueueUrl"]
     if servers.kind != "moto":
         return bucket, url
     events = boto3.client("events", endpoint_url=servers.sqs)
@@ -633,6 +635,8 @@ def measure_rate(
         "invocation_to_commit_s": _percentiles(loading),
         "invocations": len(calls),
         "messages_per_invocation": round(sum(c["messages"] for c in calls) / max(len(calls), 1), 1),
+        # Messages handed to an invocation more than once (a visibility timeout ran out).
+        "redelivered": sum(c["messages"] for c in calls) - len(legs),
         "invocation_s_mean": round(sum(c["seconds"] for c in calls) / max(len(calls), 1), 3),
         "invocation_s_p95": _percentiles([c["seconds"] for c in calls])["p95"],
         "cold_start_cpu_s": round(max(p["cold_start_cpu_s"] for p in polled), 3),
