@@ -248,12 +248,12 @@ def produce(
     bucket: str,
     run: Run,
     part: tuple[int, int],
-    start: float,
+    schedule: tuple[Any, Any, Any],
     notices: Any,
     out: str,
 ) -> None:
     """PUT this producer's share (`part` = index, count: objects i with i % count == index) of
-    `rate` objects a second for `seconds`, object i at `start + i/rate`, from a pool of
+    `rate` objects a second for `seconds`, object i at `t0 + i/rate`, from a pool of
     threads, and record when each PutObject returned. With `notices`, hand each object to the
     notifier process as its PutObject returns (S3's part: it notifies, the writer does not)."""
     os.environ.update(env)
@@ -267,6 +267,10 @@ def produce(
     errors: list[str] = []
     lock = threading.Lock()
     cursor = iter(mine)
+    start_value, ready, go = schedule  # t0, set by the parent once everyone is ready
+    ready.set()
+    go.wait()
+    start = start_value.value
 
     def worker() -> None:
         while True:
@@ -361,7 +365,7 @@ def notify(env: dict[str, str], bucket: str, queue_url: str, notices: Any, sende
         thread.join()
 
 
-def poll(env: dict[str, str], queue_url: str, run: Run, stop: Any, out: str) -> None:
+def poll(env: dict[str, str], queue_url: str, run: Run, stop: Any, ready: Any, out: str) -> None:
     """One event source mapping poller: batches to the real handler until told to stop and the
     queue gives nothing."""
     os.environ.update(env)
@@ -378,6 +382,7 @@ def poll(env: dict[str, str], queue_url: str, run: Run, stop: Any, out: str) -> 
     lambda_function._factory.events().loader.check_schema()
     lambda_function._factory.release()
     cold = time.process_time() - cold
+    ready.set()
     #: Per key, the first delivery's milestones: SQS took the message in (SentTimestamp), SQS
     #: first handed it to a poller (ApproximateFirstReceiveTimestamp), the handler was called.
     legs: dict[str, tuple[int, int, int]] = {}
@@ -526,31 +531,38 @@ def measure_rate(
     env = loader_env(pg, database, bucket, servers, client, write)
     work = Path(tempfile.mkdtemp(prefix="freshness-"))
     stop = ctx.Event()
+    ready = [ctx.Event() for _ in range(run.pollers + run.producers)]
     pollers = [
-        ctx.Process(target=poll, args=(env, queue_url, run, stop, str(work / f"poller{i}.json")))
+        ctx.Process(
+            target=poll, args=(env, queue_url, run, stop, ready[i], str(work / f"poller{i}.json"))
+        )
         for i in range(run.pollers)
     ]
     before = db_counters(engine, data_dir)
     servers_cpu = {name: process_cpu_s(pid) for name, pid in servers.pids.items()}
     for p in pollers:
         p.start()
-    time.sleep(5)  # imports and the first long poll, before any object exists
     # With s3rver, the notifications are played by their own process (moto sends its own).
     notices = ctx.Queue() if servers.kind != "moto" else None
     notifier = None
     if notices is not None:
         notifier = ctx.Process(target=notify, args=(env, bucket, queue_url, notices, 8))
         notifier.start()
-    start = time.time() + 3.0  # the producers' imports and object generation
-    producers = [
-        ctx.Process(
-            target=produce,
-            args=(env, bucket, run, (i, run.producers), start, notices, str(work / f"put{i}.json")),
-        )
-        for i in range(run.producers)
-    ]
+    # The schedule starts once every poller is warm and every producer has its objects: on a
+    # loaded machine, spawning and importing alone can take longer than a short run.
+    start, go = ctx.Value("d", 0.0), ctx.Event()
+    producers = []
+    for i in range(run.producers):
+        schedule = (start, ready[run.pollers + i], go)
+        out = str(work / f"put{i}.json")
+        args = (env, bucket, run, (i, run.producers), schedule, notices, out)
+        producers.append(ctx.Process(target=produce, args=args))
     for p in producers:
         p.start()
+    for event in ready:
+        event.wait(300)
+    start.value = time.time() + 1.0  # the pollers' first long poll is under way
+    go.set()
     for p in producers:
         p.join()
     if notices is not None and notifier is not None:
@@ -559,7 +571,7 @@ def measure_rate(
     load_average = round(os.getloadavg()[0], 1)
     parts = [json.loads((work / f"put{i}.json").read_text()) for i in range(run.producers)]
     produced = {
-        "start": start,
+        "start": start.value,
         "puts": [put for part in parts for put in part["puts"]],
         "put_errors": [e for part in parts for e in part["put_errors"]][:20],
     }
