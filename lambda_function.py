@@ -1,4 +1,5 @@
-"""AWS Lambda entry point: parse the trigger, call the pipeline, return the report.
+"""AWS Lambda entry point: parse the trigger, call the pipeline, return the report. An SQS
+batch of S3 notifications (the near-real-time path) gets the partial batch response instead.
 
 Module level holds only what a warm container should reuse (settings, S3 client, engine object);
 connections are closed after every invocation. Errors are logged with context and re-raised so
