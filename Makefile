@@ -26,7 +26,7 @@ demo: $(VENV)/.demo-installed
 
 ## test: lint, types, then the whole suite (unit + integration) against real servers
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
