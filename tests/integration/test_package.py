@@ -334,15 +334,13 @@ def test_handler_runs_from_the_unpacked_zip_in_a_bare_python(
         cwd=tmp_path,
     )
 
-    # THEN it imported nothing from outside the zip, read the secret over HTTP (botocore's
-    # pruned models hold secretsmanager's), and every event reached the warehouse
+    # THEN it imported nothing from outside the zip, logged in with what the secret holds (read
+    # over HTTP: the pruned models keep secretsmanager's) without ever printing the password,
+    # and every event reached the warehouse
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     line = next(ln for ln in result.stdout.splitlines() if ln.startswith("REPORT "))
     outcome = json.loads(line.removeprefix("REPORT "))
     assert outcome["foreign_modules"] == []
-    assert any('"read database secret"' in ln and arn in ln for ln in result.stdout.splitlines()), (
-        result.stdout[-4000:]
-    )
     assert password not in result.stdout + result.stderr
     report = outcome["report"]
     assert report["hour"] == "2026-11-24T13"
