@@ -856,7 +856,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report(
         result, arch=args.arch, python_version=args.python_version, bundle_boto3=args.bundle_boto3
     )
-    if args.cold_import_runs > 0:
+    if args.cold_import_runs > 0 and not args.bundle_boto3:
+        print("  cold import: not measured (the handler imports the Lambda runtime's boto3)")
+    elif args.cold_import_runs > 0:
         interpreter = find_import_python(args.arch, args.python_version, args.import_python)
         try:
             cold = (

@@ -191,10 +191,13 @@ def test_build_reports_sizes_and_the_cold_import(lambda_package: BuiltPackage) -
 
 
 def test_the_wheel_with_the_migrations_is_built_beside_the_zip(
-    lambda_package: BuiltPackage,
+    lambda_package: BuiltPackage, tmp_path: Path
 ) -> None:
     (wheel,) = lambda_package.path.parent.glob("clickstream_loader-*-py3-none-any.whl")
     assert f"built {wheel}" in lambda_package.build_output
+    # byte for byte the wheel test_install.py builds with build_wheel() and installs
+    tested = build_package.build_wheel(tmp_path)
+    assert tested.name == wheel.name and tested.read_bytes() == wheel.read_bytes()
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
     assert "clickstream_migrations/env.py" in names
@@ -377,7 +380,7 @@ def test_other_arch_lambda_python_without_boto3(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert f"(python3.12, {other_arch}, boto3 from the Lambda runtime)" in result.stdout
-    assert "cold import: not measured" in result.stdout  # no interpreter for that CPU here
+    assert "cold import: not measured" in result.stdout  # neither boto3 nor this CPU here
     with zipfile.ZipFile(output) as archive:
         tops = {name.split("/", 1)[0] for name in archive.namelist()}
         # the debug information goes for the other CPU's ELF files too
