@@ -305,8 +305,10 @@ def _tool_version(tool: Sequence[str]) -> str:
     result = subprocess.run(  # noqa: S603 - a tool found on PATH, fixed arguments
         [tool[0], "--version"], capture_output=True, text=True, check=False
     )
-    first = (result.stdout or result.stderr).strip().splitlines()
-    return f"{Path(tool[0]).name} ({first[-1].strip() if first else 'unknown version'})"
+    lines = [ln.strip() for ln in (result.stdout or result.stderr).splitlines() if ln.strip()]
+    # llvm-strip: "... LLVM version 14.0.6" on its second line; GNU strip: "... 2.40" on its first
+    shown = next((ln for ln in lines if "LLVM version" in ln), lines[0] if lines else "?")
+    return f"{Path(tool[0]).name} ({shown})"
 
 
 def has_debug_sections(path: Path) -> bool:
