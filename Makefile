@@ -46,8 +46,7 @@ ARCH ?= x86_64
 LAMBDA_PYTHON ?= 3.12
 IMPORT_PYTHON ?=
 package: $(VENV)/.dev-installed
-	$(BIN)/python deploy/build_package.py --arch $(ARCH) --python-version $(LAMBDA_PYTHON) \
-		$(if $(IMPORT_PYTHON),--import-python $(IMPORT_PYTHON))
+	$(BIN)/python deploy/build_package.py --arch $(ARCH) --python-version $(LAMBDA_PYTHON) $(if $(IMPORT_PYTHON),--import-python $(IMPORT_PYTHON))
 
 ## bench: the performance benchmark (s3rver + embedded PostgreSQL); results in bench/results/
 bench: $(VENV)/.dev-installed
