@@ -40,10 +40,13 @@ integration: $(VENV)/.dev-installed
 	$(BIN)/pytest tests/integration
 
 ## package: the Lambda zip and, beside it, the wheel (CLI, DBA migrations) (ARCH=x86_64|arm64, LAMBDA_PYTHON=3.12|3.13)
+## prints sizes against the targets, the file count and the handler's cold import from the
+## unpacked zip (with python$(LAMBDA_PYTHON) from PATH or pyenv, or IMPORT_PYTHON=/path/to/python)
 ARCH ?= x86_64
 LAMBDA_PYTHON ?= 3.12
+IMPORT_PYTHON ?=
 package: $(VENV)/.dev-installed
-	$(BIN)/python deploy/build_package.py --arch $(ARCH) --python-version $(LAMBDA_PYTHON)
+	$(BIN)/python deploy/build_package.py --arch $(ARCH) --python-version $(LAMBDA_PYTHON) $(if $(IMPORT_PYTHON),--import-python $(IMPORT_PYTHON))
 
 ## bench: the performance benchmark (s3rver + embedded PostgreSQL); results in bench/results/
 bench: $(VENV)/.dev-installed
