@@ -89,7 +89,8 @@ def _doc(first: dict[str, Any] | None = None, **fields: Any) -> bytes:
         "apiId": "abc",
         "stage": "$default",
     }
-    return json.dumps({**(first or {}), **fields, "_ingest": ingest}, separators=(",", ":")).encode()
+    document = {**(first or {}), **fields, "_ingest": ingest}
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def edge_bodies() -> list[tuple[str, bytes, str | None]]:
