@@ -36,6 +36,10 @@ _CANONICAL_IPV4 = re.compile(
     r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
     r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 )
+#: Tuples, not `dict | list`: a union in an isinstance call is built anew on every call, and
+#: these run for every value of every event.
+_CONTAINERS: Final = (dict, list)
+_NUMBERS: Final = (int, float)
 
 
 @dataclass(slots=True)
@@ -90,7 +94,7 @@ def to_text(value: Any, cap: int, repairs: Repairs) -> str | None:
     """Text column: strings as they are, other scalars as their JSON text, objects/arrays → None."""
     if isinstance(value, str):  # first: nearly every value is one
         text = clean_text(value, repairs)
-    elif value is None or isinstance(value, dict | list):
+    elif value is None or isinstance(value, _CONTAINERS):
         return None
     elif isinstance(value, bool):
         text = "true" if value else "false"
@@ -121,7 +125,7 @@ def to_price(value: Any) -> Decimal | None:
     """Numbers or numeric strings → Decimal; NaN, ±Infinity, junk and |x| >= 1e15 → None."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBERS):
         if isinstance(value, float) and not math.isfinite(value):
             return None
         text = repr(value)
@@ -193,7 +197,7 @@ def to_instant(value: Any) -> datetime | None:
         return None
     if isinstance(value, datetime):
         return _sane(value)
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBERS):
         try:
             number = float(value)
         except OverflowError:  # an integer past float range (e.g. 400 digits)

@@ -106,6 +106,8 @@ _MAPPED_TOP_LEVEL: Final = frozenset(
         *(name for names in TEXT_FIELDS.values() for name in names),
     }
 )
+#: Values no id is read from (a tuple: a `dict | list | bool` union is built on every call).
+_NOT_AN_ID: Final = (dict, list, bool)
 #: What the ingest Lambda stores for a POSTed array or string: its elements spread as "0", "1"...
 _SPREAD_KEY = re.compile(r"\d+")
 
@@ -164,7 +166,7 @@ def payload_event_id(record: Mapping[str, Any]) -> tuple[str, uuid.UUID] | None:
     """The first usable id field of the payload and its UUID (uuid5 of any non-UUID string)."""
     for name in ID_FIELDS:
         raw = record.get(name)
-        if raw is None or isinstance(raw, dict | list | bool):
+        if raw is None or isinstance(raw, _NOT_AN_ID):
             continue
         text = str(raw).strip()
         if not text:
@@ -195,7 +197,8 @@ def key_event_id(key: str, position: int) -> uuid.UUID:
 def payload_digest(record: Mapping[str, Any]) -> bytes:
     """SHA-256 of the tracker's payload without `_ingest` (which differs per delivery), keys
     sorted: the same event sent twice hashes the same."""
-    payload = {k: v for k, v in record.items() if k != "_ingest"}
+    payload = dict(record)  # a C-level copy: ~4x a comprehension that skips the key
+    payload.pop("_ingest", None)
     try:
         canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # integers past 64 bits

@@ -70,9 +70,7 @@ def _storable_as_read(data: bytes) -> bool:
     Its depth cap can only apply where the body has more brackets than MAX_JSON_DEPTH (a value
     nested at that depth sits inside that many); counting brackets inside strings too only
     makes the test stricter."""
-    return (
-        _NUL_ESCAPE not in data and data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH
-    )
+    return _NUL_ESCAPE not in data and data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH
 
 
 @dataclass(frozen=True, slots=True)
