@@ -81,6 +81,12 @@ CASES: list[tuple[str, str, dict[str, str], str | None]] = [
     ("db_ceiling", "db_ceiling", {}, "fresh"),
     ("db_stage", "db_stage", {}, "fresh"),
 ]
+#: With --before-tree: the same two loader configurations from another checkout, each run right
+#: after this checkout's, so a change is compared side by side in one run.
+BEFORE_CASES = {
+    "loader": ("loader_before", "loader", {}, "fresh"),
+    "loader_alt": ("loader_alt_before", "loader", {"S3_CLIENT": OTHER_CLIENT}, "fresh"),
+}
 #: Reruns: the same hour again into the database of the first load, counters read around both.
 RERUNS = {"rerun": "loader", "merge_rerun": "merge"}
 
@@ -524,7 +530,7 @@ def check(result: dict[str, Any], hour: dict[str, Any]) -> list[str]:
         expect("fetch errors", d["fetch_errors"], 0)
     elif name in ("naive", "merge", "merge_rerun"):
         expect("loaded", d["loaded"], hour["events"])
-    elif name in ("loader", "loader_alt", "db_stage"):
+    elif name in ("loader", "loader_alt", "loader_before", "loader_alt_before", "db_stage"):
         expect("state", d["state"], "complete")
         expect("objects", d["objects"], hour["objects"])
         expect("inserted", d["inserted"], hour["events"])
@@ -618,6 +624,8 @@ CASE_LABELS = {
     "loader": "**the loader, default settings**",
     "rerun": "the loader's rerun, same hour (default settings)",
     "loader_alt": "the loader, the other S3 client",
+    "loader_before": "the loader before the change, default settings",
+    "loader_alt_before": "the loader before the change, the other S3 client",
     "naive": "naive: 32 boto3 threads + executemany",
     "merge": "dlt-style merge: stage the hour, delete-insert",
     "merge_rerun": "dlt-style merge, rerun of the same hour",
@@ -632,6 +640,8 @@ HEADLINE = {
     "naive": None,
     "merge": "merge_rerun",
     "loader_alt": None,
+    "loader_before": None,
+    "loader_alt_before": None,
 }
 
 
@@ -652,7 +662,12 @@ def case_label(name: str, block: dict[str, Any]) -> str:
 def _names(per_size: dict[str, dict[str, Any]]) -> list[str]:
     """The cases that ran, in run order."""
     ran = {name for block in per_size.values() for name in block["cases"]}
-    return [name for name, *_ in CASES if name in ran]
+    order = []
+    for name, *_ in CASES:
+        order.append(name)
+        if name in BEFORE_CASES:
+            order.append(BEFORE_CASES[name][0])
+    return [name for name in order if name in ran]
 
 
 def render_headline(per_size: dict[str, dict[str, Any]]) -> list[str]:
@@ -948,6 +963,12 @@ def main() -> None:
         help="run only these cases (comma-separated names; a rerun needs its first load)",
     )
     parser.add_argument(
+        "--before-tree",
+        type=Path,
+        metavar="DIR",
+        help="also run both loader cases with another checkout's loader, each right after ours",
+    )
+    parser.add_argument(
         "--loader-tree",
         type=Path,
         metavar="DIR",
@@ -965,7 +986,14 @@ def main() -> None:
     for rerun, first in RERUNS.items():
         if rerun in selected and first not in selected:
             parser.error(f"{rerun} reruns {first}: select both")
-    cases = [entry for entry in CASES if entry[0] in selected]
+    cases = []
+    for entry in CASES:
+        if entry[0] in selected:
+            cases.append(entry)
+            if args.before_tree and entry[0] in BEFORE_CASES:
+                name, case, extra, db = BEFORE_CASES[entry[0]]
+                tree = str(args.before_tree.resolve())
+                cases.append((name, case, {**extra, "BENCH_LOADER_TREE": tree}, db))
     if args.loader_tree:
         os.environ["BENCH_LOADER_TREE"] = str(args.loader_tree.resolve())
     if args.render:
