@@ -93,6 +93,15 @@ INGEST_TEXT_FIELDS: Final = {
     "stage": "stage",
     "traceId": "trace_id",
 }
+#: The spellings after the tracker's own: a record holding none of them (every record the real
+#: tracker sends) has one candidate per text column, and `_text_columns` reads it directly.
+_LATER_TEXT_SPELLINGS: Final = frozenset(
+    name for names in TEXT_FIELDS.values() for name in names[1:]
+)
+#: (column, the tracker's spelling, the column's cap) for that direct reading.
+_TEXT_FIRST_SPELLINGS: Final = tuple(
+    (column, names[0], TEXT_CAPS[column]) for column, names in TEXT_FIELDS.items()
+)
 #: Top-level fields consumed by a column, whichever spelling carried them. The id spellings are
 #: not here: only the one used for event_id is consumed.
 _MAPPED_TOP_LEVEL: Final = frozenset(
@@ -302,9 +311,7 @@ def _event_columns(
         "event_id": event_id,
         "event_name": to_text(name.strip(), TEXT_CAPS["event_name"], repairs),
     }
-    for column, spellings in TEXT_FIELDS.items():
-        field_name, raw = winner(spellings)
-        event[column] = keep_original(field_name, raw, to_text(raw, TEXT_CAPS[column], repairs))
+    _text_columns(record, event, leftovers, repairs)
     field_name, raw = winner(FIRST_VISIT_FIELDS)
     event["is_first_visit"] = keep_original(field_name, raw, to_bool(raw))
     _map_product(record, event, leftovers, repairs)
@@ -324,6 +331,29 @@ def _event_columns(
     )
     event["properties"] = leftovers or None
     return event
+
+
+def _text_columns(
+    record: dict[str, Any], event: dict[str, Any], leftovers: dict[str, Any], repairs: Repairs
+) -> None:
+    """The plain text columns: the winning spelling's value as text; the original into
+    `leftovers` when it is no text (an object, an array), and so is a losing spelling with
+    another value. With no later spelling in the record, the tracker's is the only candidate:
+    the same result, without trying every spelling of every column."""
+    if _LATER_TEXT_SPELLINGS.isdisjoint(record):
+        for column, name, cap in _TEXT_FIRST_SPELLINGS:
+            raw = record.get(name)
+            text = None if raw is None else to_text(raw, cap, repairs)
+            if text is None and raw is not None:
+                leftovers[name] = raw
+            event[column] = text
+        return
+    for column, spellings in TEXT_FIELDS.items():
+        field_name, raw = _pick_keeping_losers(record, spellings, leftovers)
+        text = to_text(raw, TEXT_CAPS[column], repairs)
+        if text is None and field_name is not None:
+            leftovers[field_name] = raw
+        event[column] = text
 
 
 def _meta_columns(
