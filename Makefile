@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test lint unit integration package bench soak clean lock
+.PHONY: demo test lint unit integration package bench bench-quick soak clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ package: $(VENV)/.dev-installed
 ## bench: the performance benchmark (s3rver + embedded PostgreSQL); results in bench/results/
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/run.py
+
+## bench-quick: the same cases on one 5k hour (a few minutes): run it before and after a change
+bench-quick: $(VENV)/.dev-installed
+	$(BIN)/python bench/run.py --quick --name quick $(ARGS)
 
 ## soak: the long fault/soak tests (not in the default run)
 soak: $(VENV)/.dev-installed
