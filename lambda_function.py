@@ -93,7 +93,9 @@ def _plan(event: dict[str, Any]) -> dict[str, Any]:
     return {
         "hour": label,
         "shard_count": count,
-        "shards": [{"hour": label, "shard": {"index": i, "count": count}} for i in range(count)],
+        "shards": [
+            {"hour": label, "shard": Shard(i, count, "range").as_payload()} for i in range(count)
+        ],
     }
 
 

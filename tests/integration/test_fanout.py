@@ -41,11 +41,14 @@ ODD_NAMES = [
 ]
 
 
+@pytest.mark.parametrize("by", ["range", "crc32"])
 @pytest.mark.parametrize("count", [1, 2, 3, 8, 16])
-def test_shards_partition_any_key_set_exactly(count: int) -> None:
+def test_shards_partition_any_key_set_exactly(count: int, by: str) -> None:
     keys = [PREFIX + name for name in ODD_NAMES]
     keys += [obj.key for obj in generate_hour(HOUR, 500, malformed_ratio=0)]
-    owners = {key: [i for i in range(count) if in_shard(key, Shard(i, count))] for key in keys}
+    owners = {
+        key: [i for i in range(count) if in_shard(key, Shard(i, count, by), PREFIX)] for key in keys
+    }
     assert all(len(shards) == 1 for shards in owners.values())
     if count > 1:  # and the split is not degenerate
         sizes = [sum(1 for s in owners.values() if s == [i]) for i in range(count)]
