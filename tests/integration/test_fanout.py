@@ -115,7 +115,12 @@ def test_concurrent_shard_invocations_equal_a_single_run(
     with ThreadPoolExecutor(4) as pool:
         reports = list(pool.map(lambda item: invoke_in_process(item, env), plan["shards"]))
     # THEN together they listed each key once and loaded each event once
-    assert sorted(r["shard"] for r in reports) == ["0/4", "1/4", "2/4", "3/4"]
+    assert sorted(r["shard"] for r in reports) == [
+        "0/4 range",
+        "1/4 range",
+        "2/4 range",
+        "3/4 range",
+    ]
     assert all(r["state"] == "complete" for r in reports)
     assert sum(r["objects_listed"] for r in reports) == len(objects) + len(ODD_NAMES)
     assert sum(r["inserted"] for r in reports) == expected
