@@ -5,15 +5,18 @@
 Starts s3rver (indexed listing, `bench/s3rver_fastlist.js`; binary search for start-after, as
 S3 serves it), writes an hour of `--keys` uuid keys straight into its store, then lists the hour
 once per shard for every shard count and both schemes, exactly as the hour job does
-(`JobKeys.list_after` → `source.list_objects` → `JobKeys.select`; no GETs), through each real
-source (`Boto3Source`, `CrtSource`). Requests are counted server-side from s3rver's log; CPU is
-`time.process_time()` of this process (every thread, the CRT's included) while a shard lists.
-Prints a markdown table and writes bench/results/shard_listing.json.
+(`JobKeys.list_after` → `list_objects` → `JobKeys.select`; no GETs), with the lister
+`Boto3Source` uses (`lister_for_boto3_client`: one signed urllib3 request per page; `CrtSource`
+runs the same `S3Lister` over its own transport, so it makes the same requests). Requests are
+counted at the lister's page fetcher, every attempt included (s3rver's log lines proved too
+unreliable to attribute to one shard on a loaded machine); CPU is `time.process_time()` of this
+process while a shard lists. Prints a markdown table and writes bench/results/shard_listing.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -39,10 +42,7 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 from servers import ensure_s3rver, s3rver_server, write_objects  # noqa: E402  (bench/servers.py)
 
-from loader.common import ObjectSource  # noqa: E402
-from loader.config import DatabaseSettings, Settings  # noqa: E402
-from loader.extract.boto3_client import Boto3Source  # noqa: E402
-from loader.extract.crt_client import CrtSource  # noqa: E402
+from loader.extract.listing import S3Lister, lister_for_boto3_client  # noqa: E402
 from loader.pipeline.job import HourJob, JobKeys  # noqa: E402
 from loader.window import Shard, hour_prefix  # noqa: E402
 
@@ -57,20 +57,33 @@ def hour_keys(count: int, seed: int = 14) -> list[str]:
     ]
 
 
-def list_shard(source: ObjectSource, shard: Shard) -> int:
+class CountingLister:
+    """The sources' lister, counting the page requests it makes."""
+
+    def __init__(self, lister: S3Lister) -> None:
+        self.requests = 0
+        fetch = lister.fetch
+
+        def counted(path_and_query: str) -> tuple[int, bytes]:
+            self.requests += 1
+            return fetch(path_and_query)
+
+        self.lister = dataclasses.replace(lister, fetch=counted)
+
+
+def list_shard(lister: S3Lister, shard: Shard) -> int:
     """The hour job's listing of one shard (loader/pipeline/hour.py `_produce`), without GETs."""
     keys = JobKeys(HourJob(HOUR, "manual", shard), set(), PREFIX)
-    listed = source.list_objects(PREFIX, start_after=keys.list_after(None))
+    listed = lister.list_objects(PREFIX, start_after=keys.list_after(None))
     return sum(1 for _ in keys.select(listed, threading.Event()))
 
 
-def measure(server: Any, source: ObjectSource, shard: Shard) -> dict[str, Any]:
-    before = server.settle(quiet_s=0.2).get("list", 0)
+def measure(counting: CountingLister, shard: Shard) -> dict[str, Any]:
+    before = counting.requests
     cpu, wall = time.process_time(), time.perf_counter()
-    selected = list_shard(source, shard)
+    selected = list_shard(counting.lister, shard)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    after = server.settle(quiet_s=0.2).get("list", 0)
-    return {"keys": selected, "lists": after - before, "cpu_s": cpu, "wall_s": wall}
+    return {"keys": selected, "lists": counting.requests - before, "cpu_s": cpu, "wall_s": wall}
 
 
 def main() -> None:
@@ -94,33 +107,28 @@ def main() -> None:
         bucket = "bench-shard-listing"
         boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket=bucket)
         write_objects(server.data_dir, bucket, ((key, b"{}", None) for key in keys))
-        settings = Settings(raw_bucket=bucket, db=DatabaseSettings())
-        sources: dict[str, ObjectSource] = {
-            "boto3": Boto3Source(settings),
-            "crt": CrtSource(settings),
-        }
-        for client, source in sources.items():
-            list_shard(source, Shard(0, 1))  # warm-up: connections, imports
-            for by, count in plan:
-                shards = [measure(server, source, Shard(i, count, by)) for i in range(count)]
-                assert sum(s["keys"] for s in shards) == len(keys), (client, by, count)
-                rows.append({"client": client, "by": by, "count": count, "shards": shards})
-                print(f"{client} {by} {count}: done", file=sys.stderr)
-            source.close()
+        client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1")
+        counting = CountingLister(lister_for_boto3_client(client, bucket))
+        list_shard(counting.lister, Shard(0, 1))  # warm-up: connections, imports
+        for by, count in plan:
+            shards = [measure(counting, Shard(i, count, by)) for i in range(count)]
+            assert sum(s["keys"] for s in shards) == len(keys), (by, count)
+            rows.append({"client": "boto3 lister", "by": by, "count": count, "shards": shards})
+            print(f"{by} {count}: done", file=sys.stderr)
 
     print(f"{args.keys:,} keys, s3rver (indexed listing), {platform.node()}\n")
     print(
-        "| client | shards | by | LIST requests per shard (min–max) | all shards "
+        "| shards | by | LIST requests per shard (min–max) | all shards "
         "| keys per shard (min–max) | listing CPU ms per shard (median) | all shards CPU ms |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for row in rows:
         shards = row["shards"]
         lists = [s["lists"] for s in shards]
         sizes = [s["keys"] for s in shards]
         cpu = sorted(s["cpu_s"] * 1000 for s in shards)
         print(
-            f"| {row['client']} | {row['count']} | {row['by']} | {min(lists)}–{max(lists)} | "
+            f"| {row['count']} | {row['by']} | {min(lists)}–{max(lists)} | "
             f"{sum(lists)} | {min(sizes):,}–{max(sizes):,} | {cpu[len(cpu) // 2]:.0f} | "
             f"{sum(cpu):.0f} |"
         )
