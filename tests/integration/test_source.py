@@ -8,6 +8,7 @@ short, stalls, refusals) come from `support.http_fault_proxy.FaultProxy` in fron
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import random
 import subprocess
@@ -16,9 +17,10 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -565,3 +567,182 @@ def test_address_resolution_follows_botocore() -> None:
         )
         is None
     )
+
+
+# ------------------------------------------------------------------- what real S3 does differently
+# moto and s3rver never throttle with Retry-After, never die mid-error, never redirect, never
+# expire a session token, serve path-style plain HTTP only. These tests make S3 do each.
+
+
+def test_slow_down_with_retry_after_is_retried(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    items = {f"events/{i}.json": b'{"n": %d}' % i for i in range(4)}
+    _put_many(s3, bucket, items)
+    source = make_source()
+    refs = _refs(source, "events/")
+    # GIVEN S3 throttling the first GETs and the next listing, asking for a second's pause
+    slow = {"Retry-After": "1"}
+    proxy.set_faults(
+        Fault.error(503, "SlowDown", first=2, match=OBJECT_GETS, headers=slow, name="gets"),
+        Fault.error(503, "SlowDown", first=1, match=LISTINGS, headers=slow, name="lists"),
+    )
+    # WHEN the source fetches and lists THEN every object arrives, the throttles counted
+    fetched = list(source.fetch_many(refs))
+    assert [f.body for f in fetched] == [items[r.key] for r in refs]
+    assert sum(f.retries for f in fetched) == proxy.stats["gets"] == 2
+    assert [r.key for r in _refs(source, "events/")] == [r.key for r in refs]
+    assert proxy.stats["lists"] == 1
+
+
+def test_internal_error_dying_mid_body_is_retried(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    # GIVEN a 500 InternalError whose error document is cut off after 20 bytes
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=b'{"a": 1}')
+    source = make_source()
+    refs = _refs(source, "events/")
+    proxy.set_faults(
+        Fault.error(500, "InternalError", first=2, match=OBJECT_GETS, cut_after=20),
+        Fault.error(500, "InternalError", first=1, match=LISTINGS, cut_after=20, name="list"),
+    )
+    # WHEN the source fetches and lists THEN both are retried and succeed
+    (fetched,) = source.fetch_many(refs)
+    assert (fetched.body, fetched.retries) == (b'{"a": 1}', 2)
+    assert proxy.stats["error_500"] == 2
+    assert len(_refs(source, "events/")) == 1
+    assert proxy.stats["list"] == 1
+
+
+def test_a_redirect_names_the_region_the_bucket_is_in(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    # GIVEN S3 redirecting to the bucket's region, with its Location, as S3 does for a bucket
+    # created moments ago in another region
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=b"{}")
+    source = make_source()
+    refs = _refs(source, "events/")
+    headers = {
+        "x-amz-bucket-region": "ap-southeast-1",
+        "Location": f"https://{bucket}.s3.ap-southeast-1.amazonaws.com/events/a.json",
+    }
+    proxy.set_faults(Fault.error(307, "TemporaryRedirect", headers=headers))
+    # WHEN it fetches or lists THEN the configuration error says which region to set
+    with pytest.raises(S3AccessError, match="AWS_REGION=ap-southeast-1"):
+        list(source.fetch_many(refs))
+    with pytest.raises(S3AccessError, match="AWS_REGION=ap-southeast-1"):
+        _refs(source, "events/")
+
+
+class CredentialsEndpoint:
+    """A loopback container-credentials endpoint (what ECS, EKS Pod Identity and Lambda's
+    SnapStart serve at AWS_CONTAINER_CREDENTIALS_FULL_URI): a new session token each time it is
+    asked, expiring soon, so both chains ask again before signing."""
+
+    def __init__(self, *, rotate: bool = True) -> None:
+        self.rotate = rotate
+        self.issued: list[str] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with lock:
+                    token = f"token-{len(endpoint.issued) if endpoint.rotate else 0}"
+                    endpoint.issued.append(token)
+                expires = datetime.now(UTC) + timedelta(seconds=30)
+                body = json.dumps(
+                    {
+                        "AccessKeyId": "AKIDCONTAINER",
+                        "SecretAccessKey": "container-secret",
+                        "Token": token,
+                        "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v2/credentials"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def container_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[CredentialsEndpoint]:
+    """Credentials from a loopback container endpoint only: environment and files emptied."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    endpoint = CredentialsEndpoint()
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url)
+    yield endpoint
+    endpoint.close()
+
+
+def _token(headers: Mapping[str, str]) -> str:
+    return headers.get("X-Amz-Security-Token") or ""
+
+
+def test_an_expired_session_token_is_retried_with_the_refreshed_credentials(
+    proxy: FaultProxy,
+    make_source: MakeSource,
+    s3: Any,
+    bucket: str,
+    container_credentials: CredentialsEndpoint,
+) -> None:
+    items = {f"events/{i}.json": b'{"n": %d}' % i for i in range(3)}
+    _put_many(s3, bucket, items)
+    source = make_source()
+    refs = _refs(source, "events/")
+    # GIVEN S3 refusing, as expired, the session token the first object GET was signed with
+    expired: set[str] = set()
+
+    def signed_with_expired_token(headers: Mapping[str, str]) -> bool:
+        if not expired:
+            expired.add(_token(headers))
+        return _token(headers) in expired
+
+    proxy.set_faults(
+        Fault.error(403, "ExpiredToken", match=OBJECT_GETS, match_headers=signed_with_expired_token)
+    )
+    # WHEN the source fetches the hour
+    fetched = list(source.fetch_many(refs))
+    # THEN the refused GETs were signed again with the endpoint's newer credentials
+    assert [f.body for f in fetched] == [items[r.key] for r in refs]
+    assert proxy.stats["error_403"] >= 1
+    assert sum(f.retries for f in fetched) >= 1
+    assert expired and not expired & {""}
+    assert len(set(container_credentials.issued)) >= 2
+
+
+def test_a_token_that_stays_expired_is_an_access_error(
+    proxy: FaultProxy,
+    make_source: MakeSource,
+    s3: Any,
+    bucket: str,
+    container_credentials: CredentialsEndpoint,
+) -> None:
+    # GIVEN a provider that keeps handing out the one token S3 says has expired
+    container_credentials.rotate = False
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=b"{}")
+    source = make_source(s3_max_attempts=2)
+    refs = _refs(source, "events/")
+    proxy.set_faults(Fault.error(403, "ExpiredToken", match_headers=lambda h: bool(_token(h))))
+    # WHEN the source fetches or lists THEN, its attempts spent, it is a configuration error
+    with pytest.raises(S3AccessError, match="ExpiredToken on all"):
+        list(source.fetch_many(refs))
+    with pytest.raises(S3AccessError, match="ExpiredToken on all"):
+        _refs(source, "events/")
