@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, unquote_plus
 
 from loader.common import ObjectRef, S3TransientError
-from loader.extract.address import S3Address, resolve_address
+from loader.extract.address import S3Address, ca_bundle_from_env, resolve_address
 from loader.extract.errors import (
     TransportError,
     access_error,
@@ -216,7 +216,8 @@ class SignedUrllib3Fetcher:
         self._signer, self._request = S3SigV4Auth, AWSRequest
         self._http_error: type[Exception] = urllib3.exceptions.HTTPError
         self._timeout = urllib3.Timeout(connect=connect_timeout_s, read=timeout_s)
-        self._pool = urllib3.PoolManager(maxsize=2, retries=False)
+        # AWS_CA_BUNDLE, as the boto3 client beside it trusts (else the system's CAs).
+        self._pool = urllib3.PoolManager(maxsize=2, retries=False, ca_certs=ca_bundle_from_env())
 
     def __call__(self, path_and_query: str) -> PageResponse:
         url = self._address.url(path_and_query)

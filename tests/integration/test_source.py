@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import random
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -746,3 +747,91 @@ def test_a_token_that_stays_expired_is_an_access_error(
         list(source.fetch_many(refs))
     with pytest.raises(S3AccessError, match="ExpiredToken on all"):
         _refs(source, "events/")
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
+    """A CA of our own and a server certificate it signed for 127.0.0.1: (the CA bundle a
+    client is told to trust, the server's TLS context)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory = tmp_path_factory.mktemp("tls")
+    now = datetime.now(UTC)
+
+    def certificate(
+        subject: str, key: Any, issuer: x509.Name | None, signer: Any, ca: bool
+    ) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            import ipaddress
+
+            san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = certificate("clickstream-loader test CA", ca_key, None, ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = certificate("127.0.0.1", server_key, ca_cert.subject, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    (directory / "server.pem").write_bytes(
+        server_cert.public_bytes(pem)
+        + server_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "server.pem")
+    return directory / "ca.pem", context
+
+
+@pytest.fixture
+def tls_proxy(
+    s3_endpoint: str, private_ca: tuple[Path, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FaultProxy]:
+    """S3 over HTTPS on 127.0.0.1 with a certificate only AWS_CA_BUNDLE's CA vouches for."""
+    ca_bundle, context = private_ca
+    with FaultProxy(s3_endpoint, tls=context) as fault_proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_bundle))
+        yield fault_proxy
+
+
+def test_tls_with_the_ca_bundle_the_client_is_told_to_trust(
+    tls_proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    # GIVEN S3 behind TLS, and AWS_CA_BUNDLE naming the CA that signed its certificate
+    items = {f"events/{i}.json": b'{"n": %d}' % i for i in range(3)}
+    _put_many(s3, bucket, items)
+    assert tls_proxy.url.startswith("https://127.0.0.1:")
+    source = make_source()
+    # WHEN the source lists and fetches over it THEN every object arrives, verified
+    refs = _refs(source, "events/")
+    assert [f.body for f in source.fetch_many(refs)] == [items[r.key] for r in refs]
+    assert tls_proxy.requests >= 2
+
+
+def test_tls_with_a_certificate_nobody_vouches_for_is_refused(
+    tls_proxy: FaultProxy, make_source: MakeSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the same server, and a client left to the system's CAs
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    source = make_source(s3_max_attempts=1)
+    # WHEN it lists THEN the handshake fails and nothing was served
+    with pytest.raises(S3TransientError):
+        _refs(source, "events/")
+    assert tls_proxy.log == []
