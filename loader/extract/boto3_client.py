@@ -89,7 +89,10 @@ class Boto3Source:
         self._client: S3Client = client or boto3.session.Session().client(
             "s3",
             config=Config(
-                retries={"mode": "adaptive", "max_attempts": settings.s3_max_attempts},
+                # "standard", not "adaptive": adaptive's client-side rate limiter costs CPU on
+                # every request and, after a SlowDown, throttles the whole window for tens of
+                # seconds (bench/results/boto3_path.json).
+                retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
                 max_pool_connections=settings.fetch_concurrency,
                 connect_timeout=5,
                 read_timeout=30,

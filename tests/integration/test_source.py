@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import random
+import shutil
 import ssl
 import subprocess
 import sys
@@ -749,6 +750,9 @@ def test_a_token_that_stays_expired_is_an_access_error(
         _refs(source, "events/")
 
 
+AWS_S3_HOST = "s3.us-east-1.amazonaws.com"
+
+
 @pytest.fixture(scope="module")
 def private_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
     """A CA of our own and a server certificate it signed for 127.0.0.1: (the CA bundle a
@@ -778,7 +782,11 @@ def private_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLC
         if not ca:
             import ipaddress
 
-            san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            san = [
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.DNSName("localhost"),
+                x509.DNSName(f"*.{AWS_S3_HOST}"),  # as AWS's own certificate names it
+            ]
             builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
         return builder.sign(signer, hashes.SHA256())
 
@@ -835,3 +843,82 @@ def test_tls_with_a_certificate_nobody_vouches_for_is_refused(
     with pytest.raises(S3TransientError):
         _refs(source, "events/")
     assert tls_proxy.log == []
+
+
+def _can_override_the_resolver() -> bool:
+    """`unshare -rm` (a user and mount namespace of the child's own, no privileges needed) lets
+    one child process see its own /etc/hosts; some CI sandboxes forbid user namespaces."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=10)
+    return probe.returncode == 0
+
+
+_VIRTUAL_HOSTED = textwrap.dedent(
+    """
+    import json, sys
+    from loader.config import DatabaseSettings, Settings
+    bucket, kind = sys.argv[1], sys.argv[2]
+    settings = Settings(raw_bucket=bucket, db=DatabaseSettings(), s3_client=kind)
+    if kind == "crt":
+        from loader.extract.crt_client import CrtSource as Source
+    else:
+        from loader.extract.boto3_client import Boto3Source as Source
+    source = Source(settings)
+    refs = list(source.list_objects("events/"))
+    bodies = [f.body.decode() for f in source.fetch_many(refs)]
+    source.close()
+    print(json.dumps({"keys": [r.key for r in refs], "bodies": bodies}))
+    """
+)
+
+
+@pytest.mark.skipif(not _can_override_the_resolver(), reason="unshare -rm is not permitted here")
+@pytest.mark.parametrize("kind", ["boto3", "crt"])
+def test_virtual_hosted_addressing_over_tls_as_on_aws(
+    kind: str,
+    s3_endpoint: str,
+    s3: Any,
+    bucket: str,
+    private_ca: tuple[Path, ssl.SSLContext],
+    tmp_path: Path,
+) -> None:
+    # GIVEN S3 answering for <bucket>.s3.us-east-1.amazonaws.com over TLS - the name a client
+    # addresses on AWS, resolved to 127.0.0.1 for one child process only (its own /etc/hosts)
+    items = {"events/a b+c.json": b'{"n": 1}', "events/2.json": b'{"n": 2}'}
+    _put_many(s3, bucket, items)
+    ca_bundle, context = private_ca
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n127.0.0.1 {bucket}.{AWS_S3_HOST}\n")
+    # botocore sends path-style to an explicit endpoint unless told otherwise; the CRT client
+    # (loader.extract.address) is virtual-hosted for any AWS host name
+    config = tmp_path / "config"
+    config.write_text("[default]\ns3 =\n    addressing_style = virtual\n")
+    with FaultProxy(s3_endpoint, tls=context, virtual_host_suffix=AWS_S3_HOST) as proxy:
+        port = proxy.url.rsplit(":", 1)[1]
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "AWS_ENDPOINT_URL": f"https://{AWS_S3_HOST}:{port}",  # AWS's name, our port
+            "AWS_CA_BUNDLE": str(ca_bundle),
+            "AWS_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": str(config),
+        }
+        unshare = ["unshare", "-rm", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"']
+        # WHEN each client lists and fetches from it
+        done = subprocess.run(
+            [*unshare, str(hosts), sys.executable, "-c", _VIRTUAL_HOSTED, bucket, kind],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    # THEN every request was virtual-hosted (the bucket in the Host, not in the path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["keys"] == sorted(items)
+    assert out["bodies"] == [items[k].decode() for k in sorted(items)]
+    assert len(proxy.hosts) >= 3
+    assert set(proxy.hosts) == {f"{bucket}.{AWS_S3_HOST}:{port}"}
+    assert not any(path.startswith(f"/{bucket}") for _, path, _ in proxy.log)

@@ -25,7 +25,10 @@ reproducible). Faults are tried in order; the first error/cut/reset that fires d
 response, delays add up. `set_faults()` swaps the list while the proxy runs.
 
 `FaultProxy(..., tls=ssl_context)` serves HTTPS (`proxy.url` is then https://127.0.0.1:PORT),
-for clients that must verify a certificate; the upstream stays plain HTTP.
+for clients that must verify a certificate; the upstream stays plain HTTP. With
+`virtual_host_suffix="s3.us-east-1.amazonaws.com"`, a virtual-hosted request (`Host:
+<bucket>.<suffix>`, path `/<key>`) is forwarded path-style (`/<bucket>/<key>`), as moto and
+s3rver need; `proxy.hosts` holds every Host header received.
 
 Bounded and tidy: binds 127.0.0.1 on an ephemeral port, serves at most `max_connections`
 client connections at once (more wait in the listen backlog), never waits on the upstream more
@@ -212,6 +215,7 @@ class FaultProxy:
         max_connections: int = 64,
         upstream_timeout_s: float = 10.0,
         tls: ssl.SSLContext | None = None,
+        virtual_host_suffix: str | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
@@ -221,6 +225,8 @@ class FaultProxy:
         self.upstream_timeout_s = upstream_timeout_s
         self._faults: list[Fault] = list(faults)
         self._tls = tls
+        self.virtual_host_suffix = virtual_host_suffix
+        self.hosts: list[str] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -297,6 +303,7 @@ class FaultProxy:
         chosen: Fault | None = None
         with self._lock:
             self.requests += 1
+            self.hosts.append(headers.get("Host") or "")
             for fault in self._faults:
                 if fault.match is not None and not fault.match(method, path):
                     continue
@@ -460,6 +467,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(data)
 
+    def _upstream_path(self) -> str:
+        """The request's path, path-style: a virtual-hosted bucket moves into the path."""
+        suffix = self.proxy.virtual_host_suffix
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        if suffix and host.endswith("." + suffix):
+            return f"/{host.removesuffix('.' + suffix)}{self.path}"
+        return self.path
+
     def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers["Host"] = f"{self.proxy.upstream_host}:{self.proxy.upstream_port}"
@@ -473,7 +488,9 @@ class _Handler(BaseHTTPRequestHandler):
                     timeout=self.proxy.upstream_timeout_s,
                 )
             try:
-                self._upstream.request(self.command, self.path, body=body, headers=headers)
+                self._upstream.request(
+                    self.command, self._upstream_path(), body=body, headers=headers
+                )
                 response = self._upstream.getresponse()
                 data = response.read()
             except (OSError, http.client.HTTPException):
