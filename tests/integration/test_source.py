@@ -922,3 +922,40 @@ def test_virtual_hosted_addressing_over_tls_as_on_aws(
     assert len(proxy.hosts) >= 3
     assert set(proxy.hosts) == {f"{bucket}.{AWS_S3_HOST}:{port}"}
     assert not any(path.startswith(f"/{bucket}") for _, path, _ in proxy.log)
+
+
+@pytest.mark.parametrize("prefix", ["events/2024/05/01/10/0000", "events/odd/"])
+def test_every_request_is_signed_as_s3_verifies_it(
+    make_source: MakeSource,
+    big_bucket: tuple[str, list[str]],
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    prefix: str,
+) -> None:
+    # GIVEN an S3 that checks SigV4 signatures, as AWS does and moto does not; odd key names
+    # (spaces, '+', '%', unicode, '~*()!', '#?') test the path and query canonicalisation
+    name, expected = big_bucket
+    with FaultProxy(s3_endpoint, verify_sigv4=os.environ["AWS_SECRET_ACCESS_KEY"]) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        source = make_source(raw_bucket=name)
+        # WHEN the source lists and fetches THEN every signature verifies
+        refs = _refs(source, prefix)
+        fetched = list(source.fetch_many(refs))
+    assert [r.key for r in refs] == [k for k in expected if k.startswith(prefix)]
+    assert all(f.error is None for f in fetched)
+    assert proxy.signature_problems == []
+    assert proxy.stats["signature_checked"] == len(refs) + 1
+
+
+def test_a_request_signed_with_another_secret_is_refused(
+    make_source: MakeSource, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the verifying S3 holding another secret key than the client signs with
+    with FaultProxy(s3_endpoint, verify_sigv4="not-the-client-secret") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        source = make_source()
+        # WHEN the client lists THEN S3 refuses it, as a configuration error
+        with pytest.raises(S3AccessError, match="SignatureDoesNotMatch"):
+            _refs(source, "events/")
+    assert len(proxy.signature_problems) == 1
+    assert "signature mismatch" in proxy.signature_problems[0]

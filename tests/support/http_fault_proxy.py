@@ -28,7 +28,9 @@ response, delays add up. `set_faults()` swaps the list while the proxy runs.
 for clients that must verify a certificate; the upstream stays plain HTTP. With
 `virtual_host_suffix="s3.us-east-1.amazonaws.com"`, a virtual-hosted request (`Host:
 <bucket>.<suffix>`, path `/<key>`) is forwarded path-style (`/<bucket>/<key>`), as moto and
-s3rver need; `proxy.hosts` holds every Host header received.
+s3rver need; `proxy.hosts` holds every Host header received. With `verify_sigv4=<secret key>`
+every request's SigV4 signature is checked as S3 checks it (`support.sigv4`); a wrong one is
+answered 403 SignatureDoesNotMatch and its reason kept in `proxy.signature_problems`.
 
 Bounded and tidy: binds 127.0.0.1 on an ephemeral port, serves at most `max_connections`
 client connections at once (more wait in the listen backlog), never waits on the upstream more
@@ -52,6 +54,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
+
+from support.sigv4 import sigv4_problem
 
 Matcher = Callable[[str, str], bool]
 HeaderMatcher = Callable[[Mapping[str, str]], bool]
@@ -216,6 +220,7 @@ class FaultProxy:
         upstream_timeout_s: float = 10.0,
         tls: ssl.SSLContext | None = None,
         virtual_host_suffix: str | None = None,
+        verify_sigv4: str | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
@@ -227,6 +232,8 @@ class FaultProxy:
         self._tls = tls
         self.virtual_host_suffix = virtual_host_suffix
         self.hosts: list[str] = []
+        self.verify_sigv4 = verify_sigv4
+        self.signature_problems: list[str] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -402,6 +409,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._read_body()
+        if self.proxy.verify_sigv4 is not None:
+            problem = sigv4_problem(self.command, self.path, self.headers, self.proxy.verify_sigv4)
+            with self.proxy._lock:
+                self.proxy.stats["signature_checked"] += 1
+                if problem is not None:
+                    self.proxy.signature_problems.append(f"{self.command} {self.path}: {problem}")
+            if problem is not None:
+                self._send_error(403, "SignatureDoesNotMatch")
+                return
         delay, fault = self.proxy._decide(self.command, self.path, self.headers)
         if delay and self.proxy._stopping.wait(delay):
             self.close_connection = True
@@ -466,6 +482,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
         self.wfile.write(data)
+
+    def _send_error(self, status: int, code: str) -> None:
+        payload = s3_error_xml(code)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
     def _upstream_path(self) -> str:
         """The request's path, path-style: a virtual-hosted bucket moves into the path."""
