@@ -175,8 +175,12 @@ def render(doc: dict[str, Any]) -> str:
     ]
     for name, row in doc["cases"].items():
         chosen = row.get("client", "")
-        if row.get("imported") is not None:
-            chosen += f" (imported: {', '.join(row['imported']) or 'neither boto3 nor botocore'})"
+        imported = row.get("imported")
+        if imported is not None and "boto3" not in imported and row["botocore_modules"] <= 1:
+            # aws_lambda_powertools' `import botocore` probe: the bare package, one module
+            chosen += " (no boto3; of botocore only Powertools' bare probe)"
+        elif imported is not None:
+            chosen += f" ({', '.join(imported)}: {row['botocore_modules']} botocore modules)"
         lines.append(
             f"| {name} | {row['events_per_s']:,.0f} | {row['cpu_ms_per_event']:.3f} | "
             f"{row['peak_rss_mb']:.0f} | {row['s3_list']} / {row['s3_get']} | {chosen} |"
