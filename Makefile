@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test lint unit integration package bench soak clean lock
+.PHONY: demo test lint unit integration package bench bench-quick soak clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ demo: $(VENV)/.demo-installed
 
 ## test: lint, types, then the whole suite (unit + integration) against real servers
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
@@ -40,14 +40,21 @@ integration: $(VENV)/.dev-installed
 	$(BIN)/pytest tests/integration
 
 ## package: the Lambda zip and, beside it, the wheel (CLI, DBA migrations) (ARCH=x86_64|arm64, LAMBDA_PYTHON=3.12|3.13)
+## prints sizes against the targets, the file count and the handler's cold import from the
+## unpacked zip (with python$(LAMBDA_PYTHON) from PATH or pyenv, or IMPORT_PYTHON=/path/to/python)
 ARCH ?= x86_64
 LAMBDA_PYTHON ?= 3.12
+IMPORT_PYTHON ?=
 package: $(VENV)/.dev-installed
-	$(BIN)/python deploy/build_package.py --arch $(ARCH) --python-version $(LAMBDA_PYTHON)
+	$(BIN)/python deploy/build_package.py --arch $(ARCH) --python-version $(LAMBDA_PYTHON) $(if $(IMPORT_PYTHON),--import-python $(IMPORT_PYTHON))
 
 ## bench: the performance benchmark (s3rver + embedded PostgreSQL); results in bench/results/
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/run.py
+
+## bench-quick: the same cases on one 5k hour (a few minutes): run it before and after a change
+bench-quick: $(VENV)/.dev-installed
+	$(BIN)/python bench/run.py --quick --name quick $(ARGS)
 
 ## soak: the long fault/soak tests (not in the default run)
 soak: $(VENV)/.dev-installed

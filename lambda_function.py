@@ -101,7 +101,8 @@ def _notifications(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def _plan(event: dict[str, Any]) -> dict[str, Any]:
-    """Step Functions' first step: the hour to load and one item per shard for its Map."""
+    """Step Functions' first step: the hour to load and one item per shard for its Map, range
+    shards (each lists only its own slice of the hour: loader/window.py `Shard`)."""
     if "hour" in event:
         hour = parse_hour(str(event["hour"]))
     elif isinstance(event.get("time"), str):
@@ -114,7 +115,9 @@ def _plan(event: dict[str, Any]) -> dict[str, Any]:
     return {
         "hour": label,
         "shard_count": count,
-        "shards": [{"hour": label, "shard": {"index": i, "count": count}} for i in range(count)],
+        "shards": [
+            {"hour": label, "shard": Shard(i, count, "range").as_payload()} for i in range(count)
+        ],
     }
 
 

@@ -44,11 +44,13 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent))
+#: BENCH_LOADER_TREE measures another checkout's loader (e.g. the commit before a change) with
+#: this benchmark: its directory goes first on sys.path.
+sys.path.insert(0, os.environ.get("BENCH_LOADER_TREE") or str(BENCH.parent))
 
 from workload import BUCKET, hour_for, objects  # noqa: E402
 
-_CASES = ("s3_boto3", "s3_crt", "naive", "loader", "db_stage", "db_ceiling")
+_CASES = ("s3_boto3", "s3_crt", "naive", "merge", "loader", "db_stage", "db_ceiling")
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -211,15 +213,68 @@ _NAIVE_MAPPED = {
 }
 
 
-def naive_handler(bucket: str, prefix: str, dsn: str) -> dict[str, int]:
-    """What a hand-rolled loader Lambda looks like: list everything, then per 500 keys fetch them
-    with 32 threads and insert them row by row with executemany."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import boto3
-    import psycopg2
-    from botocore.config import Config
+def naive_rows(bucket: str, key: str, modified: Any, body: bytes) -> tuple[tuple, tuple] | None:
+    """One object → (events row, meta row) as a hand-rolled loader maps it, or None to skip."""
     from psycopg2.extras import Json
+
+    try:
+        e = json.loads(body)
+    except ValueError:
+        return None
+    # What the real tracker sends: `eventName`, and `eventId` (a UUID) unless the tracker
+    # predates it.
+    if not isinstance(e, dict) or not isinstance(e.get("eventName"), str):
+        return None
+    ingest = e.get("_ingest") if isinstance(e.get("_ingest"), dict) else {}
+    product = e.get("product") if isinstance(e.get("product"), dict) else {}
+    event_id = e.get("eventId") or key.rsplit("event-", 1)[-1].removesuffix(".json")
+    ts = e.get("timestamp")
+    first = e.get("isFirstVisit")
+    event = (
+        event_id,
+        e["eventName"],
+        ingest.get("receivedAt") or modified,
+        ts if isinstance(ts, str) else None,
+        e.get("pageUrl"),
+        e.get("referrer"),
+        e.get("userId"),
+        e.get("userLoginState"),
+        e.get("clientId"),
+        e.get("sessionId"),
+        first if isinstance(first, bool) else None,
+        product.get("id"),
+        product.get("name"),
+        product.get("category"),
+        product.get("brand"),
+        product.get("price"),
+        product.get("discountPrice"),
+        product.get("urlPath"),
+        Json(e.get("element")),
+        Json({k: v for k, v in e.items() if k not in _NAIVE_MAPPED}),
+    )
+    meta = (
+        event_id,
+        ingest.get("receivedAt"),
+        ingest.get("sourceIp"),
+        ingest.get("userAgent"),
+        ingest.get("path"),
+        ingest.get("requestId"),
+        ingest.get("apiId"),
+        ingest.get("stage"),
+        ingest.get("traceId"),
+        bucket,
+        key,
+        modified,
+        Json(ingest),
+        hashlib.sha256(body).digest(),
+    )
+    return event, meta
+
+
+def _naive_fetcher(bucket: str, prefix: str) -> tuple[list[tuple[str, Any]], Callable[..., Any]]:
+    """Every key of the hour (boto3's paginator), and a GET for one of them."""
+    import boto3
+    from botocore.config import Config
 
     s3 = boto3.client("s3", config=Config(max_pool_connections=32))
     keys = []
@@ -230,69 +285,29 @@ def naive_handler(bucket: str, prefix: str, dsn: str) -> dict[str, int]:
         key, modified = item
         return key, modified, s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
+    return keys, fetch
+
+
+def naive_handler(bucket: str, prefix: str, dsn: str) -> dict[str, int]:
+    """What a hand-rolled loader Lambda looks like: list everything, then per 500 keys fetch them
+    with 32 threads and insert them row by row with executemany."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg2
+
+    keys, fetch = _naive_fetcher(bucket, prefix)
     conn = psycopg2.connect(dsn)
     loaded = skipped = 0
     with ThreadPoolExecutor(32) as pool:
         for start in range(0, len(keys), 500):
             events, metas = [], []
             for key, modified, body in pool.map(fetch, keys[start : start + 500]):
-                try:
-                    e = json.loads(body)
-                except ValueError:
+                rows = naive_rows(bucket, key, modified, body)
+                if rows is None:
                     skipped += 1
                     continue
-                # What the real tracker sends: `eventName`, and `eventId` (a UUID) unless the
-                # tracker predates it.
-                if not isinstance(e, dict) or not isinstance(e.get("eventName"), str):
-                    skipped += 1
-                    continue
-                ingest = e.get("_ingest") if isinstance(e.get("_ingest"), dict) else {}
-                product = e.get("product") if isinstance(e.get("product"), dict) else {}
-                event_id = e.get("eventId") or key.rsplit("event-", 1)[-1].removesuffix(".json")
-                ts = e.get("timestamp")
-                first = e.get("isFirstVisit")
-                events.append(
-                    (
-                        event_id,
-                        e["eventName"],
-                        ingest.get("receivedAt") or modified,
-                        ts if isinstance(ts, str) else None,
-                        e.get("pageUrl"),
-                        e.get("referrer"),
-                        e.get("userId"),
-                        e.get("userLoginState"),
-                        e.get("clientId"),
-                        e.get("sessionId"),
-                        first if isinstance(first, bool) else None,
-                        product.get("id"),
-                        product.get("name"),
-                        product.get("category"),
-                        product.get("brand"),
-                        product.get("price"),
-                        product.get("discountPrice"),
-                        product.get("urlPath"),
-                        Json(e.get("element")),
-                        Json({k: v for k, v in e.items() if k not in _NAIVE_MAPPED}),
-                    )
-                )
-                metas.append(
-                    (
-                        event_id,
-                        ingest.get("receivedAt"),
-                        ingest.get("sourceIp"),
-                        ingest.get("userAgent"),
-                        ingest.get("path"),
-                        ingest.get("requestId"),
-                        ingest.get("apiId"),
-                        ingest.get("stage"),
-                        ingest.get("traceId"),
-                        bucket,
-                        key,
-                        modified,
-                        Json(ingest),
-                        hashlib.sha256(body).digest(),
-                    )
-                )
+                events.append(rows[0])
+                metas.append(rows[1])
             with conn.cursor() as cur:
                 cur.executemany(NAIVE_EVENTS_SQL, events)
                 cur.executemany(NAIVE_META_SQL, metas)
@@ -302,7 +317,64 @@ def naive_handler(bucket: str, prefix: str, dsn: str) -> dict[str, int]:
     return {"objects": len(keys), "loaded": loaded, "skipped": skipped}
 
 
-def case_naive(size: int) -> dict[str, Any]:
+def merge_handler(bucket: str, prefix: str, dsn: str) -> dict[str, int]:
+    """A dlt-style merge load (dlt's `write_disposition="merge"` with its default delete-insert
+    strategy on PostgreSQL): extract and normalise the whole hour first, then in one transaction
+    load the rows into staging tables with multi-row INSERT ... VALUES (dlt's default file
+    format for PostgreSQL, `insert_values`), delete the destination rows whose key is staged and
+    insert the staged rows, one per key. Rows are held in memory until the load (dlt writes them
+    to load files on disk). Same extract and field mapping as the naive loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psycopg2
+    from psycopg2.extras import execute_values
+
+    keys, fetch = _naive_fetcher(bucket, prefix)
+    events, metas = [], []
+    skipped = 0
+    with ThreadPoolExecutor(32) as pool:
+        for key, modified, body in pool.map(fetch, keys):
+            rows = naive_rows(bucket, key, modified, body)
+            if rows is None:
+                skipped += 1
+                continue
+            events.append(rows[0])
+            metas.append(rows[1])
+    conn = psycopg2.connect(dsn)
+    with conn, conn.cursor() as cur:
+        for stage, table in (
+            ("stage_events", "clickstream_events"),
+            ("stage_meta", "clickstream_ingest_meta"),
+        ):
+            cur.execute(
+                f"CREATE TEMP TABLE {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
+        execute_values(
+            cur,
+            f"INSERT INTO stage_events ({NAIVE_EVENT_COLUMNS}) VALUES %s",
+            events,
+            page_size=1000,
+        )
+        execute_values(
+            cur, f"INSERT INTO stage_meta ({NAIVE_META_COLUMNS}) VALUES %s", metas, page_size=1000
+        )
+        # Deleting an event deletes its meta row too (ON DELETE CASCADE).
+        cur.execute(
+            "DELETE FROM clickstream_events d USING stage_events s WHERE d.event_id = s.event_id"
+        )
+        cur.execute(
+            f"INSERT INTO clickstream_events ({NAIVE_EVENT_COLUMNS}) SELECT DISTINCT ON (event_id) "
+            f"{NAIVE_EVENT_COLUMNS} FROM stage_events ORDER BY event_id"
+        )
+        cur.execute(
+            f"INSERT INTO clickstream_ingest_meta ({NAIVE_META_COLUMNS}) SELECT DISTINCT ON "
+            f"(event_id) {NAIVE_META_COLUMNS} FROM stage_meta ORDER BY event_id"
+        )
+    conn.close()
+    return {"objects": len(keys), "loaded": len(events), "skipped": skipped}
+
+
+def case_naive(size: int, handler: Callable[[str, str, str], dict[str, int]]) -> dict[str, Any]:
     env = os.environ
     dsn = (
         f"host={env['DW_PG_HOST']} port={env['DW_PG_PORT']} user={env['DW_PG_USER']} "
@@ -312,7 +384,7 @@ def case_naive(size: int) -> dict[str, Any]:
     import psycopg2  # noqa: F401
 
     prefix = hour_for(size).prefix
-    return measure(lambda: naive_handler(env["RAW_BUCKET_NAME"], prefix, dsn))
+    return measure(lambda: handler(env["RAW_BUCKET_NAME"], prefix, dsn))
 
 
 # ------------------------------------------------------------------------------ the loader
@@ -356,10 +428,15 @@ def case_loader(size: int) -> dict[str, Any]:
     loader = HourLoader(settings, engine, source)
     hour = hour_for(size).hour
     try:
-        return measure(lambda: _report_details(loader.load(HourJob(hour, "manual"))))
+        result = measure(lambda: _report_details(loader.load(HourJob(hour, "manual"))))
     finally:
         engine.dispose()
         source.close()
+    # What this configuration is, as the loader resolved it (S3_CLIENT may default to either).
+    result["details"]["source"] = type(source).__name__
+    result["details"]["s3_client"] = settings.s3_client
+    result["details"]["write_method"] = settings.write_method
+    return result
 
 
 # ------------------------------------------------------------------------------ DB stage / ceiling
@@ -522,7 +599,8 @@ def main() -> None:
     runners: dict[str, Callable[[int], dict[str, Any]]] = {
         "s3_boto3": lambda n: case_s3(n, "boto3"),
         "s3_crt": lambda n: case_s3(n, "crt"),
-        "naive": case_naive,
+        "naive": lambda n: case_naive(n, naive_handler),
+        "merge": lambda n: case_naive(n, merge_handler),
         "loader": case_loader,
         "db_stage": case_db_stage,
         "db_ceiling": case_db_ceiling,

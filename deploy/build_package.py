@@ -12,9 +12,23 @@ one artifact. The zip holds:
 
 Nothing else: no tests, no dev or CLI extras (typer, rich), no migrations and no Alembic (the
 loader checks the warehouse's revision against constants in loader/schema.py), no
-`__pycache__`, no console scripts. Entries are sorted and time-stamped with one fixed date, so
-the same inputs give the same bytes (pin the inputs with constraints.txt; the build prints the
-versions it resolved).
+`__pycache__`, no console scripts. Three rules make the dependencies lean without picking files
+out of them by hand (each applies to every distribution alike, and RECORD is rewritten to list
+exactly what ships, with the hashes of what ships):
+
+- AWS service models only for the services the loader calls (`SDK_SERVICES`): botocore keeps
+  one folder per service, 400-odd of them, and reads only the ones a client is created for;
+- debug information stripped from compiled extensions (`--strip-debug`: symbols stay, so
+  tracebacks and `ldd` look the same); awscrt and SQLAlchemy's Cython modules ship with it;
+- console scripts and byte-code dropped.
+
+Entries are sorted and time-stamped with one fixed date, so the same inputs give the same bytes
+(pin the inputs with constraints.txt; the build prints the versions it resolved and the strip
+tool it used).
+
+Every build prints the zip's size unzipped and zipped, its file count, and the cold import of
+the handler from the unpacked zip: the median of 10 fresh `python -S -I` interpreters, when an
+interpreter of the target's Python and CPU is found (`--import-python` names one).
 
 The wheel (`dist/clickstream_loader-<version>-py3-none-any.whl`, `--no-wheel` skips it) is the
 same code for a host: the `clickstream-loader` CLI with the `[cli]` extra, and the DBA's
@@ -32,10 +46,16 @@ Usage (`make package` runs the first line):
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import hashlib
+import json
 import os
+import platform
+import re
 import shutil
+import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -81,9 +101,9 @@ RUNTIME_SDK = frozenset(
 
 #: Bundling boto3 is the default. The runtime's boto3 is whatever version AWS last rolled out
 #: to that runtime (older than ours, and it changes under a deployed function without a
-#: deploy). Bundling costs ~+23 MB unzipped and ~+17 MB zipped (69 MB / 31 MB in all, far
-#: under the 250 MB limit; cold start imports botocore either way) and buys: the exact botocore
-#: the tests ran against; a botocore that matches the awscrt we ship
+#: deploy). Bundling costs ~+5 MiB unzipped and ~+1.5 MiB zipped with the service models pruned
+#: (37 MiB / 12 MiB in all for x86_64; cold start imports botocore either way) and buys: the
+#: exact botocore the tests ran against; a botocore that matches the awscrt we ship
 #: (botocore switches to CRT signing whenever awscrt is importable, so a runtime botocore
 #: would meet an awscrt version it was never released with); and an artifact the package test
 #: can run completely in a bare interpreter. AWS's own guidance for production functions is to
@@ -94,6 +114,26 @@ BUNDLE_BOTO3_DEFAULT = True
 UNZIPPED_LIMIT_BYTES = 250 * 1024 * 1024
 #: Above this a zip cannot be uploaded directly (SAM uploads through S3, which is fine).
 DIRECT_UPLOAD_LIMIT_BYTES = 50 * 1024 * 1024
+
+#: What the default build must stay within (issue 14): a lean zip is a faster cold start and a
+#: cheaper deploy. Printed with every build; the package test holds the bundled build to them.
+TARGET_UNZIPPED_BYTES = 40 * 1024 * 1024
+TARGET_ZIPPED_BYTES = 14 * 1024 * 1024
+TARGET_COLD_IMPORT_S = 0.35
+COLD_IMPORT_RUNS = 10
+#: Compiling every module from source costs seconds per run: a median of fewer.
+FROM_SOURCE_RUNS = 3
+
+#: The AWS services the loader calls through botocore, so the only service models it reads:
+#: s3 (the boto3 client and the listing signer), secretsmanager (DW_PG_SECRET_ARN,
+#: loader/secrets.py) and sts (botocore's credential chain creates an STS client for
+#: assume-role and web-identity credentials). A client for any other service fails with
+#: botocore's UnknownServiceError: add the service here.
+SDK_SERVICES = frozenset({"s3", "secretsmanager", "sts"})
+#: Folders that hold one sub-folder per AWS service: botocore's models, boto3's resource
+#: models. The files directly inside them (endpoints.json, partitions.json,
+#: sdk-default-configuration.json, _retry.json) serve every service and stay.
+SERVICE_MODEL_DIRS = ("botocore/data", "boto3/data")
 
 #: Zip entries get one fixed timestamp (zip cannot store dates before 1980);
 #: SOURCE_DATE_EPOCH overrides it, as reproducible-builds tooling expects.
@@ -116,6 +156,9 @@ class BuildResult:
     sha256: str
     distributions: tuple[str, ...]
     largest: tuple[tuple[str, int], ...]
+    #: bytes each lean rule removed, by rule
+    trimmed: tuple[tuple[str, int], ...]
+    strip_tool: str | None
 
 
 def runtime_dependencies(pyproject: Path) -> list[str]:
@@ -220,6 +263,140 @@ def remove_distribution(site: Path, info: Path) -> None:
     shutil.rmtree(info, ignore_errors=True)
 
 
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def prune_service_models(staging: Path, services: frozenset[str] = SDK_SERVICES) -> int:
+    """Delete the service folders of SERVICE_MODEL_DIRS that `services` does not name.
+
+    botocore reads a service's model only when a client for it is created, so the other 400-odd
+    folders are never opened (20 MB of the 23 MB botocore installs). Returns the bytes removed."""
+    removed = 0
+    for relative in SERVICE_MODEL_DIRS:
+        root = staging / relative
+        if not root.is_dir():
+            continue  # --no-bundle-boto3: the runtime's SDK, whole
+        folders = {p.name: p for p in root.iterdir() if p.is_dir()}
+        if relative.startswith("botocore/") and (unknown := services - folders.keys()):
+            raise BuildError(f"botocore has no model for {', '.join(sorted(unknown))}")
+        for name, folder in sorted(folders.items()):
+            if name not in services:
+                removed += _tree_bytes(folder)
+                shutil.rmtree(folder)
+    return removed
+
+
+def find_strip_tool(arch: str) -> list[str] | None:
+    """The command that strips debug information for `arch`, or None.
+
+    llvm-strip reads every CPU's ELF; GNU strip (binutils) only the build machine's."""
+    llvm = shutil.which("llvm-strip")
+    if llvm:
+        return [llvm, "--strip-debug"]
+    gnu = shutil.which("strip")
+    host = platform.machine().lower()
+    if gnu and WHEEL_MACHINES[arch] == {"amd64": "x86_64", "arm64": "aarch64"}.get(host, host):
+        return [gnu, "--strip-debug"]
+    return None
+
+
+def _tool_version(tool: Sequence[str]) -> str:
+    result = subprocess.run(  # noqa: S603 - a tool found on PATH, fixed arguments
+        [tool[0], "--version"], capture_output=True, text=True, check=False
+    )
+    lines = [ln.strip() for ln in (result.stdout or result.stderr).splitlines() if ln.strip()]
+    # llvm-strip: "... LLVM version 14.0.6" on its second line; GNU strip: "... 2.40" on its first
+    shown = next((ln for ln in lines if "LLVM version" in ln), lines[0] if lines else "?")
+    return f"{Path(tool[0]).name} ({shown})"
+
+
+def has_debug_sections(path: Path) -> bool:
+    """Whether `path` is an ELF file with a `.debug_*` section (read from its section headers)."""
+    with path.open("rb") as fh:
+        ident = fh.read(16)
+        if len(ident) < 16 or ident[:4] != b"\x7fELF" or ident[4] not in (1, 2):
+            return False
+        wide, order = ident[4] == 2, "<" if ident[5] == 1 else ">"
+        header = fh.read(48 if wide else 36)
+        if len(header) < (48 if wide else 36):
+            return False
+        # e_shoff, then e_shentsize, e_shnum, e_shstrndx (the ELF header's last fields)
+        shoff = struct.unpack_from(order + ("Q" if wide else "I"), header, 24 if wide else 16)[0]
+        entsize, count, names_index = struct.unpack_from(order + "HHH", header, len(header) - 6)
+        if not shoff or not count or names_index >= count:
+            return False
+        fh.seek(shoff)
+        table = fh.read(entsize * count)
+        if len(table) < entsize * count:
+            return False
+        # sh_name, then sh_offset and sh_size of each section header
+        layout = order + ("I20xQQ" if wide else "I12xII")
+
+        def section(index: int) -> tuple[int, int, int]:
+            name, offset, size = struct.unpack_from(layout, table, index * entsize)
+            return name, offset, size
+
+        _, names_offset, names_size = section(names_index)
+        fh.seek(names_offset)
+        names = fh.read(names_size)
+    return any(names[section(i)[0] :].startswith(b".debug_") for i in range(count))
+
+
+def strip_debug_info(staging: Path, tool: Sequence[str]) -> int:
+    """Strip debug sections from every ELF file; return the bytes saved.
+
+    Wheels built with debug information (awscrt, SQLAlchemy's Cython modules) carry 3-8x their
+    code in `.debug_*` sections that nothing reads at run time. `--strip-debug` keeps the symbol
+    tables. Only files that carry `.debug_*` sections are touched: auditwheel's patchelf has
+    rewritten the others (psycopg2's), and strip tools can break such a file's segment
+    alignment. A file the tool cannot read, or that does not shrink, is left byte for byte."""
+    saved = 0
+    for path in sorted(p for p in staging.rglob("*") if p.is_file() and not p.is_symlink()):
+        if not has_debug_sections(path):
+            continue
+        before = path.stat().st_size
+        stripped = path.with_name(path.name + ".stripped")
+        result = subprocess.run(  # noqa: S603 - the strip tool, our own paths
+            [*tool, "-o", str(stripped), str(path)], capture_output=True, check=False
+        )
+        if result.returncode == 0 and stripped.stat().st_size < before:
+            shutil.copymode(path, stripped)
+            stripped.replace(path)
+            saved += before - path.stat().st_size
+        else:
+            stripped.unlink(missing_ok=True)
+    return saved
+
+
+def _record_hash(data: bytes) -> str:
+    """A RECORD hash (PEP 376 / the wheel spec): urlsafe base64 of the sha256, unpadded."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+    return "sha256=" + digest.decode("ascii")
+
+
+def refresh_records(staging: Path) -> None:
+    """Make every RECORD list exactly what ships: rows of files removed dropped, hashes and
+    sizes of files changed recomputed. importlib.metadata and `pip show -f` then tell the truth
+    about the zip, and a hash check of an installed file passes."""
+    root = staging.resolve()
+    for record in sorted(staging.glob("*.dist-info/RECORD")):
+        with record.open(newline="", encoding="utf-8") as fh:
+            rows = [row for row in csv.reader(fh) if row]
+        kept: list[list[str]] = []
+        for row in rows:
+            path = (staging / row[0]).resolve()
+            if not path.is_relative_to(root) or not path.is_file():
+                continue  # removed by a rule, or a console script outside the package
+            if len(row) >= 2 and row[1]:
+                data = path.read_bytes()
+                row = [row[0], _record_hash(data), str(len(data))]
+            kept.append(row)
+        if kept != rows:
+            with record.open("w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh, lineterminator="\n").writerows(kept)
+
+
 def copy_project(staging: Path) -> None:
     """The loader and the handler, without byte-code."""
     missing = [n for n in (*PROJECT_DIRS, *PROJECT_FILES) if not (ROOT / n).exists()]
@@ -321,6 +498,11 @@ def build(
         if not bundle_boto3:
             for name in sorted(RUNTIME_SDK & dists.keys()):
                 remove_distribution(staging, dists.pop(name))
+        trimmed = [("service models", prune_service_models(staging))]
+        strip_tool = find_strip_tool(arch)
+        if strip_tool is not None:
+            trimmed.append(("debug info", strip_debug_info(staging, strip_tool)))
+        refresh_records(staging)
         copy_project(staging)
         if ca_bundle is not None:
             (staging / "certs").mkdir()
@@ -337,6 +519,117 @@ def build(
         sha256=digest,
         distributions=versions,
         largest=largest,
+        trimmed=tuple(trimmed),
+        strip_tool=_tool_version(strip_tool) if strip_tool else None,
+    )
+
+
+#: Runs in the measured interpreter: argv = [the unpacked zip].
+_IMPORT_PROBE = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+wall, cpu = time.perf_counter(), time.process_time()
+import lambda_function
+print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}))
+"""
+_IMPORTTIME_LINE = re.compile(r"^import time:\s+(\d+) \|\s+\d+ \|\s+(\S+)")
+
+
+@dataclass(frozen=True)
+class ColdImport:
+    """`import lambda_function` in fresh `python -S -I` interpreters from the unpacked zip."""
+
+    interpreter: str
+    runs: int
+    #: medians, in seconds, with byte-code cached next to the sources (what a developer's
+    #: machine shows, and the issue's target), and compiling every module as Lambda does: its
+    #: /var/task is read-only and the zip ships no byte-code
+    cached_wall_s: float
+    cached_cpu_s: float
+    from_source_wall_s: float
+    from_source_runs: int
+    #: the 1-minute load average when measured: on a shared machine wall times stretch with it
+    load_average: float
+    #: self time per top-level package, microseconds, largest first (one -X importtime run)
+    profile: tuple[tuple[str, int], ...]
+
+
+#: Prints the Lambda architecture name of an interpreter's CPU, and its Python version.
+_WHICH_PYTHON = (
+    "import platform, sys; m = platform.machine().lower(); "
+    "print({'x86_64': 'x86_64', 'amd64': 'x86_64', 'aarch64': 'arm64', 'arm64': 'arm64'}"
+    ".get(m, m), '%d.%d' % sys.version_info[:2])"
+)
+
+
+def find_import_python(arch: str, python_version: str, explicit: str | None) -> str | None:
+    """An interpreter that can import the zip: the target's Python version on the target's CPU.
+
+    `explicit` (--import-python), else pythonX.Y on PATH, else a pyenv install of X.Y."""
+    if explicit:
+        candidates = [explicit]
+    else:
+        pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+        found = sorted(pyenv.glob(f"{python_version}.*/bin/python{python_version}"))
+        candidates = [str(c) for c in (shutil.which(f"python{python_version}"), *found) if c]
+    for candidate in candidates:
+        result = subprocess.run(  # noqa: S603 - an interpreter the user or PATH names
+            [candidate, "-S", "-c", _WHICH_PYTHON], capture_output=True, text=True, check=False
+        )
+        if result.returncode == 0 and result.stdout.split() == [arch, python_version]:
+            return candidate
+    return None
+
+
+def _run_probe(
+    interpreter: str, flags: Sequence[str], task: Path
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(  # noqa: S603 - the interpreter found above, our own probe
+        [interpreter, "-S", "-I", *flags, "-c", _IMPORT_PROBE, str(task)],
+        capture_output=True,
+        text=True,
+        cwd=task.parent,
+        timeout=120,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": "UTC"},
+    )
+    if result.returncode != 0:
+        raise BuildError(f"the handler does not import from the zip:\n{result.stderr[-3000:]}")
+    return result
+
+
+def measure_cold_import(zip_path: Path, interpreter: str, runs: int) -> ColdImport:
+    """Median of `runs` fresh interpreters per regime, from the zip unpacked in an empty folder."""
+
+    def median(flags: Sequence[str], key: str, count: int) -> float:
+        samples = [
+            json.loads(_run_probe(interpreter, flags, task).stdout)[key] for _ in range(count)
+        ]
+        return float(statistics.median(samples))
+
+    with tempfile.TemporaryDirectory(prefix="clickstream-import-") as tmp:
+        task = Path(tmp) / "task"
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(task)
+        # -B: nothing cached, every run compiles. Fewer runs: each costs seconds of CPU.
+        from_source = median(["-B"], "wall", min(runs, FROM_SOURCE_RUNS))
+        _run_probe(interpreter, [], task)  # writes the byte-code the next runs read
+        cached = [json.loads(_run_probe(interpreter, [], task).stdout) for _ in range(runs)]
+        profiled = _run_probe(interpreter, ["-X", "importtime"], task)
+    by_package: dict[str, int] = {}
+    for line in profiled.stderr.splitlines():
+        if match := _IMPORTTIME_LINE.match(line):
+            top = match.group(2).split(".", 1)[0]
+            by_package[top] = by_package.get(top, 0) + int(match.group(1))
+    return ColdImport(
+        interpreter=interpreter,
+        runs=runs,
+        cached_wall_s=statistics.median(s["wall"] for s in cached),
+        cached_cpu_s=statistics.median(s["cpu"] for s in cached),
+        from_source_wall_s=from_source,
+        from_source_runs=min(runs, FROM_SOURCE_RUNS),
+        load_average=os.getloadavg()[0],
+        profile=tuple(sorted(by_package.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
     )
 
 
@@ -393,12 +686,16 @@ def report_wheel(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         count = len(archive.infolist())
     print(f"\nbuilt {shown}  (the CLI, and the DBA's clickstream-migrate)")
-    print(f"  size:     {wheel.stat().st_size / 1024:>6.0f} kB  in {count} files")
+    print(f"  size:     {wheel.stat().st_size / 1024:>6.0f} KiB  in {count} files")
     print(f"  sha256:   {hashlib.sha256(wheel.read_bytes()).hexdigest()}")
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MB"
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB"
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
 
 
 def report(result: BuildResult, *, arch: str, python_version: str, bundle_boto3: bool) -> None:
@@ -409,16 +706,53 @@ def report(result: BuildResult, *, arch: str, python_version: str, bundle_boto3:
     sdk = "boto3 bundled" if bundle_boto3 else "boto3 from the Lambda runtime"
     print(f"\nbuilt {shown}  (python{python_version}, {arch}, {sdk})")
     print(
-        f"  unzipped: {_mb(result.unzipped_bytes):>9}  in {result.file_count} files"
-        f"  (Lambda limit {_mb(UNZIPPED_LIMIT_BYTES)})"
+        f"  unzipped: {_mib(result.unzipped_bytes):>10}  in {result.file_count} files"
+        f"  (target {_mib(TARGET_UNZIPPED_BYTES)}: "
+        f"{_verdict(result.unzipped_bytes <= TARGET_UNZIPPED_BYTES)};"
+        f" Lambda limit {_mib(UNZIPPED_LIMIT_BYTES)})"
     )
     print(
-        f"  zipped:   {_mb(result.zipped_bytes):>9}"
-        f"  (direct-upload limit {_mb(DIRECT_UPLOAD_LIMIT_BYTES)}; SAM uploads via S3)"
+        f"  zipped:   {_mib(result.zipped_bytes):>10}"
+        f"  (target {_mib(TARGET_ZIPPED_BYTES)}: "
+        f"{_verdict(result.zipped_bytes <= TARGET_ZIPPED_BYTES)};"
+        f" direct-upload limit {_mib(DIRECT_UPLOAD_LIMIT_BYTES)})"
     )
     print(f"  sha256:   {result.sha256}")
-    print("  largest:  " + ", ".join(f"{name} {_mb(size)}" for name, size in result.largest))
+    print("  largest:  " + ", ".join(f"{name} {_mib(size)}" for name, size in result.largest))
+    print(
+        "  trimmed:  "
+        + ", ".join(f"{rule} {_mib(size)}" for rule, size in result.trimmed)
+        + f"  (service models kept: {', '.join(sorted(SDK_SERVICES))})"
+    )
+    if result.strip_tool is None:
+        print("  note:     debug info kept: no llvm-strip (or strip for this CPU) on PATH")
+    else:
+        print(f"  stripped: with {result.strip_tool}")
     print("  bundled:  " + " ".join(result.distributions))
+
+
+def report_cold_import(cold: ColdImport | None, *, arch: str, python_version: str) -> None:
+    if cold is None:
+        print(
+            f"  cold import: not measured (no python{python_version} for {arch} here; "
+            "--import-python names one)"
+        )
+        return
+    print(
+        f"  cold import: {cold.cached_wall_s:.3f} s median of {cold.runs} "
+        f"(CPU {cold.cached_cpu_s:.3f} s; target {TARGET_COLD_IMPORT_S} s: "
+        f"{_verdict(cold.cached_wall_s <= TARGET_COLD_IMPORT_S)}), byte-code cached; "
+        f"{cold.from_source_wall_s:.3f} s (median of {cold.from_source_runs}) compiling from "
+        f"source, as on Lambda (no byte-code in the zip)"
+    )
+    print(
+        f"               [{cold.interpreter} -S -I; load average {cold.load_average:.1f} on "
+        f"{os.cpu_count()} CPUs: wall times stretch with it, CPU times less]"
+    )
+    print(
+        "  import profile (self time by top-level package, -X importtime): "
+        + ", ".join(f"{name} {us / 1000:.0f} ms" for name, us in cold.profile)
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -469,6 +803,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=True,
         help="also build the wheel (CLI and migrations) next to the zip (default)",
     )
+    parser.add_argument(
+        "--import-python",
+        default=None,
+        metavar="PATH",
+        help="interpreter for the cold-import measurement (default: pythonX.Y of the target "
+        "version on PATH or in pyenv; the target CPU only)",
+    )
+    parser.add_argument(
+        "--cold-import-runs",
+        type=int,
+        default=COLD_IMPORT_RUNS,
+        metavar="N",
+        help=f"fresh interpreters per measurement (default: {COLD_IMPORT_RUNS}; 0 skips it)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show pip's output")
     return parser.parse_args(argv)
 
@@ -510,6 +858,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     report(
         result, arch=args.arch, python_version=args.python_version, bundle_boto3=args.bundle_boto3
     )
+    if args.cold_import_runs > 0 and not args.bundle_boto3:
+        print("  cold import: not measured (the handler imports the Lambda runtime's boto3)")
+    elif args.cold_import_runs > 0:
+        interpreter = find_import_python(args.arch, args.python_version, args.import_python)
+        try:
+            cold = (
+                measure_cold_import(output, interpreter, args.cold_import_runs)
+                if interpreter
+                else None
+            )
+        except BuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        report_cold_import(cold, arch=args.arch, python_version=args.python_version)
     if args.wheel:
         try:
             wheel = build_wheel(output.parent, verbose=args.verbose)
@@ -519,8 +881,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_wheel(wheel)
     if result.unzipped_bytes > UNZIPPED_LIMIT_BYTES:
         print(
-            f"error: unzipped size {_mb(result.unzipped_bytes)} exceeds Lambda's "
-            f"{_mb(UNZIPPED_LIMIT_BYTES)} limit",
+            f"error: unzipped size {_mib(result.unzipped_bytes)} exceeds Lambda's "
+            f"{_mib(UNZIPPED_LIMIT_BYTES)} limit",
             file=sys.stderr,
         )
         return 1

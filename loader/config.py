@@ -22,7 +22,7 @@ from typing import Any, Final, Generic, Literal, TypeVar, cast
 
 from sqlalchemy.engine import URL
 
-S3ClientKind = Literal["boto3", "crt"]
+S3ClientKind = Literal["auto", "boto3", "crt"]
 WriteMethod = Literal["copy", "insert"]
 T = TypeVar("T")
 
@@ -349,11 +349,13 @@ class Settings:
         metadata=from_env("FETCH_CONCURRENCY", "concurrent S3 GETs", integer(minimum=1)),
     )
     s3_client: S3ClientKind = field(
-        default="boto3",
+        default="auto",
         metadata=from_env(
             "S3_CLIENT",
-            "`boto3` or `crt` (AWS Common Runtime, ~5× less CPU per GET)",
-            one_of("boto3", "crt"),
+            "`auto`: the AWS Common Runtime client (`crt`, ~5× less CPU per GET, no botocore "
+            "imported) when `awscrt` imports, else `boto3` with one warning saying so; or "
+            "`crt` / `boto3` explicitly",
+            one_of("auto", "boto3", "crt"),
         ),
     )
     write_method: WriteMethod = field(
@@ -369,7 +371,7 @@ class Settings:
         default=5,
         metadata=from_env(
             "S3_MAX_ATTEMPTS",
-            "botocore adaptive retry attempts (throttling, 5xx)",
+            "attempts per S3 request, either client (throttling, 5xx, bodies cut short)",
             integer(minimum=1),
         ),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -38,12 +39,31 @@ class TriggerError(ValueError):
     """The invocation event is not one the loader understands."""
 
 
+#: How a shard's keys are chosen (the payload's `by`). `range`, what `plan` hands out: shard i of
+#: n owns one slice of the hour's key order and lists only that slice. `crc32`: every shard lists
+#: the whole hour and keeps the keys with crc32(key) % n == i; what a shard payload without `by`
+#: means, because the plans and ledger rows written before range shards mean that.
+SHARD_SCHEMES = ("range", "crc32")
+#: The ingest Lambda's keys are `event-<uuid4>.json` with a lowercase uuid: after this stem the
+#: next 8 hex digits are uniform, and lowercase hex sorts as it counts ('0' < '9' < 'a' < 'f').
+_RANGE_STEM = "event-"
+_RANGE_DIGITS = 8
+
+
 @dataclass(frozen=True, slots=True)
 class Shard:
-    """One of `count` disjoint slices of an hour's keys (fan-out across invocations)."""
+    """One of `count` disjoint slices of an hour's keys (fan-out across invocations).
+
+    A range shard owns the keys k with `after < k <= last` (see `bounds`): n - 1 ascending
+    boundaries cut the whole string order into n intervals, so any key, a UUID or not, falls in
+    exactly one. The boundaries are ASCII, and against an ASCII string Python's code-point order,
+    S3's UTF-8 byte order and UTF-16 order (JavaScript servers) all agree, so the slice a shard
+    lists is the slice it owns whatever the server's order for non-ASCII keys."""
 
     index: int
     count: int
+    #: A shard that names no scheme is a crc32 one, as in a payload (see `parse_shard`).
+    by: str = "crc32"
 
     def __post_init__(self) -> None:
         if not (1 <= self.count <= 4096) or not (0 <= self.index < self.count):
@@ -51,9 +71,47 @@ class Shard:
                 f"shard must be {{'index': i, 'count': n}} with 0 <= i < n <= 4096, "
                 f"got index={self.index} count={self.count}"
             )
+        if self.by not in SHARD_SCHEMES:
+            raise TriggerError(f"shard 'by' must be one of {SHARD_SCHEMES}, got {self.by!r}")
 
     def label(self) -> str:
-        return f"{self.index}/{self.count}"
+        """The ledger's and the hour lock's name for the shard. crc32 shards keep the `i/n` of
+        the rows written before range shards existed; a range shard is `i/n range`, so a
+        finalize never mixes runs of the two kinds (they own different keys)."""
+        plain = f"{self.index}/{self.count}"
+        return plain if self.by == "crc32" else f"{plain} range"
+
+    def as_payload(self) -> dict[str, Any]:
+        return {"index": self.index, "count": self.count, "by": self.by}
+
+    def bounds(self, prefix: str) -> tuple[str | None, str | None]:
+        """`(after, last)`: a range shard of the hour under `prefix` owns the keys strictly after
+        `after` (S3's StartAfter) up to and including `last` (None: unbounded). A crc32 shard
+        lists everything: (None, None)."""
+        if self.by == "crc32":
+            return None, None
+        return _range_boundary(prefix, self.index, self.count), _range_boundary(
+            prefix, self.index + 1, self.count
+        )
+
+    def owns(self, key: str, prefix: str) -> bool:
+        """Whether `key` (listed under `prefix`) is this shard's."""
+        if self.by == "crc32":
+            return zlib.crc32(key.encode("utf-8", "surrogatepass")) % self.count == self.index
+        after, last = self.bounds(prefix)
+        return (after is None or key > after) and (last is None or key <= last)
+
+
+def _range_boundary(prefix: str, cut: int, count: int) -> str | None:
+    """The key between slice `cut - 1` and slice `cut`; None at either end of the order.
+
+    `prefix + "event-" + 8 hex digits`, with no uuid after it: a key whose uuid starts with
+    those digits sorts after it and so begins the next slice. Splitting the first 32 bits of
+    the uuid evenly gives each shard 1/n of the uuid keys (give or take one 2^-32)."""
+    if cut <= 0 or cut >= count:
+        return None
+    digits = cut * 16**_RANGE_DIGITS // count
+    return f"{prefix}{_RANGE_STEM}{digits:0{_RANGE_DIGITS}x}"
 
 
 def floor_hour(instant: datetime) -> datetime:
@@ -115,6 +173,9 @@ def is_scheduled_event(event: Mapping[str, Any]) -> bool:
 
 
 def parse_shard(raw: Any) -> Shard | None:
+    """`{"index": i, "count": n, "by": "range"}` (what `plan` hands out). Without `by` the
+    shard is a crc32 one: the plan of a fan-out started before range shards, still running
+    while the new code deploys, hands out such items, and so may an operator's runbook."""
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
@@ -123,7 +184,7 @@ def parse_shard(raw: Any) -> Shard | None:
         index, count = int(raw["index"]), int(raw["count"])
     except (KeyError, TypeError, ValueError):
         raise TriggerError(f"shard must be {{'index': i, 'count': n}}, got {raw!r}") from None
-    return Shard(index=index, count=count)
+    return Shard(index=index, count=count, by=raw.get("by", "crc32"))
 
 
 @dataclass(frozen=True, slots=True)

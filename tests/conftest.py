@@ -53,11 +53,19 @@ def pytest_configure(config: pytest.Config) -> None:
     # Never reach a real AWS account from a test, whatever the developer's shell holds.
     os.environ.pop("AWS_PROFILE", None)
     os.environ["BOTO_DISABLE_CRT"] = "true"
+    if _is_xdist_controller(config):
+        return  # each worker starts its own servers; the controller runs no test
     _PG = postgres_from_env() or start_embedded_postgres()
     config.option.postgresql_host = _PG.host
     config.option.postgresql_port = _PG.port
     config.option.postgresql_user = _PG.user
     config.option.postgresql_password = _PG.password
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """True in pytest-xdist's controlling process (`-n N`), which only schedules the workers."""
+    workers = getattr(config.option, "numprocesses", None)
+    return bool(workers) and not hasattr(config, "workerinput")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

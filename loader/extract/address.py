@@ -1,12 +1,20 @@
 """How a bucket is addressed: the endpoint override botocore honours, then virtual-hosted or
-path-style. Both clients resolve through here, so they address buckets exactly the same way."""
+path-style. Both clients resolve through here, so they address buckets exactly the same way.
+
+The CRT client reads the rest of what boto3 would read here too (the region, a CA bundle), so
+that it needs no botocore session: the same variables and config file, the same answers.
+"""
 
 from __future__ import annotations
 
+import configparser
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlsplit
+
+DEFAULT_REGION = "us-east-1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,32 @@ def endpoint_url_from_env(env: Mapping[str, str] | None = None) -> str | None:
         if value:
             return value
     return None
+
+
+def region_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The region boto3 would use: AWS_REGION, AWS_DEFAULT_REGION, the profile's `region` in
+    the config file (AWS_CONFIG_FILE, else ~/.aws/config), else us-east-1 (as botocore's S3)."""
+    env = os.environ if env is None else env
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        value = (env.get(name) or "").strip()
+        if value:
+            return value
+    profile = (env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default").strip()
+    path = Path(env.get("AWS_CONFIG_FILE") or "~/.aws/config").expanduser()
+    config = configparser.RawConfigParser()
+    try:
+        config.read(path, encoding="utf-8")
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return DEFAULT_REGION
+    section = "default" if profile == "default" else f"profile {profile}"
+    value = config.get(section, "region", fallback="").strip()
+    return value or DEFAULT_REGION
+
+
+def ca_bundle_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """The CA bundle botocore trusts instead of the system's: AWS_CA_BUNDLE."""
+    env = os.environ if env is None else env
+    return (env.get("AWS_CA_BUNDLE") or "").strip() or None
 
 
 def _aws_dns_suffix(region: str) -> str:

@@ -30,7 +30,14 @@ from tenacity import (
 from loader.common import STOP_POLL_S, FetchedObject, ObjectRef, S3TransientError
 from loader.config import Settings
 from loader.extract.body import BodyError, decode_body
-from loader.extract.errors import access_error, classify, terminal_reason, transient_error
+from loader.extract.errors import (
+    EXPIRED_CODES,
+    access_error,
+    classify,
+    expired_error,
+    terminal_reason,
+    transient_error,
+)
 from loader.extract.listing import lister_for_boto3_client
 
 if TYPE_CHECKING:
@@ -53,6 +60,15 @@ class _BodyRetry(Exception):
     """Raised inside the retry loop for a GET whose body read failed."""
 
 
+class _Expired(Exception):
+    """Raised inside the retry loop for a GET refused with ExpiredToken: botocore does not retry
+    it, and its credential provider has fresh credentials by the next attempt."""
+
+
+#: Attempts at a GET whose body read failed or whose token expired (botocore retries the rest).
+_GET_ATTEMPTS = 4
+
+
 class _TooLarge(Exception):
     """The object's Content-Length is over the cap (it grew after listing)."""
 
@@ -73,7 +89,10 @@ class Boto3Source:
         self._client: S3Client = client or boto3.session.Session().client(
             "s3",
             config=Config(
-                retries={"mode": "adaptive", "max_attempts": settings.s3_max_attempts},
+                # "standard", not "adaptive": adaptive's client-side rate limiter costs CPU on
+                # every request and, after a SlowDown, throttles the whole window for tens of
+                # seconds (bench/results/boto3_path.json).
+                retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
                 max_pool_connections=settings.fetch_concurrency,
                 connect_timeout=5,
                 read_timeout=30,
@@ -132,8 +151,13 @@ class Boto3Source:
                 return FetchedObject(ref, None, reason, code or str(status), counter[0])
             where = f"s3://{self.bucket}/{ref.key}"
             if verdict == "access":
-                raise access_error("read", where, status, code) from None
+                headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                region = headers.get("x-amz-bucket-region")
+                raise access_error("read", where, status, code, region) from None
             raise transient_error("GET", where, status, code) from None
+        except _Expired:
+            where = f"s3://{self.bucket}/{ref.key}"
+            raise expired_error("read", where, _GET_ATTEMPTS) from None
         except _BodyRetry as exc:
             raise S3TransientError(
                 f"GET s3://{self.bucket}/{ref.key} body kept failing: {exc.__cause__}"
@@ -148,8 +172,8 @@ class Boto3Source:
         return FetchedObject(ref, body, None, None, retries)
 
     @retry(
-        retry=retry_if_exception_type(_BodyRetry),
-        stop=stop_after_attempt(4),
+        retry=retry_if_exception_type((_BodyRetry, _Expired)),
+        stop=stop_after_attempt(_GET_ATTEMPTS),
         wait=wait_random_exponential(multiplier=0.2, max=3),
         before_sleep=_count_retry,
         reraise=True,
@@ -166,6 +190,10 @@ class Boto3Source:
             data = response["Body"].read()
         except _BODY_READ_ERRORS as exc:
             raise _BodyRetry(str(exc)) from exc
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code", "") in EXPIRED_CODES:
+                raise _Expired(str(exc)) from exc
+            raise
         if length is not None and len(data) != length:
             raise _BodyRetry(f"body cut short: {len(data)} of {length} bytes")
         retries = int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0))

@@ -7,11 +7,13 @@ callbacks, and settles every attempt on the caller's thread: retries (our own, s
 counted, and classified by `loader.extract.errors` exactly as the boto3 client's are), size
 caps and gzip.
 
-Configuration follows boto3: credentials from botocore's chain (environment incl. session token,
-profiles, container/instance roles; refreshable ones are refreshed through botocore), the
-region from the boto3 session (default us-east-1), and the `AWS_ENDPOINT_URL_S3` /
-`AWS_ENDPOINT_URL` override (path-style, TLS only for an https endpoint). Listing is the lean
-ListObjectsV2 of `loader.extract.listing`, sent through the same CRT client.
+Configuration follows boto3 without importing it (the CRT path loads neither boto3 nor
+botocore): credentials from the CRT's own default chain (environment incl. session token,
+profiles, container credentials incl. AWS_CONTAINER_CREDENTIALS_FULL_URI, instance metadata;
+cached and refreshed before they expire), the region and the `AWS_ENDPOINT_URL_S3` /
+`AWS_ENDPOINT_URL` override as `loader.extract.address` reads them (path-style for a custom
+endpoint, TLS only for an https one, `AWS_CA_BUNDLE` trusted instead of the system's CAs).
+Listing is the lean ListObjectsV2 of `loader.extract.listing`, sent through the same CRT client.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from awscrt.auth import AwsCredentials, AwsCredentialsProvider
+from awscrt.auth import AwsCredentialsProvider
 from awscrt.exceptions import AwsCrtError
 from awscrt.http import HttpHeaders, HttpRequest
+from awscrt.io import ClientTlsContext, TlsConnectionOptions, TlsContextOptions
 from awscrt.s3 import (
     S3Client,
     S3RequestTlsMode,
@@ -39,11 +41,16 @@ from awscrt.s3 import (
     S3RetryMode,
     create_default_s3_signing_config,
 )
-from botocore.credentials import RefreshableCredentials
 
 from loader.common import STOP_POLL_S, FetchedObject, ObjectRef, S3AccessError, S3TransientError
 from loader.config import Settings
-from loader.extract.address import S3Address, endpoint_url_from_env, resolve_address
+from loader.extract.address import (
+    S3Address,
+    ca_bundle_from_env,
+    endpoint_url_from_env,
+    region_from_env,
+    resolve_address,
+)
 from loader.extract.body import BodyError, decode_body
 from loader.extract.errors import (
     TransportError,
@@ -51,10 +58,13 @@ from loader.extract.errors import (
     backoff_delay,
     classify,
     error_code,
+    expired_error,
+    header,
+    retry_after_s,
     terminal_reason,
     transient_error,
 )
-from loader.extract.listing import S3Lister
+from loader.extract.listing import PageResponse, S3Lister
 
 # Connections the CRT may open: it sizes its pool from the throughput target (~25 connections
 # at its default of 10 Gbps). We cap the pool explicitly at the in-flight window instead and set
@@ -66,35 +76,33 @@ class _TooLarge(Exception):
     """Raised inside a body callback to abort a GET whose body passes MAX_OBJECT_BYTES."""
 
 
-def credentials_provider(session: boto3.session.Session | None = None) -> Any:
-    """An awscrt credentials provider backed by botocore's credential chain.
+def credentials_provider(timeout_s: float = 10.0) -> AwsCredentialsProvider:
+    """The CRT's default credential chain, asked once now so that a function without
+    credentials fails at its cold start with a clear message rather than on its first GET.
 
-    Static credentials (Lambda's environment, with its session token) become a static provider;
-    refreshable ones (assumed roles, SSO, container/instance metadata) a delegate that asks
-    botocore, which refreshes them before they expire.
+    The chain caches what it sourced and sources again before the expiry the credentials carry
+    (container and instance credentials, assumed roles), so a long run signs with fresh ones.
     """
-    session = session or boto3.session.Session()
-    creds = session.get_credentials()
-    if creds is None:
+    provider = AwsCredentialsProvider.new_default_chain()
+    try:
+        provider.get_credentials().result(timeout=timeout_s)
+    except Exception as exc:  # AwsCrtError, or the future's TimeoutError
         raise S3AccessError(
-            "no AWS credentials found (environment, profile, container or instance role)"
-        )
-    if not isinstance(creds, RefreshableCredentials):
-        frozen = creds.get_frozen_credentials()
-        return AwsCredentialsProvider.new_static(frozen.access_key, frozen.secret_key, frozen.token)
+            f"no AWS credentials found (environment, profile, container or instance role): {exc}"
+        ) from None
+    return provider
 
-    lock = threading.Lock()
-    cached: list[Any] = [None, None]  # [botocore frozen credentials, AwsCredentials]
 
-    def get_credentials() -> Any:
-        frozen = creds.get_frozen_credentials()
-        with lock:
-            if cached[0] != frozen:
-                cached[0] = frozen
-                cached[1] = AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
-            return cached[1]
-
-    return AwsCredentialsProvider.new_delegate(get_credentials)
+def tls_options(address: S3Address, ca_bundle: str | None) -> TlsConnectionOptions | None:
+    """TLS that trusts `ca_bundle` (AWS_CA_BUNDLE) instead of the system's CAs; None: the
+    CRT's defaults."""
+    if not address.tls or ca_bundle is None:
+        return None
+    options = TlsContextOptions()
+    options.override_default_trust_store_from_path(ca_filepath=ca_bundle)
+    connection = ClientTlsContext(options).new_connection_options()
+    connection.set_server_name(address.host.rsplit(":", 1)[0])
+    return connection
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,6 +181,9 @@ class _Fetch:
     retries: int = 0
     result: FetchedObject | None = None
     current: _Attempt | None = None
+    #: What S3 said last, for the retry: seconds its Retry-After asked for, an expired token.
+    retry_after: float | None = None
+    expired: bool = False
 
 
 class _Window:
@@ -228,7 +239,7 @@ class CrtSource:
         settings: Settings,
         *,
         endpoint_url: str | None = None,
-        session: boto3.session.Session | None = None,
+        region: str | None = None,
         request_timeout_s: float = 30.0,
         connect_timeout_ms: int = 5_000,
         backoff_base_s: float = 0.25,
@@ -241,18 +252,18 @@ class CrtSource:
         self._timeout_s = request_timeout_s
         self._close_timeout_s = 5.0
         self._backoff = (backoff_base_s, backoff_cap_s)
-        session = session or boto3.session.Session()
-        self.region: str = session.region_name or "us-east-1"
+        self.region: str = region or region_from_env()
         endpoint = endpoint_url if endpoint_url is not None else endpoint_url_from_env()
         self.address: S3Address = resolve_address(self.bucket, self.region, endpoint)
         self._host_header = [("Host", self.address.host)]
         signing = create_default_s3_signing_config(
-            region=self.region, credential_provider=credentials_provider(session)
+            region=self.region, credential_provider=credentials_provider()
         )
         self._client: Any = S3Client(
             region=self.region,
             signing_config=signing,
             tls_mode=S3RequestTlsMode.ENABLED if self.address.tls else S3RequestTlsMode.DISABLED,
+            tls_connection_options=tls_options(self.address, ca_bundle_from_env()),
             throughput_target_gbps=_THROUGHPUT_TARGET_GBPS,
             max_active_connections_override=self._window,
             # Retries are ours: counted, classified like boto3's, with a body-length check.
@@ -273,7 +284,7 @@ class CrtSource:
     def list_objects(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectRef]:
         return self._lister.list_objects(prefix, start_after)
 
-    def _list_page(self, path_and_query: str) -> tuple[int, bytes]:
+    def _list_page(self, path_and_query: str) -> PageResponse:
         client = self._require_client()
         chunks: list[bytes] = []
 
@@ -295,9 +306,9 @@ class CrtSource:
             error = TimeoutError(f"no response in {self._timeout_s} s")
         del request
         if error is None:
-            return 200, b"".join(chunks)
+            return 200, b"".join(chunks), []
         if isinstance(error, S3ResponseError):
-            return int(error.status_code or 0), error.body or b""
+            return int(error.status_code or 0), error.body or b"", list(error.headers or [])
         if isinstance(error, AwsCrtError | TimeoutError):
             raise TransportError(str(error))
         raise error
@@ -359,9 +370,8 @@ class CrtSource:
         while finished is not None:
             if self._settle(finished):
                 fetch = finished.fetch
-                window.retry_at(
-                    time.monotonic() + backoff_delay(fetch.retries, *self._backoff), fetch
-                )
+                delay = backoff_delay(fetch.retries, *self._backoff, retry_after=fetch.retry_after)
+                window.retry_at(time.monotonic() + delay, fetch)
             finished = window.next_finished()
         now = time.monotonic()
         for fetch in window.due_retries(now):
@@ -419,6 +429,8 @@ class CrtSource:
             return False
         if fetch.attempts >= self._max_attempts:
             where = f"s3://{self.bucket}/{fetch.ref.key}"
+            if fetch.expired:
+                raise expired_error("read", where, fetch.attempts)
             raise S3TransientError(f"GET {where} failed after {fetch.attempts} attempts: {reason}")
         fetch.retries += 1
         fetch.current = None
@@ -428,6 +440,7 @@ class CrtSource:
         """Why the attempt must be tried again; None once the fetch has its result (a body, or
         a terminal reason). Raises what must not be retried."""
         fetch, error = attempt.fetch, attempt.error
+        fetch.retry_after, fetch.expired = None, False
         if error is None:
             return self._take_body(attempt)
         if isinstance(error, _TooLarge):
@@ -473,10 +486,13 @@ class CrtSource:
             )
             return None
         where = f"s3://{self.bucket}/{fetch.ref.key}"
+        headers = error.headers
         if verdict == "access":
-            raise access_error("read", where, status, code)
+            raise access_error("read", where, status, code, header(headers, "x-amz-bucket-region"))
         if verdict == "fail":
             raise transient_error("GET", where, status, code)
+        fetch.expired = verdict == "expired"
+        fetch.retry_after = retry_after_s(header(headers, "retry-after"))
         return f"{status} {code}".strip()
 
     def _abandon(self, pending: Iterable[_Fetch], done_q: queue.SimpleQueue[_Attempt]) -> None:

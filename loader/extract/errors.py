@@ -1,13 +1,20 @@
 """How an S3 failure is classified: one decision for both clients, their GETs and their listings.
 
-Every failed request ends in one of four verdicts:
+Every failed request ends in one of five verdicts:
 - `terminal`: this object can never be read (deleted since it was listed, archived). It is
   reported with a reason code and the run goes on.
 - `access`: the bucket, the credentials, the policy or the region is wrong: a configuration
   problem that no retry can mend. It raises `S3AccessError` at once.
 - `retry`: throttling, a 5xx, a timeout: worth another attempt with backoff; once the attempts
   are spent, `S3TransientError` fails the invocation so Lambda retries it.
+- `expired`: the session token expired under the request (403 ExpiredToken). The credential
+  provider (both chains refresh before expiry) has new ones by the next attempt, so it is
+  retried like `retry`; a provider that keeps handing out the expired token ends in
+  `S3AccessError` once the attempts are spent, since no rerun would mend it.
 - `fail`: any other refusal: `S3TransientError` at once.
+
+A `retry` waits for full-jitter backoff, or for the response's `Retry-After` when S3 asks for
+longer (capped, so a bad header cannot stall the hour).
 
 A redirect is `access`: S3 answers PermanentRedirect (301) or a 307, or AuthorizationHeaderMalformed
 naming another region, when the bucket lives in another region than the client addresses, and
@@ -18,11 +25,12 @@ from __future__ import annotations
 
 import random
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from typing import Final, Literal
 
 from loader.common import S3AccessError, S3TransientError
 
-Verdict = Literal["terminal", "access", "retry", "fail"]
+Verdict = Literal["terminal", "access", "retry", "expired", "fail"]
 
 #: Object-level refusals, and the reason code each is reported under.
 TERMINAL_CODES: Final = {"NoSuchKey": "not_found", "InvalidObjectState": "not_readable"}
@@ -34,7 +42,6 @@ ACCESS_CODES: Final = frozenset(
         "NoSuchBucket",
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
-        "ExpiredToken",
         "PermanentRedirect",
         "AuthorizationHeaderMalformed",
     }
@@ -53,6 +60,10 @@ RETRYABLE_CODES: Final = frozenset(
     }
 )
 RETRYABLE_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
+#: The session token expired between signing and S3 reading the request.
+EXPIRED_CODES: Final = frozenset({"ExpiredToken", "TokenRefreshRequired"})
+#: Longest wait a Retry-After header may ask for.
+RETRY_AFTER_CAP_S: Final = 20.0
 
 
 class TransportError(Exception):
@@ -63,6 +74,8 @@ def classify(status: int, code: str) -> Verdict:
     """The verdict on an S3 error response: its HTTP status and its error document's <Code>."""
     if code in TERMINAL_CODES or (status == 404 and code != "NoSuchBucket"):
         return "terminal"
+    if code in EXPIRED_CODES:
+        return "expired"
     if code in ACCESS_CODES or status in ACCESS_STATUS:
         return "access"
     if status in RETRYABLE_STATUS or code in RETRYABLE_CODES:
@@ -75,8 +88,43 @@ def terminal_reason(code: str) -> str:
     return TERMINAL_CODES.get(code, "not_found")
 
 
-def access_error(action: str, where: str, status: int, code: str) -> S3AccessError:
-    return S3AccessError(f"cannot {action} {where}: {code or status}")
+def access_error(
+    action: str, where: str, status: int, code: str, bucket_region: str | None = None
+) -> S3AccessError:
+    """`bucket_region` is S3's x-amz-bucket-region header: on a redirect, where to point."""
+    hint = ""
+    if bucket_region:
+        hint = f" (the bucket is in {bucket_region}: set AWS_REGION={bucket_region})"
+    return S3AccessError(f"cannot {action} {where}: {code or status}{hint}")
+
+
+def expired_error(action: str, where: str, attempts: int) -> S3AccessError:
+    return S3AccessError(
+        f"cannot {action} {where}: ExpiredToken on all {attempts} attempts (the credential "
+        "provider keeps handing out an expired session token)"
+    )
+
+
+def header(headers: Iterable[tuple[str, str]] | None, name: str) -> str | None:
+    """A response header's value, whatever its case."""
+    wanted = name.lower()
+    for key, value in headers or ():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds only; S3 sends no HTTP dates)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if not seconds >= 0.0:  # also refuses nan
+        return None
+    return min(seconds, RETRY_AFTER_CAP_S)
 
 
 def transient_error(action: str, where: str, status: int, code: str) -> S3TransientError:
@@ -97,6 +145,10 @@ def error_code(body: bytes | None) -> str:
     return ""
 
 
-def backoff_delay(retry: int, base_s: float = 0.25, cap_s: float = 10.0) -> float:
-    """Full-jitter exponential backoff before retry number `retry` (1, 2, ...)."""
-    return random.uniform(0.0, min(cap_s, base_s * (2 ** (retry - 1))))
+def backoff_delay(
+    retry: int, base_s: float = 0.25, cap_s: float = 10.0, retry_after: float | None = None
+) -> float:
+    """Full-jitter exponential backoff before retry number `retry` (1, 2, ...), and never sooner
+    than the response's Retry-After asked."""
+    delay = random.uniform(0.0, min(cap_s, base_s * (2 ** (retry - 1))))
+    return delay if retry_after is None else max(delay, retry_after)

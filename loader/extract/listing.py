@@ -9,7 +9,8 @@ the same pages. Pagination stays exact: `continuation-token` from `NextContinuat
 The HTTP exchange is a `PageFetcher` so each client brings its own transport:
 `SignedUrllib3Fetcher` (botocore's SigV4 signer + urllib3, usable next to any boto3 client) or the
 CRT S3 client's (`loader.extract.crt_client`). Both address the bucket through
-`loader.extract.address` and classify failures through `loader.extract.errors`.
+`loader.extract.address` and classify failures through `loader.extract.errors`. botocore and
+urllib3 are imported only when the boto3 side builds its fetcher: the CRT path never loads them.
 """
 
 from __future__ import annotations
@@ -22,30 +23,33 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import quote, unquote_plus
 
-import boto3
-import urllib3
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-
 from loader.common import ObjectRef, S3TransientError
-from loader.extract.address import S3Address, resolve_address
+from loader.extract.address import S3Address, ca_bundle_from_env, resolve_address
 from loader.extract.errors import (
     TransportError,
     access_error,
     backoff_delay,
     classify,
     error_code,
+    expired_error,
+    header,
+    retry_after_s,
     transient_error,
 )
 
 PAGE_SIZE = 1000
 
 
+#: (HTTP status, body, response headers).
+PageResponse = tuple[int, bytes, list[tuple[str, str]]]
+
+
 class PageFetcher(Protocol):
     """Send a signed GET for `path_and_query` (already percent-encoded) to the bucket's host."""
 
-    def __call__(self, path_and_query: str) -> tuple[int, bytes]:
-        """Return (HTTP status, body); raise `TransportError` when there is no response."""
+    def __call__(self, path_and_query: str) -> PageResponse:
+        """Return (HTTP status, body, headers); raise `TransportError` when there is no
+        response."""
         ...
 
 
@@ -153,29 +157,32 @@ class S3Lister:
 
     def _page(self, path_and_query: str, prefix: str) -> ListPage:
         where = f"s3://{self.bucket}/{prefix}"
-        last = ""
+        last, expired, wait = "", False, None
         for attempt in range(1, self.max_attempts + 1):
             if attempt > 1:
-                self.sleep(backoff_delay(attempt - 1, self.backoff_base_s))
+                self.sleep(backoff_delay(attempt - 1, self.backoff_base_s, retry_after=wait))
             try:
-                status, body = self.fetch(path_and_query)
+                status, body, headers = self.fetch(path_and_query)
             except TransportError as exc:
-                last = str(exc) or type(exc).__name__
+                last, expired, wait = str(exc) or type(exc).__name__, False, None
                 continue
             if status == 200:
                 try:
                     return parse_list_page(body)
                 except (ET.ParseError, ValueError) as exc:
-                    last = f"unparseable page: {exc}"
+                    last, expired, wait = f"unparseable page: {exc}", False, None
                     continue
             code = error_code(body)
             verdict = classify(status, code)
             if verdict == "access":
-                raise access_error("list", where, status, code)
-            if verdict == "retry":
-                last = f"{status} {code}".strip()
-                continue
-            raise transient_error("listing", where, status, code)
+                region = header(headers, "x-amz-bucket-region")
+                raise access_error("list", where, status, code, region)
+            if verdict not in ("retry", "expired"):
+                raise transient_error("listing", where, status, code)
+            last, expired = f"{status} {code}".strip(), verdict == "expired"
+            wait = retry_after_s(header(headers, "retry-after"))
+        if expired:
+            raise expired_error("list", where, self.max_attempts)
         raise S3TransientError(f"listing {where} failed after {self.max_attempts} attempts: {last}")
 
 
@@ -199,18 +206,25 @@ class SignedUrllib3Fetcher:
         timeout_s: float = 30.0,
         connect_timeout_s: float = 5.0,
     ) -> None:
+        import urllib3
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
         self._address = address
         self._region = region
         self._credentials = credentials
+        self._signer, self._request = S3SigV4Auth, AWSRequest
+        self._http_error: type[Exception] = urllib3.exceptions.HTTPError
         self._timeout = urllib3.Timeout(connect=connect_timeout_s, read=timeout_s)
-        self._pool = urllib3.PoolManager(maxsize=2, retries=False)
+        # AWS_CA_BUNDLE, as the boto3 client beside it trusts (else the system's CAs).
+        self._pool = urllib3.PoolManager(maxsize=2, retries=False, ca_certs=ca_bundle_from_env())
 
-    def __call__(self, path_and_query: str) -> tuple[int, bytes]:
+    def __call__(self, path_and_query: str) -> PageResponse:
         url = self._address.url(path_and_query)
-        request = AWSRequest(method="GET", url=url, headers={"Host": self._address.host})
+        request = self._request(method="GET", url=url, headers={"Host": self._address.host})
         if self._credentials is not None:
             frozen = self._credentials.get_frozen_credentials()
-            S3SigV4Auth(frozen, "s3", self._region).add_auth(request)
+            self._signer(frozen, "s3", self._region).add_auth(request)
         try:
             response = self._pool.request(
                 "GET",
@@ -220,11 +234,9 @@ class SignedUrllib3Fetcher:
                 preload_content=True,
                 redirect=False,
             )
-        except urllib3.exceptions.HTTPError as exc:
+        except (self._http_error, OSError) as exc:
             raise TransportError(str(exc)) from exc
-        except OSError as exc:
-            raise TransportError(str(exc)) from exc
-        return response.status, response.data
+        return response.status, response.data, list(response.headers.items())
 
     def close(self) -> None:
         self._pool.clear()
@@ -238,6 +250,8 @@ def lister_for_boto3_client(client: Any, bucket: str, max_attempts: int = 5) -> 
     get_credentials = getattr(client, "_get_credentials", None)  # botocore >= 1.31
     credentials = get_credentials() if callable(get_credentials) else None
     if credentials is None:
+        import boto3
+
         credentials = boto3.session.Session().get_credentials()
     fetcher = SignedUrllib3Fetcher(address, region, credentials)
     return S3Lister(fetcher, address, bucket, max_attempts=max_attempts)

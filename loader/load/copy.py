@@ -177,18 +177,18 @@ def _insert_via_copy(
     _copy_into(conn, stage_events, event_rows, event_columns)
     _copy_into(conn, stage_meta, meta_rows, meta_columns)
 
-    def move(table: sa.Table, stage: sa.TableClause, columns: Sequence[str]) -> list[uuid.UUID]:
+    def move(table: sa.Table, stage: sa.TableClause, columns: Sequence[str]) -> Any:
         select = sa.select(*(stage.c[c] for c in columns)).order_by(stage.c.event_id)
-        stmt = (
+        return (
             insert(table)
             .from_select(list(columns), select)
             .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(table.c.event_id)
         )
-        return list(conn.execute(stmt).scalars())
 
-    inserted = set(move(tables.events, stage_events, event_columns))
-    return inserted, len(move(tables.meta, stage_meta, meta_columns))
+    events = move(tables.events, stage_events, event_columns).returning(tables.events.c.event_id)
+    inserted = set(conn.execute(events).scalars())
+    # Only the count of new meta rows is needed: the rowcount, not 500 ids turned into UUIDs.
+    return inserted, conn.execute(move(tables.meta, stage_meta, meta_columns)).rowcount
 
 
 def write_batch_copy(

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import distinct_on, insert
 
 from loader.load.tables import Tables
 from loader.report import Report
+from loader.window import SHARD_SCHEMES, Shard
 
 #: Triggers whose runs load only some keys of an hour: never proof that the hour is complete.
 SOME_KEYS_TRIGGERS: Final = ("reprocess", "event")
@@ -170,6 +171,32 @@ def _covering_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     return runs[start : end + 1]
 
 
+def _shard_runs(
+    conn: sa.Connection, tables: Tables, hour: datetime, labels: list[str]
+) -> list[dict[str, Any]]:
+    """The hour's runs of the shards named, by shard, oldest first."""
+    runs = tables.load_runs
+    query = (
+        sa.select(runs)
+        .where(runs.c.hour == hour, runs.c.shard.in_(labels))
+        .order_by(runs.c.shard, runs.c.started_at)
+    )
+    return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def _covering_scheme(
+    by_shard: dict[str, list[dict[str, Any]]], schemes: list[list[str]]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The scheme closest to complete (the first on a tie): its shards without a complete run,
+    and, when there are none, the passes that listed each of its shards once."""
+    found: list[tuple[list[str], list[dict[str, Any]]]] = []
+    for labels in schemes:
+        covering = {shard: _covering_runs(by_shard.get(shard, [])) for shard in labels}
+        missing = sorted(shard for shard, passes in covering.items() if passes is None)
+        found.append((missing, [run for passes in covering.values() for run in passes or []]))
+    return min(found, key=lambda scheme: len(scheme[0]))
+
+
 def finalize_sharded_hour(
     engine: sa.Engine,
     tables: Tables,
@@ -180,33 +207,29 @@ def finalize_sharded_hour(
 ) -> list[str]:
     """Record a fanned-out hour as one full-hour run once every shard has completed.
 
-    Returns the shards (`i/n`) still missing a complete run. When none is missing, the hour's
-    finalize row (one per hour and shard count, whatever the number of retries) holds:
-    `inserted` and `retries` summed over every run of every shard (each event is inserted by
-    exactly one run, whichever pass or attempt it was), the other counts summed over the passes
-    that listed each shard once (its newest complete run and the partial passes it resumed from).
+    The shards are those of one scheme (loader/window.py `SHARD_SCHEMES`): range shards, or
+    the crc32 shards of a fan-out planned before them. The two kinds own different keys, so a
+    set mixing them proves nothing. Returns the shards (labels) still missing a complete run,
+    of the scheme closest to complete. When none is missing, the hour's finalize row (one per
+    hour and shard count, whatever the number of retries) holds: `inserted` and `retries`
+    summed over every run of every shard of either kind (each event is inserted by exactly one
+    run, whichever pass, attempt or kind it was), the other counts summed over the passes that
+    listed each shard of the complete scheme once (its newest complete run and the partial
+    passes it resumed from).
     """
     runs = tables.load_runs
-    expected = {f"{i}/{shard_count}" for i in range(shard_count)}
+    schemes = [
+        [Shard(i, shard_count, by).label() for i in range(shard_count)] for by in SHARD_SCHEMES
+    ]
     with engine.begin() as conn:
-        shard_runs = (
-            conn.execute(
-                sa.select(runs)
-                .where(runs.c.hour == hour, runs.c.shard.in_(expected))
-                .order_by(runs.c.shard, runs.c.started_at)
-            )
-            .mappings()
-            .all()
-        )
+        shard_runs = _shard_runs(conn, tables, hour, [label for ls in schemes for label in ls])
         by_shard: dict[str, list[dict[str, Any]]] = {}
         for row in shard_runs:
-            by_shard.setdefault(row["shard"], []).append(dict(row))
-        covering = {shard: _covering_runs(by_shard.get(shard, [])) for shard in expected}
-        missing = sorted(shard for shard, passes in covering.items() if passes is None)
+            by_shard.setdefault(row["shard"], []).append(row)
+        missing, passes = _covering_scheme(by_shard, schemes)
         if missing:
             return missing
-        passes = [run for shard_passes in covering.values() for run in shard_passes or []]
-        totals = _shard_totals(passes, [dict(row) for row in shard_runs])
+        totals = _shard_totals(passes, shard_runs)
         newest = max(
             (run["newest_event_at"] for run in passes if run["newest_event_at"]), default=None
         )

@@ -68,7 +68,7 @@ def _split_in_batch_duplicates(
             repeats.append(record)
         else:
             firsts[record.event_id] = record
-    return sorted(firsts.values(), key=lambda r: r.event_id), repeats
+    return sorted(firsts.values(), key=lambda r: r.event_id.int), repeats
 
 
 def _without_adopted_duplicates(

@@ -180,7 +180,7 @@ class HourLoader:
         if job.skip_loaded_keys:
             with self.engine.connect() as conn:
                 loaded = set(completed_objects(conn, self.tables, report.prefix))
-        keys = JobKeys(job, loaded)
+        keys = JobKeys(job, loaded, report.prefix)
 
         def produce(stop: threading.Event) -> Iterator[Prepared]:
             return self._produce(report.prefix, start_after, keys, stop)
@@ -204,7 +204,7 @@ class HourLoader:
         self, prefix: str, start_after: str | None, keys: JobKeys, stop: threading.Event
     ) -> Iterator[Prepared]:
         """The producer thread's work: list, select, fetch, transform, in listing order."""
-        listed = self.source.list_objects(prefix, start_after=start_after)
+        listed = self.source.list_objects(prefix, start_after=keys.list_after(start_after))
         fetched_objects = self.source.fetch_many(keys.select(listed, stop), stop)
         try:
             for fetched in fetched_objects:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,12 +14,10 @@ from loader.window import Shard
 RemainingMs = Callable[[], int]
 
 
-def in_shard(key: str, shard: Shard | None) -> bool:
-    """Hash partitioning: every key belongs to exactly one of `count` shards, whatever its name."""
-    return (
-        shard is None
-        or zlib.crc32(key.encode("utf-8", "surrogatepass")) % shard.count == shard.index
-    )
+def in_shard(key: str, shard: Shard | None, prefix: str) -> bool:
+    """Every key listed under `prefix` belongs to exactly one of `count` shards, whatever its
+    name (loader/window.py `Shard`)."""
+    return shard is None or shard.owns(key, prefix)
 
 
 @dataclass
@@ -47,24 +44,37 @@ class JobKeys:
     """The keys of a job, in listing order: its shard's, only the named ones if it names some,
     and none of `loaded` (keys recorded as loaded in full).
 
+    A range shard's listing starts after its range (`list_after`) and is no longer read once a
+    key past the range comes up: the listing is a lazy iterator of pages, so no page after that
+    one is ever requested.
+
     The keys left out as loaded are counted, but not here: the listing runs ahead of the writer,
     which counts them as processed only once it has committed the object listed after them
     (`skipped_before`), or, for those after the last object, once the stream has ended
     (`skipped_after`)."""
 
-    def __init__(self, job: HourJob, loaded: set[str]) -> None:
+    def __init__(self, job: HourJob, loaded: set[str], prefix: str) -> None:
         self._job = job
         self._loaded = loaded
+        self._prefix = prefix
+        self._after, self._last = job.shard.bounds(prefix) if job.shard else (None, None)
         self._skipped_before: dict[str, int] = {}
         self.skipped_after = 0
 
+    def list_after(self, resume_after: str | None) -> str | None:
+        """The listing's StartAfter: the later of the shard's range start and where a partial
+        run stopped (a key of the shard's own range, so normally that one)."""
+        return max((k for k in (self._after, resume_after) if k is not None), default=None)
+
     def select(self, listed: Iterable[ObjectRef], stop: threading.Event) -> Iterator[ObjectRef]:
-        """The job's keys out of `listed`, until `stop` is set."""
+        """The job's keys out of `listed`, until `stop` is set or the shard's range ends."""
         skipped = 0
         for ref in listed:
             if stop.is_set():
                 return
-            if not in_shard(ref.key, self._job.shard):
+            if self._last is not None and ref.key > self._last:
+                break
+            if not in_shard(ref.key, self._job.shard, self._prefix):
                 continue
             if self._job.only_keys is not None and ref.key not in self._job.only_keys:
                 continue

@@ -34,7 +34,7 @@ from loader.transform.coerce import (
     to_price,
     to_text,
 )
-from loader.transform.parse import split_records
+from loader.transform.parse import parse_body
 
 #: Namespace of every uuid5 the loader derives: changing it would re-key history.
 EVENT_ID_NAMESPACE: Final = uuid.UUID("6b1f3c1e-8f5d-5a4e-9c37-2d0f6a1b7e42")
@@ -93,6 +93,15 @@ INGEST_TEXT_FIELDS: Final = {
     "stage": "stage",
     "traceId": "trace_id",
 }
+#: The spellings after the tracker's own: a record holding none of them (every record the real
+#: tracker sends) has one candidate per text column, and `_text_columns` reads it directly.
+_LATER_TEXT_SPELLINGS: Final = frozenset(
+    name for names in TEXT_FIELDS.values() for name in names[1:]
+)
+#: (column, the tracker's spelling, the column's cap) for that direct reading.
+_TEXT_FIRST_SPELLINGS: Final = tuple(
+    (column, names[0], TEXT_CAPS[column]) for column, names in TEXT_FIELDS.items()
+)
 #: Top-level fields consumed by a column, whichever spelling carried them. The id spellings are
 #: not here: only the one used for event_id is consumed.
 _MAPPED_TOP_LEVEL: Final = frozenset(
@@ -106,6 +115,8 @@ _MAPPED_TOP_LEVEL: Final = frozenset(
         *(name for names in TEXT_FIELDS.values() for name in names),
     }
 )
+#: Values no id is read from (a tuple: a `dict | list | bool` union is built on every call).
+_NOT_AN_ID: Final = (dict, list, bool)
 #: What the ingest Lambda stores for a POSTed array or string: its elements spread as "0", "1"...
 _SPREAD_KEY = re.compile(r"\d+")
 
@@ -132,6 +143,24 @@ def _shadowed(
             leftovers[name] = record[name]
 
 
+def _pick_keeping_losers(
+    record: Mapping[str, Any], spellings: Spellings, leftovers: dict[str, Any]
+) -> tuple[str | None, Any]:
+    """`pick`, then `_shadowed` into `leftovers`, in one pass over the spellings (the transform
+    does this for every field of every event)."""
+    winner: str | None = None
+    chosen: Any = None
+    for name in spellings:
+        value = record.get(name)
+        if value is None:
+            continue
+        if winner is None:
+            winner, chosen = name, value
+        elif value != chosen:
+            leftovers[name] = value
+    return winner, chosen
+
+
 @dataclass(slots=True)
 class ObjectResult:
     key: str
@@ -146,7 +175,7 @@ def payload_event_id(record: Mapping[str, Any]) -> tuple[str, uuid.UUID] | None:
     """The first usable id field of the payload and its UUID (uuid5 of any non-UUID string)."""
     for name in ID_FIELDS:
         raw = record.get(name)
-        if raw is None or isinstance(raw, dict | list | bool):
+        if raw is None or isinstance(raw, _NOT_AN_ID):
             continue
         text = str(raw).strip()
         if not text:
@@ -177,7 +206,8 @@ def key_event_id(key: str, position: int) -> uuid.UUID:
 def payload_digest(record: Mapping[str, Any]) -> bytes:
     """SHA-256 of the tracker's payload without `_ingest` (which differs per delivery), keys
     sorted: the same event sent twice hashes the same."""
-    payload = {k: v for k, v in record.items() if k != "_ingest"}
+    payload = dict(record)  # a C-level copy: ~4x a comprehension that skips the key
+    payload.pop("_ingest", None)
     try:
         canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # integers past 64 bits
@@ -203,11 +233,13 @@ def map_record(
     repairs: Repairs,
     *,
     anonymize: bool = False,
+    storable: bool = False,
 ) -> EventRecord | Rejection:
     """One JSON object → an EventRecord, or a Rejection when it has no usable event name.
 
-    Values changed on the way (sanitised, truncated) are counted in `repairs`."""
-    record, ingest, odd_ingest = _cleaned(record, repairs, anonymize=anonymize)
+    Values changed on the way (sanitised, truncated) are counted in `repairs`. `storable`: the
+    parser vouches that `clean_json` would change nothing in `record` (`ParsedBody.storable`)."""
+    record, ingest, odd_ingest = _cleaned(record, repairs, anonymize=anonymize, storable=storable)
     id_source = payload_event_id(record)
     event_id = id_source[1] if id_source else key_event_id(source.key, position)
 
@@ -234,11 +266,11 @@ def map_record(
 
 
 def _cleaned(
-    record: dict[str, Any], repairs: Repairs, *, anonymize: bool
+    record: dict[str, Any], repairs: Repairs, *, anonymize: bool, storable: bool
 ) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
-    """The record as stored: repaired (`clean_json`), its addresses truncated first when
-    ANONYMIZE_IP is on. Returns it, its `_ingest` block when that is an object, and whether it
-    holds an `_ingest` that is not one (kept in `properties`)."""
+    """The record as stored: repaired (`clean_json`, unless already `storable`), its addresses
+    truncated first when ANONYMIZE_IP is on. Returns it, its `_ingest` block when that is an
+    object, and whether it holds an `_ingest` that is not one (kept in `properties`)."""
     raw_ingest = record.get("_ingest")
     ingest = raw_ingest if isinstance(raw_ingest, dict) else None
     if ingest is not None and anonymize:
@@ -248,7 +280,8 @@ def _cleaned(
         # An `_ingest` that is not an object may still hold an address we cannot truncate.
         raw_ingest = None
         record = {k: v for k, v in record.items() if k != "_ingest"}
-    record = clean_json(record, repairs)
+    if not storable:
+        record = clean_json(record, repairs)
     ingest = record.get("_ingest") if ingest is not None else None
     return record, ingest, raw_ingest is not None and ingest is None
 
@@ -267,9 +300,7 @@ def _event_columns(
     dropped."""
 
     def winner(spellings: Spellings) -> tuple[str | None, Any]:
-        field_name, raw = pick(record, spellings)
-        _shadowed(record, spellings, field_name, leftovers)
-        return field_name, raw
+        return _pick_keeping_losers(record, spellings, leftovers)
 
     def keep_original(field_name: str | None, raw: Any, coerced: Any) -> Any:
         if coerced is None and field_name is not None:
@@ -280,9 +311,7 @@ def _event_columns(
         "event_id": event_id,
         "event_name": to_text(name.strip(), TEXT_CAPS["event_name"], repairs),
     }
-    for column, spellings in TEXT_FIELDS.items():
-        field_name, raw = winner(spellings)
-        event[column] = keep_original(field_name, raw, to_text(raw, TEXT_CAPS[column], repairs))
+    _text_columns(record, event, leftovers, repairs)
     field_name, raw = winner(FIRST_VISIT_FIELDS)
     event["is_first_visit"] = keep_original(field_name, raw, to_bool(raw))
     _map_product(record, event, leftovers, repairs)
@@ -302,6 +331,29 @@ def _event_columns(
     )
     event["properties"] = leftovers or None
     return event
+
+
+def _text_columns(
+    record: dict[str, Any], event: dict[str, Any], leftovers: dict[str, Any], repairs: Repairs
+) -> None:
+    """The plain text columns: the winning spelling's value as text; the original into
+    `leftovers` when it is no text (an object, an array), and so is a losing spelling with
+    another value. With no later spelling in the record, the tracker's is the only candidate:
+    the same result, without trying every spelling of every column."""
+    if _LATER_TEXT_SPELLINGS.isdisjoint(record):
+        for column, name, cap in _TEXT_FIRST_SPELLINGS:
+            raw = record.get(name)
+            text = None if raw is None else to_text(raw, cap, repairs)
+            if text is None and raw is not None:
+                leftovers[name] = raw
+            event[column] = text
+        return
+    for column, spellings in TEXT_FIELDS.items():
+        field_name, raw = _pick_keeping_losers(record, spellings, leftovers)
+        text = to_text(raw, TEXT_CAPS[column], repairs)
+        if text is None and field_name is not None:
+            leftovers[field_name] = raw
+        event[column] = text
 
 
 def _meta_columns(
@@ -337,8 +389,7 @@ def _map_product(
 
     What the columns do not take stays in `properties` under the spelling it came with: unmapped
     sub-fields, originals a coercion dropped, and a losing spelling with a different value."""
-    product_field, product = pick(record, PRODUCT_FIELDS)
-    _shadowed(record, PRODUCT_FIELDS, product_field, leftovers)
+    product_field, product = _pick_keeping_losers(record, PRODUCT_FIELDS, leftovers)
     if not isinstance(product, dict):
         for column in (*PRODUCT_TEXT_FIELDS, *PRODUCT_PRICE_FIELDS):
             event[column] = None
@@ -347,14 +398,12 @@ def _map_product(
         return
     extra: dict[str, Any] = {k: v for k, v in product.items() if k not in _PRODUCT_SPELLINGS}
     for column, spellings in PRODUCT_TEXT_FIELDS.items():
-        field_name, raw = pick(product, spellings)
-        _shadowed(product, spellings, field_name, extra)
+        field_name, raw = _pick_keeping_losers(product, spellings, extra)
         event[column] = to_text(raw, TEXT_CAPS[column], repairs)
         if event[column] is None and field_name is not None:
             extra[field_name] = raw
     for column, spellings in PRODUCT_PRICE_FIELDS.items():
-        field_name, raw = pick(product, spellings)
-        _shadowed(product, spellings, field_name, extra)
+        field_name, raw = _pick_keeping_losers(product, spellings, extra)
         event[column] = to_price(raw)
         if event[column] is None and field_name is not None:
             extra[field_name] = raw
@@ -380,12 +429,14 @@ _FALLBACK_INSTANT: Final = datetime(2000, 1, 1, tzinfo=UTC)
 def transform_object(source: SourceObject, body: bytes, *, anonymize: bool = False) -> ObjectResult:
     """Everything one object yields: its events, and what was skipped and why."""
     result = ObjectResult(source.key)
-    records, bad = split_records(body)
-    for position, reason in bad:
+    parsed = parse_body(body)
+    for position, reason in parsed.bad:
         result.malformed.append(Rejection(source.key, position, "malformed", reason))
     repairs = Repairs()
-    for position, record in records:
-        outcome = map_record(record, source, position, repairs, anonymize=anonymize)
+    for position, record in parsed.records:
+        outcome = map_record(
+            record, source, position, repairs, anonymize=anonymize, storable=parsed.storable
+        )
         if isinstance(outcome, Rejection):
             result.invalid.append(outcome)
         else:

@@ -41,11 +41,14 @@ ODD_NAMES = [
 ]
 
 
+@pytest.mark.parametrize("by", ["range", "crc32"])
 @pytest.mark.parametrize("count", [1, 2, 3, 8, 16])
-def test_shards_partition_any_key_set_exactly(count: int) -> None:
+def test_shards_partition_any_key_set_exactly(count: int, by: str) -> None:
     keys = [PREFIX + name for name in ODD_NAMES]
     keys += [obj.key for obj in generate_hour(HOUR, 500, malformed_ratio=0)]
-    owners = {key: [i for i in range(count) if in_shard(key, Shard(i, count))] for key in keys}
+    owners = {
+        key: [i for i in range(count) if in_shard(key, Shard(i, count, by), PREFIX)] for key in keys
+    }
     assert all(len(shards) == 1 for shards in owners.values())
     if count > 1:  # and the split is not degenerate
         sizes = [sum(1 for s in owners.values() if s == [i]) for i in range(count)]
@@ -112,7 +115,12 @@ def test_concurrent_shard_invocations_equal_a_single_run(
     with ThreadPoolExecutor(4) as pool:
         reports = list(pool.map(lambda item: invoke_in_process(item, env), plan["shards"]))
     # THEN together they listed each key once and loaded each event once
-    assert sorted(r["shard"] for r in reports) == ["0/4", "1/4", "2/4", "3/4"]
+    assert sorted(r["shard"] for r in reports) == [
+        "0/4 range",
+        "1/4 range",
+        "2/4 range",
+        "3/4 range",
+    ]
     assert all(r["state"] == "complete" for r in reports)
     assert sum(r["objects_listed"] for r in reports) == len(objects) + len(ODD_NAMES)
     assert sum(r["inserted"] for r in reports) == expected

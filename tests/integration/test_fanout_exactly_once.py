@@ -94,11 +94,12 @@ def test_a_retried_finalize_records_the_hour_once(
     handler: Any, s3: Any, bucket: str, dw_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MAX_RECORDS_PER_BATCH", "2")
-    # seed 3 puts 4, 3 and 5 of the 12 keys in shards 0, 1 and 2
+    # seed 3 puts 4, 6 and 2 of the 12 keys in range shards 0, 1 and 2
     upload(s3, bucket, generate_hour(HOUR, 12, malformed_ratio=0, seed=3))
     # GIVEN shard 0 loaded in two passes (the first ran out of time), the others in one
     first_pass = handler(
-        {"hour": LABEL, "shard": {"index": 0, "count": 3}}, OutOfTimeOnceLoaded(dw_engine)
+        {"hour": LABEL, "shard": {"index": 0, "count": 3, "by": "range"}},
+        OutOfTimeOnceLoaded(dw_engine),
     )
     assert (first_pass["state"], first_pass["inserted"]) == ("partial", 2)
     hour, reports = fan_out(handler, "2026-11-24T14:05:00Z", 3)

@@ -155,14 +155,14 @@ def test_concurrent_runs_without_the_lock_wait_do_not_deadlock(
     """Two loaders writing the same events at once (as two shards of overlapping listings
     would): rows go in event_id order, so they wait on each other instead of deadlocking."""
     from loader.pipeline.job import in_shard
-    from loader.window import Shard
+    from loader.window import Shard, hour_prefix
 
     monkeypatch.setenv("MAX_RECORDS_PER_BATCH", "20")
     objects = upload(s3, bucket, generate_hour(HOUR, 120, malformed_ratio=0))
     # Shards of different counts share the hour's lock and take different shard locks, so they
     # run at once: 0/1 covers every key, 0/2 about half of them again.
     shards = [Shard(0, 1), Shard(0, 2)]
-    overlap = sum(1 for o in objects if in_shard(o.key, shards[1]))
+    overlap = sum(1 for o in objects if in_shard(o.key, shards[1], hour_prefix(HOUR)))
 
     def load(shard: Shard) -> Any:
         with open_loader(load_settings()) as loader:

@@ -8,17 +8,21 @@ short, stalls, refusals) come from `support.http_fault_proxy.FaultProxy` in fron
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import random
+import shutil
+import ssl
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -565,3 +569,393 @@ def test_address_resolution_follows_botocore() -> None:
         )
         is None
     )
+
+
+# ------------------------------------------------------------------- what real S3 does differently
+# moto and s3rver never throttle with Retry-After, never die mid-error, never redirect, never
+# expire a session token, serve path-style plain HTTP only. These tests make S3 do each.
+
+
+def test_slow_down_with_retry_after_is_retried(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    items = {f"events/{i}.json": b'{"n": %d}' % i for i in range(4)}
+    _put_many(s3, bucket, items)
+    source = make_source()
+    refs = _refs(source, "events/")
+    # GIVEN S3 throttling the first GETs and the next listing, asking for a second's pause
+    slow = {"Retry-After": "1"}
+    proxy.set_faults(
+        Fault.error(503, "SlowDown", first=2, match=OBJECT_GETS, headers=slow, name="gets"),
+        Fault.error(503, "SlowDown", first=1, match=LISTINGS, headers=slow, name="lists"),
+    )
+    # WHEN the source fetches and lists THEN every object arrives, the throttles counted
+    fetched = list(source.fetch_many(refs))
+    assert [f.body for f in fetched] == [items[r.key] for r in refs]
+    assert sum(f.retries for f in fetched) == proxy.stats["gets"] == 2
+    assert [r.key for r in _refs(source, "events/")] == [r.key for r in refs]
+    assert proxy.stats["lists"] == 1
+
+
+def test_internal_error_dying_mid_body_is_retried(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    # GIVEN a 500 InternalError whose error document is cut off after 20 bytes
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=b'{"a": 1}')
+    source = make_source()
+    refs = _refs(source, "events/")
+    proxy.set_faults(
+        Fault.error(500, "InternalError", first=2, match=OBJECT_GETS, cut_after=20),
+        Fault.error(500, "InternalError", first=1, match=LISTINGS, cut_after=20, name="list"),
+    )
+    # WHEN the source fetches and lists THEN both are retried and succeed
+    (fetched,) = source.fetch_many(refs)
+    assert (fetched.body, fetched.retries) == (b'{"a": 1}', 2)
+    assert proxy.stats["error_500"] == 2
+    assert len(_refs(source, "events/")) == 1
+    assert proxy.stats["list"] == 1
+
+
+def test_a_redirect_names_the_region_the_bucket_is_in(
+    proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    # GIVEN S3 redirecting to the bucket's region, with its Location, as S3 does for a bucket
+    # created moments ago in another region
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=b"{}")
+    source = make_source()
+    refs = _refs(source, "events/")
+    headers = {
+        "x-amz-bucket-region": "ap-southeast-1",
+        "Location": f"https://{bucket}.s3.ap-southeast-1.amazonaws.com/events/a.json",
+    }
+    proxy.set_faults(Fault.error(307, "TemporaryRedirect", headers=headers))
+    # WHEN it fetches or lists THEN the configuration error says which region to set
+    with pytest.raises(S3AccessError, match="AWS_REGION=ap-southeast-1"):
+        list(source.fetch_many(refs))
+    with pytest.raises(S3AccessError, match="AWS_REGION=ap-southeast-1"):
+        _refs(source, "events/")
+
+
+class CredentialsEndpoint:
+    """A loopback container-credentials endpoint (what ECS, EKS Pod Identity and Lambda's
+    SnapStart serve at AWS_CONTAINER_CREDENTIALS_FULL_URI): a new session token each time it is
+    asked, expiring soon, so both chains ask again before signing."""
+
+    def __init__(self, *, rotate: bool = True) -> None:
+        self.rotate = rotate
+        self.issued: list[str] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with lock:
+                    token = f"token-{len(endpoint.issued) if endpoint.rotate else 0}"
+                    endpoint.issued.append(token)
+                expires = datetime.now(UTC) + timedelta(seconds=30)
+                body = json.dumps(
+                    {
+                        "AccessKeyId": "AKIDCONTAINER",
+                        "SecretAccessKey": "container-secret",
+                        "Token": token,
+                        "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v2/credentials"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def container_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[CredentialsEndpoint]:
+    """Credentials from a loopback container endpoint only: environment and files emptied."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    endpoint = CredentialsEndpoint()
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.url)
+    yield endpoint
+    endpoint.close()
+
+
+def _token(headers: Mapping[str, str]) -> str:
+    return headers.get("X-Amz-Security-Token") or ""
+
+
+def test_an_expired_session_token_is_retried_with_the_refreshed_credentials(
+    proxy: FaultProxy,
+    make_source: MakeSource,
+    s3: Any,
+    bucket: str,
+    container_credentials: CredentialsEndpoint,
+) -> None:
+    items = {f"events/{i}.json": b'{"n": %d}' % i for i in range(3)}
+    _put_many(s3, bucket, items)
+    source = make_source()
+    refs = _refs(source, "events/")
+    # GIVEN S3 refusing, as expired, the session token the first object GET was signed with
+    expired: set[str] = set()
+
+    def signed_with_expired_token(headers: Mapping[str, str]) -> bool:
+        if not expired:
+            expired.add(_token(headers))
+        return _token(headers) in expired
+
+    proxy.set_faults(
+        Fault.error(403, "ExpiredToken", match=OBJECT_GETS, match_headers=signed_with_expired_token)
+    )
+    # WHEN the source fetches the hour
+    fetched = list(source.fetch_many(refs))
+    # THEN the refused GETs were signed again with the endpoint's newer credentials
+    assert [f.body for f in fetched] == [items[r.key] for r in refs]
+    assert proxy.stats["error_403"] >= 1
+    assert sum(f.retries for f in fetched) >= 1
+    assert expired and not expired & {""}
+    assert len(set(container_credentials.issued)) >= 2
+
+
+def test_a_token_that_stays_expired_is_an_access_error(
+    proxy: FaultProxy,
+    make_source: MakeSource,
+    s3: Any,
+    bucket: str,
+    container_credentials: CredentialsEndpoint,
+) -> None:
+    # GIVEN a provider that keeps handing out the one token S3 says has expired
+    container_credentials.rotate = False
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=b"{}")
+    source = make_source(s3_max_attempts=2)
+    refs = _refs(source, "events/")
+    proxy.set_faults(Fault.error(403, "ExpiredToken", match_headers=lambda h: bool(_token(h))))
+    # WHEN the source fetches or lists THEN, its attempts spent, it is a configuration error
+    with pytest.raises(S3AccessError, match="ExpiredToken on all"):
+        list(source.fetch_many(refs))
+    with pytest.raises(S3AccessError, match="ExpiredToken on all"):
+        _refs(source, "events/")
+
+
+AWS_S3_HOST = "s3.us-east-1.amazonaws.com"
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
+    """A CA of our own and a server certificate it signed for 127.0.0.1: (the CA bundle a
+    client is told to trust, the server's TLS context)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory = tmp_path_factory.mktemp("tls")
+    now = datetime.now(UTC)
+
+    def certificate(
+        subject: str, key: Any, issuer: x509.Name | None, signer: Any, ca: bool
+    ) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            import ipaddress
+
+            san = [
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.DNSName("localhost"),
+                x509.DNSName(f"*.{AWS_S3_HOST}"),  # as AWS's own certificate names it
+            ]
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = certificate("clickstream-loader test CA", ca_key, None, ca_key, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = certificate("127.0.0.1", server_key, ca_cert.subject, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    (directory / "server.pem").write_bytes(
+        server_cert.public_bytes(pem)
+        + server_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "server.pem")
+    return directory / "ca.pem", context
+
+
+@pytest.fixture
+def tls_proxy(
+    s3_endpoint: str, private_ca: tuple[Path, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FaultProxy]:
+    """S3 over HTTPS on 127.0.0.1 with a certificate only AWS_CA_BUNDLE's CA vouches for."""
+    ca_bundle, context = private_ca
+    with FaultProxy(s3_endpoint, tls=context) as fault_proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.url)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_bundle))
+        yield fault_proxy
+
+
+def test_tls_with_the_ca_bundle_the_client_is_told_to_trust(
+    tls_proxy: FaultProxy, make_source: MakeSource, s3: Any, bucket: str
+) -> None:
+    # GIVEN S3 behind TLS, and AWS_CA_BUNDLE naming the CA that signed its certificate
+    items = {f"events/{i}.json": b'{"n": %d}' % i for i in range(3)}
+    _put_many(s3, bucket, items)
+    assert tls_proxy.url.startswith("https://127.0.0.1:")
+    source = make_source()
+    # WHEN the source lists and fetches over it THEN every object arrives, verified
+    refs = _refs(source, "events/")
+    assert [f.body for f in source.fetch_many(refs)] == [items[r.key] for r in refs]
+    assert tls_proxy.requests >= 2
+
+
+def test_tls_with_a_certificate_nobody_vouches_for_is_refused(
+    tls_proxy: FaultProxy, make_source: MakeSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the same server, and a client left to the system's CAs
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    source = make_source(s3_max_attempts=1)
+    # WHEN it lists THEN the handshake fails and nothing was served
+    with pytest.raises(S3TransientError):
+        _refs(source, "events/")
+    assert tls_proxy.log == []
+
+
+def _can_override_the_resolver() -> bool:
+    """`unshare -rm` (a user and mount namespace of the child's own, no privileges needed) lets
+    one child process see its own /etc/hosts; some CI sandboxes forbid user namespaces."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=10)
+    return probe.returncode == 0
+
+
+_VIRTUAL_HOSTED = textwrap.dedent(
+    """
+    import json, sys
+    from loader.config import DatabaseSettings, Settings
+    bucket, kind = sys.argv[1], sys.argv[2]
+    settings = Settings(raw_bucket=bucket, db=DatabaseSettings(), s3_client=kind)
+    if kind == "crt":
+        from loader.extract.crt_client import CrtSource as Source
+    else:
+        from loader.extract.boto3_client import Boto3Source as Source
+    source = Source(settings)
+    refs = list(source.list_objects("events/"))
+    bodies = [f.body.decode() for f in source.fetch_many(refs)]
+    source.close()
+    print(json.dumps({"keys": [r.key for r in refs], "bodies": bodies}))
+    """
+)
+
+
+@pytest.mark.skipif(not _can_override_the_resolver(), reason="unshare -rm is not permitted here")
+@pytest.mark.parametrize("kind", ["boto3", "crt"])
+def test_virtual_hosted_addressing_over_tls_as_on_aws(
+    kind: str,
+    s3_endpoint: str,
+    s3: Any,
+    bucket: str,
+    private_ca: tuple[Path, ssl.SSLContext],
+    tmp_path: Path,
+) -> None:
+    # GIVEN S3 answering for <bucket>.s3.us-east-1.amazonaws.com over TLS - the name a client
+    # addresses on AWS, resolved to 127.0.0.1 for one child process only (its own /etc/hosts)
+    items = {"events/a b+c.json": b'{"n": 1}', "events/2.json": b'{"n": 2}'}
+    _put_many(s3, bucket, items)
+    ca_bundle, context = private_ca
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n127.0.0.1 {bucket}.{AWS_S3_HOST}\n")
+    # botocore sends path-style to an explicit endpoint unless told otherwise; the CRT client
+    # (loader.extract.address) is virtual-hosted for any AWS host name
+    config = tmp_path / "config"
+    config.write_text("[default]\ns3 =\n    addressing_style = virtual\n")
+    with FaultProxy(s3_endpoint, tls=context, virtual_host_suffix=AWS_S3_HOST) as proxy:
+        port = proxy.url.rsplit(":", 1)[1]
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "AWS_ENDPOINT_URL": f"https://{AWS_S3_HOST}:{port}",  # AWS's name, our port
+            "AWS_CA_BUNDLE": str(ca_bundle),
+            "AWS_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": str(config),
+        }
+        unshare = ["unshare", "-rm", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"']
+        # WHEN each client lists and fetches from it
+        done = subprocess.run(
+            [*unshare, str(hosts), sys.executable, "-c", _VIRTUAL_HOSTED, bucket, kind],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    # THEN every request was virtual-hosted (the bucket in the Host, not in the path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["keys"] == sorted(items)
+    assert out["bodies"] == [items[k].decode() for k in sorted(items)]
+    assert len(proxy.hosts) >= 3
+    assert set(proxy.hosts) == {f"{bucket}.{AWS_S3_HOST}:{port}"}
+    assert not any(path.startswith(f"/{bucket}") for _, path, _ in proxy.log)
+
+
+@pytest.mark.parametrize("prefix", ["events/2024/05/01/10/0000", "events/odd/"])
+def test_every_request_is_signed_as_s3_verifies_it(
+    make_source: MakeSource,
+    big_bucket: tuple[str, list[str]],
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    prefix: str,
+) -> None:
+    # GIVEN an S3 that checks SigV4 signatures, as AWS does and moto does not; odd key names
+    # (spaces, '+', '%', unicode, '~*()!', '#?') test the path and query canonicalisation
+    name, expected = big_bucket
+    with FaultProxy(s3_endpoint, verify_sigv4=os.environ["AWS_SECRET_ACCESS_KEY"]) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        source = make_source(raw_bucket=name)
+        # WHEN the source lists and fetches THEN every signature verifies
+        refs = _refs(source, prefix)
+        fetched = list(source.fetch_many(refs))
+    assert [r.key for r in refs] == [k for k in expected if k.startswith(prefix)]
+    assert all(f.error is None for f in fetched)
+    assert proxy.signature_problems == []
+    assert proxy.stats["signature_checked"] == len(refs) + 1
+
+
+def test_a_request_signed_with_another_secret_is_refused(
+    make_source: MakeSource, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the verifying S3 holding another secret key than the client signs with
+    with FaultProxy(s3_endpoint, verify_sigv4="not-the-client-secret") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        source = make_source()
+        # WHEN the client lists THEN S3 refuses it, as a configuration error
+        with pytest.raises(S3AccessError, match="SignatureDoesNotMatch"):
+            _refs(source, "events/")
+    assert len(proxy.signature_problems) == 1
+    assert "signature mismatch" in proxy.signature_problems[0]

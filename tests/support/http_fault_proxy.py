@@ -10,17 +10,27 @@ server (moto's S3, say) and make chosen responses fail the way networks and S3 f
 
 Faults (build them with the `Fault.*` constructors):
 - `Fault.error(status, code)` / `Fault.slow_down()` / `Fault.internal_error()`: answer with an
-  S3-style XML error document instead of forwarding the request;
+  S3-style XML error document instead of forwarding the request (`cut_after=N`: announce the
+  whole document, send only its first N bytes and hang up, an error that dies mid-body);
 - `Fault.cut(after_bytes)`: forward, send the real headers (full Content-Length) and only the
   first `after_bytes` bytes of the body, then close the connection;
 - `Fault.reset()`: read the request and close the connection without any response;
 - `Fault.delay(seconds)`: wait before forwarding (combines with the other faults).
 
 Which requests a fault hits: `match(method, path)` (None: every request; `OBJECT_GETS`,
-`LISTINGS` are ready-made), then `first=N` (only the first N matching requests; None: no limit)
+`LISTINGS` are ready-made) and `match_headers(headers)` (the request's headers, e.g. the session
+token it was signed with), then `first=N` (only the first N matching requests; None: no limit)
 and `fraction=p` (each matching request with probability p, from a seeded RNG so a test run is
 reproducible). Faults are tried in order; the first error/cut/reset that fires decides the
 response, delays add up. `set_faults()` swaps the list while the proxy runs.
+
+`FaultProxy(..., tls=ssl_context)` serves HTTPS (`proxy.url` is then https://127.0.0.1:PORT),
+for clients that must verify a certificate; the upstream stays plain HTTP. With
+`virtual_host_suffix="s3.us-east-1.amazonaws.com"`, a virtual-hosted request (`Host:
+<bucket>.<suffix>`, path `/<key>`) is forwarded path-style (`/<bucket>/<key>`), as moto and
+s3rver need; `proxy.hosts` holds every Host header received. With `verify_sigv4=<secret key>`
+every request's SigV4 signature is checked as S3 checks it (`support.sigv4`); a wrong one is
+answered 403 SignatureDoesNotMatch and its reason kept in `proxy.signature_problems`.
 
 Bounded and tidy: binds 127.0.0.1 on an ephemeral port, serves at most `max_connections`
 client connections at once (more wait in the listen backlog), never waits on the upstream more
@@ -35,16 +45,20 @@ import contextlib
 import http.client
 import random
 import socket
+import ssl
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
+from support.sigv4 import sigv4_problem
+
 Matcher = Callable[[str, str], bool]
+HeaderMatcher = Callable[[Mapping[str, str]], bool]
 FaultKind = Literal["error", "cut", "reset", "delay"]
 
 _HOP_BY_HOP = {
@@ -97,6 +111,9 @@ class Fault:
     name: str = ""
     #: Extra response headers of an error (e.g. x-amz-bucket-region on a 301, as S3 sends it).
     headers: tuple[tuple[str, str], ...] = ()
+    match_headers: HeaderMatcher | None = None
+    #: For an error: send only this many bytes of its document, then close (None: all of it).
+    cut_after: int | None = None
     seen: int = field(default=0, init=False)  # matching requests so far
     fired: int = field(default=0, init=False)  # times applied
 
@@ -111,6 +128,8 @@ class Fault:
         match: Matcher | None = None,
         name: str = "",
         headers: dict[str, str] | None = None,
+        match_headers: HeaderMatcher | None = None,
+        cut_after: int | None = None,
     ) -> Fault:
         """Answer `status` with an S3 XML error whose <Code> is `code`."""
         return cls(
@@ -122,6 +141,8 @@ class Fault:
             match=match,
             name=name or f"error_{status}",
             headers=tuple((headers or {}).items()),
+            match_headers=match_headers,
+            cut_after=cut_after,
         )
 
     @classmethod
@@ -197,6 +218,9 @@ class FaultProxy:
         seed: int = 0,
         max_connections: int = 64,
         upstream_timeout_s: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+        virtual_host_suffix: str | None = None,
+        verify_sigv4: str | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
@@ -205,6 +229,11 @@ class FaultProxy:
         self.upstream_port = parts.port or 80
         self.upstream_timeout_s = upstream_timeout_s
         self._faults: list[Fault] = list(faults)
+        self._tls = tls
+        self.virtual_host_suffix = virtual_host_suffix
+        self.hosts: list[str] = []
+        self.verify_sigv4 = verify_sigv4
+        self.signature_problems: list[str] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -223,13 +252,15 @@ class FaultProxy:
         if self._server is None:
             raise RuntimeError("FaultProxy is not running")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     def start(self) -> FaultProxy:
         if self._server is not None:
             return self
         self._stopping.clear()
         self._server = _Server(("127.0.0.1", 0), _Handler, self)
+        if self._tls is not None:
+            self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -271,14 +302,19 @@ class FaultProxy:
     def clear_faults(self) -> None:
         self.set_faults()
 
-    def _decide(self, method: str, path: str) -> tuple[float, Fault | None]:
+    def _decide(
+        self, method: str, path: str, headers: Mapping[str, str]
+    ) -> tuple[float, Fault | None]:
         """Total delay, and the error/cut/reset fault to apply (if any) to this request."""
         delay = 0.0
         chosen: Fault | None = None
         with self._lock:
             self.requests += 1
+            self.hosts.append(headers.get("Host") or "")
             for fault in self._faults:
                 if fault.match is not None and not fault.match(method, path):
+                    continue
+                if fault.match_headers is not None and not fault.match_headers(headers):
                     continue
                 if fault.kind != "delay" and chosen is not None:
                     continue
@@ -373,7 +409,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._read_body()
-        delay, fault = self.proxy._decide(self.command, self.path)
+        if self.proxy.verify_sigv4 is not None:
+            problem = sigv4_problem(self.command, self.path, self.headers, self.proxy.verify_sigv4)
+            with self.proxy._lock:
+                self.proxy.stats["signature_checked"] += 1
+                if problem is not None:
+                    self.proxy.signature_problems.append(f"{self.command} {self.path}: {problem}")
+            if problem is not None:
+                self._send_error(403, "SignatureDoesNotMatch")
+                return
+        delay, fault = self.proxy._decide(self.command, self.path, self.headers)
         if delay and self.proxy._stopping.wait(delay):
             self.close_connection = True
             return
@@ -387,13 +432,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(fault.status)
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(payload)))
-            if fault.status == 503:
+            if fault.status == 503 and "retry-after" not in {h.lower() for h, _ in fault.headers}:
                 self.send_header("Retry-After", "0")
             for header, value in fault.headers:
                 self.send_header(header, value)
+            if fault.cut_after is not None:
+                self.send_header("Connection", "close")
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(payload)
+            if self.command == "HEAD":
+                return
+            if fault.cut_after is not None:
+                self.wfile.write(payload[: fault.cut_after])
+                self.wfile.flush()
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.wfile.write(payload)
             return
         try:
             status, reason, headers, data = self._forward(body)
@@ -428,6 +483,22 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(data)
 
+    def _send_error(self, status: int, code: str) -> None:
+        payload = s3_error_xml(code)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _upstream_path(self) -> str:
+        """The request's path, path-style: a virtual-hosted bucket moves into the path."""
+        suffix = self.proxy.virtual_host_suffix
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+        if suffix and host.endswith("." + suffix):
+            return f"/{host.removesuffix('.' + suffix)}{self.path}"
+        return self.path
+
     def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers["Host"] = f"{self.proxy.upstream_host}:{self.proxy.upstream_port}"
@@ -441,7 +512,9 @@ class _Handler(BaseHTTPRequestHandler):
                     timeout=self.proxy.upstream_timeout_s,
                 )
             try:
-                self._upstream.request(self.command, self.path, body=body, headers=headers)
+                self._upstream.request(
+                    self.command, self._upstream_path(), body=body, headers=headers
+                )
                 response = self._upstream.getresponse()
                 data = response.read()
             except (OSError, http.client.HTTPException):

@@ -108,7 +108,7 @@ def refs(*keys: str) -> list[ObjectRef]:
 
 
 def test_job_keys_leave_out_loaded_keys_and_count_them_with_the_next() -> None:
-    keys = JobKeys(HourJob(HOUR, "lookback", skip_loaded_keys=True), {"a", "b", "d", "f"})
+    keys = JobKeys(HourJob(HOUR, "lookback", skip_loaded_keys=True), {"a", "b", "d", "f"}, "")
     selected = [r.key for r in keys.select(refs("a", "b", "c", "d", "e", "f"), threading.Event())]
     assert selected == ["c", "e"]
     assert (keys.skipped_before("c"), keys.skipped_before("e"), keys.skipped_after) == (2, 1, 1)
@@ -118,12 +118,12 @@ def test_job_keys_leave_out_loaded_keys_and_count_them_with_the_next() -> None:
 def test_job_keys_of_a_shard_and_of_named_keys() -> None:
     shard = Shard(1, 3)
     listed = refs(*(f"events/{i}.json" for i in range(30)))
-    keys = JobKeys(HourJob(HOUR, "schedule", shard), set())
+    keys = JobKeys(HourJob(HOUR, "schedule", shard), set(), "events/")
     mine = [r.key for r in keys.select(listed, threading.Event())]
-    assert mine == [r.key for r in listed if in_shard(r.key, shard)]
+    assert mine == [r.key for r in listed if in_shard(r.key, shard, "events/")]
     assert 0 < len(mine) < 30
     named = HourJob(HOUR, "reprocess", only_keys=frozenset({"events/3.json", "events/9.json"}))
-    assert [r.key for r in JobKeys(named, set()).select(listed, threading.Event())] == [
+    assert [r.key for r in JobKeys(named, set(), "events/").select(listed, threading.Event())] == [
         "events/3.json",
         "events/9.json",
     ]
@@ -131,7 +131,7 @@ def test_job_keys_of_a_shard_and_of_named_keys() -> None:
 
 def test_job_keys_stop_when_told() -> None:
     stop = threading.Event()
-    keys = JobKeys(HourJob(HOUR, "manual"), set())
+    keys = JobKeys(HourJob(HOUR, "manual"), set(), "")
     selected = keys.select(refs("a", "b", "c"), stop)
     assert next(selected).key == "a"
     stop.set()

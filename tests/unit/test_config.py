@@ -70,7 +70,7 @@ def test_missing_bucket_names_the_variable(env: dict[str, str]) -> None:
         ("DB_RETRY_BUDGET_SECONDS", "-1", "DB_RETRY_BUDGET_SECONDS must be >= 0"),
         ("DB_RETRY_BUDGET_SECONDS", "nan", "DB_RETRY_BUDGET_SECONDS must be >= 0"),
         ("ANONYMIZE_IP", "maybe", "ANONYMIZE_IP must be true or false"),
-        ("S3_CLIENT", "curl", "S3_CLIENT must be boto3 or crt"),
+        ("S3_CLIENT", "curl", "S3_CLIENT must be auto or boto3 or crt"),
         ("WRITE_METHOD", "Fast", "WRITE_METHOD must be copy or insert, got 'fast'"),
         ("LOOKBACK_HOURS", "-1", "LOOKBACK_HOURS must be >= 0, got -1"),
     ],
@@ -89,6 +89,8 @@ def test_a_bad_value_names_its_variable(name: str, value: str, message: str) -> 
         ("ANONYMIZE_IP", "yes", ("anonymize_ip",), True),
         ("ANONYMIZE_IP", "0", ("anonymize_ip",), False),
         ("S3_CLIENT", "CRT", ("s3_client",), "crt"),
+        ("S3_CLIENT", "boto3", ("s3_client",), "boto3"),
+        ("S3_CLIENT", "", ("s3_client",), "auto"),  # the fast client when awscrt imports
         ("MAX_RECORDS_PER_BATCH", "", ("max_records_per_batch",), 500),  # blank: the default
         ("DW_PG_APPLICATION_NAME", " ", ("db", "application_name"), "clickstream-loader"),
         ("TARGET_TABLE", "events_v2", ("target_schema",), None),

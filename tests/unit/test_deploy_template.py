@@ -750,7 +750,10 @@ class FakeLoader:
             count = payload["shard_count"]
             assert isinstance(count, int)
             hour = "2026-11-24T13"
-            shards = [{"hour": hour, "shard": {"index": i, "count": count}} for i in range(count)]
+            shards = [
+                {"hour": hour, "shard": {"index": i, "count": count, "by": "range"}}
+                for i in range(count)
+            ]
             return {"hour": hour, "shards": shards}
         if payload.get("action") == "finalize":
             return {"hour": payload["hour"], "state": "complete", "shards": payload["shard_count"]}
@@ -785,7 +788,7 @@ def test_execution_plans_loads_every_shard_and_finalizes() -> None:
     assert [loader.shard_calls(i) for i in range(3)] == [1, 3, 1]  # shard 1: partial twice
     for call in loader.calls[1:-1]:
         assert set(call) == {"hour", "shard"}  # exactly the handler's shard event
-        assert call["shard"]["count"] == 3
+        assert call["shard"]["count"] == 3 and call["shard"]["by"] == "range"  # as planned
     assert loader.calls[-1] == {"action": "finalize", "hour": "2026-11-24T13", "shard_count": 3}
     assert output == {"hour": "2026-11-24T13", "state": "complete", "shards": 3}
 

@@ -94,3 +94,23 @@ def test_prepare_turns_a_fetch_failure_into_a_rejection() -> None:
     ok = prepare(FetchedObject(ref, b'{"eventName": "click"}'), "b", anonymize=False)
     assert [e.event["event_name"] for e in ok.events] == ["click"]
     assert (ok.events_read, ok.rejections) == (1, [])
+
+
+def test_the_producer_never_runs_more_than_capacity_ahead_of_a_slow_writer() -> None:
+    consumed: list[int] = []
+    ahead: list[int] = []
+
+    def produce(stop: threading.Event) -> Iterator[int]:
+        for i in range(300):
+            # items made but not yet taken by the writer: at most the buffer, plus this one
+            ahead.append(i - len(consumed))
+            yield i
+
+    with Prefetch(produce, capacity=8) as prefetch:
+        for item in prefetch.items(NEVER):
+            consumed.append(item)
+            if item % 50 == 0:
+                threading.Event().wait(0.02)  # a batch commit: the producer fills the buffer
+    assert consumed == list(range(300))
+    assert max(ahead) <= 8 + 1
+    assert max(ahead) >= 8  # it did fill the buffer while the writer was busy

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from loader.extract.errors import classify, error_code, terminal_reason
+from loader.extract.errors import (
+    RETRY_AFTER_CAP_S,
+    access_error,
+    backoff_delay,
+    classify,
+    error_code,
+    header,
+    retry_after_s,
+    terminal_reason,
+)
 
 
 @pytest.mark.parametrize(
@@ -22,7 +31,6 @@ from loader.extract.errors import classify, error_code, terminal_reason
         (404, "NoSuchBucket", "access"),
         (400, "InvalidAccessKeyId", "access"),
         (403, "SignatureDoesNotMatch", "access"),
-        (400, "ExpiredToken", "access"),
         (301, "PermanentRedirect", "access"),
         (301, "", "access"),
         (307, "TemporaryRedirect", "access"),
@@ -34,6 +42,10 @@ from loader.extract.errors import classify, error_code, terminal_reason
         (400, "RequestTimeout", "retry"),
         (429, "", "retry"),
         (400, "ThrottlingException", "retry"),
+        # the session token expired in flight: another attempt, with refreshed credentials
+        (400, "ExpiredToken", "expired"),
+        (403, "ExpiredToken", "expired"),
+        (400, "TokenRefreshRequired", "expired"),
         # anything else fails the invocation at once
         (400, "InvalidRequest", "fail"),
         (409, "", "fail"),
@@ -58,3 +70,45 @@ def test_error_code_whatever_the_namespace() -> None:
     assert error_code(namespaced) == "SlowDown"
     assert error_code(b"not xml") == ""
     assert error_code(None) == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("0", 0.0),
+        ("3", 3.0),
+        (" 1.5 ", 1.5),
+        ("3600", RETRY_AFTER_CAP_S),
+        ("-1", None),
+        ("nan", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        (None, None),
+    ],
+)
+def test_retry_after_is_honoured_within_a_cap(value: str | None, seconds: float | None) -> None:
+    assert retry_after_s(value) == seconds
+
+
+def test_backoff_never_retries_sooner_than_retry_after() -> None:
+    # GIVEN a first retry, whose jittered backoff is at most 0.25 s
+    # WHEN S3 asked for 2 s THEN the wait is those 2 s; without the header, the backoff
+    assert all(backoff_delay(1, 0.25, 10.0, retry_after=2.0) == 2.0 for _ in range(50))
+    assert all(0.0 <= backoff_delay(1, 0.25, 10.0) <= 0.25 for _ in range(50))
+    assert backoff_delay(6, 1.0, 10.0, retry_after=0.0) <= 10.0
+
+
+def test_headers_are_read_whatever_their_case() -> None:
+    headers = [("Retry-After", "2"), ("x-amz-bucket-region", "eu-west-1")]
+    assert header(headers, "retry-after") == "2"
+    assert header(headers, "X-Amz-Bucket-Region") == "eu-west-1"
+    assert header(headers, "location") is None
+    assert header(None, "retry-after") is None
+
+
+def test_a_redirect_names_the_region_to_set() -> None:
+    error = access_error("read", "s3://b/k", 301, "PermanentRedirect", "eu-west-1")
+    assert str(error) == (
+        "cannot read s3://b/k: PermanentRedirect (the bucket is in eu-west-1: set "
+        "AWS_REGION=eu-west-1)"
+    )
+    assert str(access_error("list", "s3://b/", 403, "")) == "cannot list s3://b/: 403"
