@@ -336,10 +336,10 @@ def verify_fast_listing(s3: S3rver, spec: HourSpec) -> dict[str, Any]:
         lister = lister_for_boto3_client(client, BUCKET)
         fetch, bodies = lister.fetch, []
 
-        def capture(path_and_query: str) -> tuple[int, bytes]:
-            status, body = fetch(path_and_query)
+        def capture(path_and_query: str) -> tuple[int, bytes, Any]:
+            status, body, headers = fetch(path_and_query)
             bodies.append(body)
-            return status, body
+            return status, body, headers
 
         lister.fetch = capture
         sum(1 for _ in lister.list_objects(spec.prefix))

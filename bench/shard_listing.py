@@ -64,7 +64,7 @@ class CountingLister:
         self.requests = 0
         fetch = lister.fetch
 
-        def counted(path_and_query: str) -> tuple[int, bytes]:
+        def counted(path_and_query: str) -> tuple[int, bytes, Any]:
             self.requests += 1
             return fetch(path_and_query)
 
