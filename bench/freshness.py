@@ -43,7 +43,6 @@ import os
 import platform
 import queue
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,7 +66,12 @@ import boto3  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
-from tools.servers import DUMMY_AWS_ENV, LocalPostgres, start_embedded_postgres  # noqa: E402
+from tools.servers import (  # noqa: E402
+    DUMMY_AWS_ENV,
+    LocalPostgres,
+    moto_process,
+    start_embedded_postgres,
+)
 
 HOUR0 = datetime(2026, 11, 24, 0, tzinfo=UTC)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -97,28 +101,8 @@ def process_cpu_s(pid: int) -> float:
 @contextlib.contextmanager
 def moto_server() -> Iterator[tuple[str, int]]:
     """moto in its own process on 127.0.0.1, through bench/moto_fast_sqs.py (see there)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, str(BENCH / "moto_fast_sqs.py"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with moto_process([sys.executable, str(BENCH / "moto_fast_sqs.py")]) as server:
+        yield server
 
 
 # --- PostgreSQL: commit timestamps, server CPU, counters ------------------------------------------

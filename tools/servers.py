@@ -112,11 +112,19 @@ def moto_s3_server(*, separate_process: bool = False) -> Iterator[str]:
             server.stop()
         return
 
+    with moto_process([sys.executable, "-m", "moto.server"]) as (endpoint, _pid):
+        yield endpoint
+
+
+@contextmanager
+def moto_process(command: list[str]) -> Iterator[tuple[str, int]]:
+    """A moto server command (`-H 127.0.0.1 -p <free port>` appended) in its own process;
+    yields its endpoint URL and pid (benchmarks count the server's CPU)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [*command, "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -130,7 +138,7 @@ def moto_s3_server(*, separate_process: bool = False) -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("moto server did not start") from None
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process.pid
     finally:
         process.terminate()
         process.wait(timeout=10)
