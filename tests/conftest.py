@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from pytest_postgresql import factories
+from support.tcp_fault_proxy import TcpFaultProxy, pg_socket
 
 from loader.config import DatabaseSettings
 from tools.servers import (
@@ -178,3 +179,19 @@ def loader_env(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture
+def pg_proxy(
+    dw_settings: DatabaseSettings, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TcpFaultProxy]:
+    """A TCP fault proxy in front of this test's PostgreSQL; the loader goes through it."""
+    host = dw_settings.host or "127.0.0.1"
+    upstream: str | tuple[str, int] = (
+        pg_socket(host, dw_settings.port) if host.startswith("/") else (host, dw_settings.port)
+    )
+    with TcpFaultProxy(upstream) as proxy:
+        monkeypatch.setenv("DW_PG_HOST", "127.0.0.1")
+        monkeypatch.setenv("DW_PG_PORT", str(proxy.port))
+        monkeypatch.setenv("DW_PG_SSL", "disable")
+        yield proxy

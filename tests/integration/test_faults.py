@@ -43,7 +43,7 @@ from support.reconcile import (
     mixed_hour,
     reconcile,
 )
-from support.tcp_fault_proxy import TcpFaultProxy, pg_socket
+from support.tcp_fault_proxy import TcpFaultProxy
 
 from loader.app import open_loader
 from loader.common import S3TransientError
@@ -193,22 +193,6 @@ def assert_failed_loudly(engine: sa.Engine, error: BaseException, needle: str) -
     assert row["finished_at"] is not None
     assert needle in (row["error_summary"] or ""), row["error_summary"]
     return row
-
-
-@pytest.fixture
-def pg_proxy(
-    dw_settings: DatabaseSettings, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[TcpFaultProxy]:
-    """A TCP fault proxy in front of this test's PostgreSQL; the loader goes through it."""
-    host = dw_settings.host or "127.0.0.1"
-    upstream: str | tuple[str, int] = (
-        pg_socket(host, dw_settings.port) if host.startswith("/") else (host, dw_settings.port)
-    )
-    with TcpFaultProxy(upstream) as proxy:
-        monkeypatch.setenv("DW_PG_HOST", "127.0.0.1")
-        monkeypatch.setenv("DW_PG_PORT", str(proxy.port))
-        monkeypatch.setenv("DW_PG_SSL", "disable")
-        yield proxy
 
 
 # --- the connection to PostgreSQL ------------------------------------------------------------

@@ -25,11 +25,11 @@ import sqlalchemy as sa
 from support.http_fault_proxy import OBJECT_GETS, Fault, FaultProxy
 from support.reconcile import Planted, from_demo, ledger, reconcile
 from support.sqs_poller import EventSourceMapping
-from support.tcp_fault_proxy import TcpFaultProxy, pg_socket
+from support.tcp_fault_proxy import TcpFaultProxy
 
 import lambda_function
 from loader.app import open_loader
-from loader.config import DatabaseSettings, load_settings
+from loader.config import load_settings
 from loader.load.locks import hour_lock
 from loader.notifications import parse_sqs_event, plan_batch
 from loader.operations import status
@@ -452,21 +452,6 @@ class RowsLambdaContext:
 
 
 # --- the warehouse down -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def pg_proxy(
-    dw_settings: DatabaseSettings, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[TcpFaultProxy]:
-    host = dw_settings.host or "127.0.0.1"
-    upstream: str | tuple[str, int] = (
-        pg_socket(host, dw_settings.port) if host.startswith("/") else (host, dw_settings.port)
-    )
-    with TcpFaultProxy(upstream) as proxy:
-        monkeypatch.setenv("DW_PG_HOST", "127.0.0.1")
-        monkeypatch.setenv("DW_PG_PORT", str(proxy.port))
-        monkeypatch.setenv("DW_PG_SSL", "disable")
-        yield proxy
 
 
 def test_warehouse_down_the_invocation_raises_and_redelivery_loads_everything(
