@@ -37,6 +37,7 @@ from support.reconcile import (
     Planted,
     completed_keys,
     completion_lies,
+    events_in,
     fill,
     from_demo,
     ledger,
@@ -145,11 +146,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 60, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or predicate}")
         time.sleep(0.02)
-
-
-def events_in(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(sa.text("SELECT count(*) FROM clickstream_events")).scalar_one())
 
 
 def loader_sessions(engine: sa.Engine) -> list[Any]:

@@ -23,7 +23,7 @@ import boto3
 import pytest
 import sqlalchemy as sa
 from support.http_fault_proxy import OBJECT_GETS, Fault, FaultProxy
-from support.reconcile import Planted, from_demo, ledger, reconcile
+from support.reconcile import Planted, events_in, from_demo, ledger, reconcile
 from support.sqs_poller import EventSourceMapping
 from support.tcp_fault_proxy import TcpFaultProxy
 
@@ -196,11 +196,6 @@ def batch_summaries(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
 
 def failures(response: dict[str, Any]) -> list[str]:
     return sorted(f["itemIdentifier"] for f in response["batchItemFailures"])
-
-
-def events_in(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(sa.text("SELECT count(*) FROM clickstream_events")).scalar_one())
 
 
 def quarantined_keys(engine: sa.Engine) -> set[str]:

@@ -217,6 +217,12 @@ def completion_lies(engine: sa.Engine, planted: Sequence[Planted]) -> list[str]:
     )
 
 
+def events_in(engine: sa.Engine) -> int:
+    """Rows in clickstream_events, whatever loaded them."""
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM clickstream_events")).scalar_one())
+
+
 def completed_keys(engine: sa.Engine) -> set[str]:
     with engine.connect() as conn:
         return set(conn.execute(sa.text("SELECT s3_key FROM clickstream_loaded_objects")).scalars())
