@@ -498,16 +498,14 @@ def _report_details(report: Any) -> dict[str, Any]:
 
 
 def case_loader(size: int) -> dict[str, Any]:
-    from loader.app import make_source
+    from loader.app import LoaderFactory
     from loader.config import load_settings
-    from loader.load.db import make_engine
-    from loader.pipeline.hour import HourLoader
     from loader.pipeline.job import HourJob
 
     settings = load_settings()
-    engine = make_engine(settings.db)
-    source = make_source(settings)
-    loader = HourLoader(settings, engine, source)
+    # Built as the Lambda handler and the CLI build it (engine, S3 client, start-up steps).
+    loader = LoaderFactory().get(settings)
+    engine, source = loader.engine, loader.source
     hour = hour_for(size).hour
     try:
         result = measure(lambda: _report_details(loader.load(HourJob(hour, "manual"))))
