@@ -106,19 +106,101 @@ def _timeline(samples: list[tuple[float, float]], points: int = 11) -> list[list
     return [[round(samples[i][0], 2), round(samples[i][1], 1)] for i in picks]
 
 
+# ------------------------------------------------------------------------------ where the CPU goes
+
+#: CPU seconds of the Python threads that ended during the measured section, by thread name
+#: (their /proc entry is gone by the time it ends).
+_ENDED_THREADS: dict[str, float] = {}
+_thread_run = threading.Thread.run
+
+
+def _run_counting_cpu(self: threading.Thread) -> None:
+    try:
+        _thread_run(self)
+    finally:
+        _ENDED_THREADS[self.name] = _ENDED_THREADS.get(self.name, 0.0) + time.thread_time()
+
+
+threading.Thread.run = _run_counting_cpu  # type: ignore[method-assign]
+
+
+def _live_threads_cpu() -> dict[int, tuple[str, float]]:
+    """(name, user+sys seconds) of every thread of this process alive now, by thread id: the
+    CRT's native threads included, which Python's own thread clocks cannot see."""
+    tick = os.sysconf("SC_CLK_TCK")
+    threads: dict[int, tuple[str, float]] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # ended while we looked
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        threads[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return threads
+
+
+def _thread_group(name: str, tid: int) -> str:
+    if tid == os.getpid():
+        return "main thread"
+    if name.startswith("AwsEventLoop"):
+        return "CRT event loop"
+    return name
+
+
+class _GcClock:
+    """CPU spent in the cyclic garbage collector, and how many collections of each generation:
+    a pipeline that keeps many young objects alive pays for them here."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.seconds += time.thread_time() - self._started
+            self.collections[info["generation"]] += 1
+
+
+def _cpu_by_thread(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    groups: dict[str, float] = {}
+    for tid, (name, cpu) in after.items():
+        if name == "rss-sampler":
+            continue
+        group = _thread_group(name, tid)
+        groups[group] = groups.get(group, 0.0) + cpu - before.get(tid, (name, 0.0))[1]
+    for name, cpu in _ENDED_THREADS.items():
+        groups[name] = groups.get(name, 0.0) + cpu
+    return {name: round(cpu, 3) for name, cpu in sorted(groups.items()) if cpu > 0.0}
+
+
 def measure(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run the measured section; its wall and CPU time, and the RSS around and during it."""
     gc.collect()
     rss_before = _rss_mb()
     sampler = _RssSampler()
     sampler.start()
+    gc_clock = _GcClock()
+    gc.callbacks.append(gc_clock)
+    _ENDED_THREADS.clear()
+    threads_before = _live_threads_cpu()
     user0, sys0 = _cpu()
     wall0 = time.perf_counter()
     details = run()
     wall = time.perf_counter() - wall0
     user1, sys1 = _cpu()
+    threads_after = _live_threads_cpu()
+    gc.callbacks.remove(gc_clock)
     samples = sampler.stop()
     return {
+        "cpu_by_thread_s": _cpu_by_thread(threads_before, threads_after),
+        "gc_s": round(gc_clock.seconds, 3),
+        "gc_collections": gc_clock.collections,
         "wall_s": wall,
         "cpu_user_s": user1 - user0,
         "cpu_sys_s": sys1 - sys0,
@@ -416,16 +498,14 @@ def _report_details(report: Any) -> dict[str, Any]:
 
 
 def case_loader(size: int) -> dict[str, Any]:
-    from loader.app import make_source
+    from loader.app import LoaderFactory
     from loader.config import load_settings
-    from loader.load.db import make_engine
-    from loader.pipeline.hour import HourLoader
     from loader.pipeline.job import HourJob
 
     settings = load_settings()
-    engine = make_engine(settings.db)
-    source = make_source(settings)
-    loader = HourLoader(settings, engine, source)
+    # Built as the Lambda handler and the CLI build it (engine, S3 client, start-up steps).
+    loader = LoaderFactory().get(settings)
+    engine, source = loader.engine, loader.source
     hour = hour_for(size).hour
     try:
         result = measure(lambda: _report_details(loader.load(HourJob(hour, "manual"))))

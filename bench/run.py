@@ -816,6 +816,7 @@ def render_details(per_size: dict[str, dict[str, Any]], names: list[str]) -> lis
                 f"{c['s3_list_requests']} / {c['s3_get_requests']} / {c['s3_error_responses']} | "
                 f"{c['s3rver_busy']:.0%} | {_fmt(c['wal_bytes_per_event'])} |"
             )
+        lines += render_cpu_by_thread(block, names)
         transform = block.get("transform_cpu_ms_per_object")
         if transform is not None:
             lines += ["", f"Loader transform alone: {transform:.3f} ms CPU per object."]
@@ -829,6 +830,34 @@ def render_details(per_size: dict[str, dict[str, Any]], names: list[str]) -> lis
                 f"{points}.",
             ]
         lines.append("")
+    return lines
+
+
+def render_cpu_by_thread(block: dict[str, Any], names: list[str]) -> list[str]:
+    """Each case's CPU per event by thread (first run), and the garbage collector's share: the
+    CRT event loop is the S3 client's native thread, `fetch-transform` the loader's producer,
+    `main thread` the writer (the ceiling's consumer)."""
+    n = block["hour"]["objects"]
+    rows: list[tuple[str, dict[str, float], float]] = []
+    for name in names:
+        case = block["cases"].get(name)
+        run = case["runs"][0] if case else {}
+        if run.get("cpu_by_thread_s") and run.get("s3_requests", {}).get("get"):
+            rows.append((name, run["cpu_by_thread_s"], run.get("gc_s", 0.0)))
+    if not rows:
+        return []
+    threads = sorted({t for _, by_thread, _ in rows for t in by_thread})
+    lines = [
+        "",
+        "Where the CPU goes (ms per event, first run; the garbage collector's time is part of "
+        "the thread that triggered it):",
+        "",
+        "| case | " + " | ".join(threads) + " | of it: garbage collector |",
+        "|---|" + "---:|" * (len(threads) + 1),
+    ]
+    for name, by_thread, gc_s in rows:
+        cells = [f"{1000 * by_thread[t] / n:.3f}" if t in by_thread else "—" for t in threads]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {1000 * gc_s / n:.3f} |")
     return lines
 
 

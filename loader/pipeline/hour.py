@@ -38,7 +38,7 @@ from loader.load.tables import Tables, tables_for
 from loader.observability import log
 from loader.pipeline.batching import Batch, Batcher, Prepared, with_slice_refusals
 from loader.pipeline.job import HourJob, JobKeys, RemainingMs
-from loader.pipeline.prefetch import Prefetch, prepare
+from loader.pipeline.prefetch import Prefetch, fewer_collections, prepare
 from loader.pipeline.retries import RetryPolicy
 from loader.report import Report
 from loader.window import hour_label, hour_prefix
@@ -190,7 +190,7 @@ class HourLoader:
             capacity=max(2 * self.settings.max_records_per_batch, 64),
             what=type(self.source).__name__,
         )
-        with prefetch:
+        with prefetch, fewer_collections():
             items = prefetch.items(lambda: self._out_of_time(report, remaining_ms))
             if not self._write_all(job, report, remaining_ms, items):
                 return

@@ -4,6 +4,7 @@ tested against the S3 server in tests/integration/test_source.py and test_invoca
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from loader.common import FetchedObject, ObjectRef
-from loader.pipeline.prefetch import Prefetch, prepare
+from loader.pipeline.prefetch import STREAM_GC_THRESHOLD, Prefetch, fewer_collections, prepare
 
 NEVER = lambda: False  # noqa: E731 - the writer's clock never runs out
 
@@ -114,3 +115,32 @@ def test_the_producer_never_runs_more_than_capacity_ahead_of_a_slow_writer() -> 
     assert consumed == list(range(300))
     assert max(ahead) <= 8 + 1
     assert max(ahead) >= 8  # it did fill the buffer while the writer was busy
+
+
+def test_fewer_collections_while_streams_run_then_the_callers_thresholds_again() -> None:
+    saved = gc.get_threshold()
+    gc.set_threshold(700, 7, 9)
+    try:
+        first, second = fewer_collections(), fewer_collections()
+        first.__enter__()
+        assert gc.get_threshold() == (STREAM_GC_THRESHOLD, 7, 9)
+        second.__enter__()  # a concurrent load in the same process
+        first.__exit__(None, None, None)
+        # The other stream still runs: its threshold stays until it ends too.
+        assert gc.get_threshold() == (STREAM_GC_THRESHOLD, 7, 9)
+        second.__exit__(None, None, None)
+        assert gc.get_threshold() == (700, 7, 9)
+        # A caller who asked for fewer collections already keeps its own threshold.
+        gc.set_threshold(STREAM_GC_THRESHOLD * 2, 7, 9)
+        with fewer_collections():
+            assert gc.get_threshold() == (STREAM_GC_THRESHOLD * 2, 7, 9)
+        assert gc.get_threshold() == (STREAM_GC_THRESHOLD * 2, 7, 9)
+    finally:
+        gc.set_threshold(*saved)
+
+
+def test_fewer_collections_restores_the_thresholds_when_the_stream_fails() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), fewer_collections():
+        raise RuntimeError("the hour failed")
+    assert gc.get_threshold() == before
