@@ -261,9 +261,8 @@ def test_boto3_get_client_keeps_timestamps_as_text_and_reads_whole(s3: Any, buck
         (ref,) = _refs(source, "events/")
         assert isinstance(ref.last_modified, datetime)  # the listing still parses its dates
         response = source._client.get_object(Bucket=bucket, Key=ref.key)
-        assert response["LastModified"] == response["ResponseMetadata"]["HTTPHeaders"][
-            "last-modified"
-        ]
+        sent = response["ResponseMetadata"]["HTTPHeaders"]["last-modified"]
+        assert response["LastModified"] == sent
         assert response["Body"].read() == body
         fetched = source.fetch_one(ref)
         assert (fetched.body, fetched.error, fetched.retries) == (body, None, 0)
