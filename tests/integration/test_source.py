@@ -251,6 +251,25 @@ def test_fetch_yields_in_input_order(source: ObjectSource, s3: Any, bucket: str)
     assert sum(f.retries for f in fetched) == 0
 
 
+def test_boto3_get_client_keeps_timestamps_as_text_and_reads_whole(s3: Any, bucket: str) -> None:
+    """Boto3Source's own client skips botocore's per-GET date parsing and parameter validation
+    (the CPU they cost: loader.extract.boto3_client._make_client); bodies still arrive whole."""
+    body = os.urandom(5000)
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=body)
+    source = Boto3Source(Settings(raw_bucket=bucket, db=DatabaseSettings()))
+    try:
+        (ref,) = _refs(source, "events/")
+        assert isinstance(ref.last_modified, datetime)  # the listing still parses its dates
+        response = source._client.get_object(Bucket=bucket, Key=ref.key)
+        sent = response["ResponseMetadata"]["HTTPHeaders"]["last-modified"]
+        assert response["LastModified"] == sent
+        assert response["Body"].read() == body
+        fetched = source.fetch_one(ref)
+        assert (fetched.body, fetched.error, fetched.retries) == (body, None, 0)
+    finally:
+        source.close()
+
+
 def test_fetch_is_lazy_and_can_be_abandoned(source: ObjectSource, s3: Any, bucket: str) -> None:
     _put_many(s3, bucket, {f"events/{i:03d}.json": b"x" * 100 for i in range(100)})
     refs = _refs(source, "events/")
