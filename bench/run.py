@@ -833,6 +833,19 @@ def render_details(per_size: dict[str, dict[str, Any]], names: list[str]) -> lis
     return lines
 
 
+def _thread_groups(by_thread: dict[str, float]) -> dict[str, float]:
+    """A pool's threads as one column ("ThreadPoolExecutor-0_12" -> "ThreadPoolExecutor (32)"),
+    threads that barely ran (a resolver) left out."""
+    groups: dict[str, list[float]] = {}
+    for name, cpu in by_thread.items():
+        groups.setdefault(re.sub(r"([-_]\d+)+$", "", name), []).append(cpu)
+    return {
+        (f"{base} ({len(cpus)})" if len(cpus) > 1 else base): sum(cpus)
+        for base, cpus in groups.items()
+        if sum(cpus) >= 0.001
+    }
+
+
 def render_cpu_by_thread(block: dict[str, Any], names: list[str]) -> list[str]:
     """Each case's CPU per event by thread (first run), and the garbage collector's share: the
     CRT event loop is the S3 client's native thread, `fetch-transform` the loader's producer,
@@ -843,10 +856,12 @@ def render_cpu_by_thread(block: dict[str, Any], names: list[str]) -> list[str]:
         case = block["cases"].get(name)
         run = case["runs"][0] if case else {}
         if run.get("cpu_by_thread_s") and run.get("s3_requests", {}).get("get"):
-            rows.append((name, run["cpu_by_thread_s"], run.get("gc_s", 0.0)))
+            rows.append((name, _thread_groups(run["cpu_by_thread_s"]), run.get("gc_s", 0.0)))
     if not rows:
         return []
     threads = sorted({t for _, by_thread, _ in rows for t in by_thread})
+    if not threads:
+        return []
     lines = [
         "",
         "Where the CPU goes (ms per event, first run; the garbage collector's time is part of "
