@@ -36,8 +36,12 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/python -m tools.demo $(ARGS)
 
 ## test: lint, types, then the whole suite (unit + integration) against real servers
+## Four workers on two cores: tests spend much of their time waiting (on sleeps, fault proxies,
+## subprocesses, PostgreSQL), which two workers left idle. Test files in collection order
+## (--no-loadscope-reorder): xdist's default sends the files with the fewest tests last, and
+## those are the slowest (the package build, the install), so one worker finished alone.
 test: lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 4 --dist loadfile --no-loadscope-reorder
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
