@@ -56,11 +56,30 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["BOTO_DISABLE_CRT"] = "true"
     if _is_xdist_controller(config):
         return  # each worker starts its own servers; the controller runs no test
-    _PG = postgres_from_env() or start_embedded_postgres()
+    _PG = postgres_from_env()
+    if _PG is None:
+        _PG = start_embedded_postgres()
+        _without_fsync(_PG)
     config.option.postgresql_host = _PG.host
     config.option.postgresql_port = _PG.port
     config.option.postgresql_user = _PG.user
     config.option.postgresql_password = _PG.password
+
+
+def _without_fsync(pg: LocalPostgres) -> None:
+    """Our throwaway server skips fsync: every test creates and drops a database, and each
+    DROP DATABASE waited ~0.2 s on the disk (measured: create+drop 0.42 s -> 0.13 s).
+
+    Only a crash of the OS could lose data without fsync, and the data directory dies with the
+    session anyway. A killed backend, `pg_ctl restart -m immediate` or a SIGKILLed loader
+    (the fault suite) still lose nothing committed: commits are still written to the OS,
+    and synchronous_commit stays on, so a commit still waits for that write."""
+    with psycopg.connect(
+        host=pg.host, port=pg.port, user=pg.user, dbname="postgres", autocommit=True
+    ) as conn:
+        conn.execute("ALTER SYSTEM SET fsync = off")
+        conn.execute("ALTER SYSTEM SET full_page_writes = off")
+        conn.execute("SELECT pg_reload_conf()")
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
