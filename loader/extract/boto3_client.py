@@ -1,138 +1,124 @@
-"""S3 through boto3: the reference client, ~1 ms of client CPU per GET.
+"""S3 through boto3's credentials and botocore's signer: the fallback when awscrt is absent.
+
+boto3 resolves what a boto3 user expects (endpoint, region, the credential chain with its
+refreshes); the requests themselves are signed with botocore's SigV4 signer and sent over one
+urllib3 pool (`loader.extract.listing.SignedUrllib3Fetcher`), shared by the listing and the GET
+threads. Through botocore's `get_object` a GET cost 2.5 ms of CPU on the bench machine, this
+one 1.0 ms (bench/boto3_path.py, interleaved): botocore's generic request pipeline, event hooks
+and response parsing are the difference, and nothing here needs them.
 
 A bounded window of GETs runs on a thread pool and results come back in listing order, so memory
-stays flat whatever the hour's size. botocore retries throttling and 5xx itself; a connection
-cut mid-body (which botocore's retry handler never sees) is retried here. Whatever S3 answered
-in the end is classified by `loader.extract.errors`, the same decision the CRT client takes.
-Listing goes through the lean ListObjectsV2 of `loader.extract.listing`.
+stays flat whatever the hour's size. Each GET's retries are this module's, as the CRT client's
+are its own: counted, classified by `loader.extract.errors`, with a body-length check and
+botocore's response checksum validation.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import boto3
-import botocore.exceptions
-import botocore.session
-from botocore.config import Config
-from tenacity import (
-    RetryCallState,
-    retry,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from botocore import httpchecksum
+from botocore.compat import HAS_CRT
 
 from loader.common import STOP_POLL_S, FetchedObject, ObjectRef, S3TransientError
 from loader.config import Settings
 from loader.extract.body import BodyError, decode_body
 from loader.extract.errors import (
-    EXPIRED_CODES,
+    TransportError,
     access_error,
+    backoff_delay,
     classify,
+    error_code,
     expired_error,
+    header,
+    retry_after_s,
     terminal_reason,
     transient_error,
 )
-from loader.extract.listing import lister_for_boto3_client
+from loader.extract.listing import fetcher_for_boto3_client, lister_for_boto3_client
 
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
-
-
-# Errors raised while reading a body after the response headers arrived: botocore's retry
-# handler never sees them, so we retry the whole GET ourselves.
-_BODY_READ_ERRORS: tuple[type[BaseException], ...] = (
-    botocore.exceptions.ResponseStreamingError,
-    botocore.exceptions.IncompleteReadError,
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.EndpointConnectionError,
-    ConnectionError,
-)
-
-
-class _BodyRetry(Exception):
-    """Raised inside the retry loop for a GET whose body read failed."""
-
-
-class _Expired(Exception):
-    """Raised inside the retry loop for a GET refused with ExpiredToken: botocore does not retry
-    it, and its credential provider has fresh credentials by the next attempt."""
+#: The response checksums botocore validates on a GET, in its order of preference; the CRC32C and
+#: CRC64NVME ones only when botocore may use the CRT (as botocore itself).
+_CHECKSUMS: dict[str, Callable[[], Any]] = {
+    "crc32": httpchecksum.Crc32Checksum,
+    "sha1": httpchecksum.Sha1Checksum,
+    "sha256": httpchecksum.Sha256Checksum,
+}
+if HAS_CRT:
+    _CHECKSUMS = {
+        "crc64nvme": httpchecksum.CrtCrc64NvmeChecksum,
+        "crc32c": httpchecksum.CrtCrc32cChecksum,
+        **_CHECKSUMS,
+    }
+#: Asks S3 for the object's stored checksum, as botocore does by default
+#: (response_checksum_validation = when_supported).
+_GET_HEADERS = {"x-amz-checksum-mode": "ENABLED"}
+#: An S3 error document is under 1 KB; more than this is not one.
+_ERROR_DOC_MAX = 64 * 1024
 
 
-#: Attempts at a GET whose body read failed or whose token expired (botocore retries the rest).
-_GET_ATTEMPTS = 4
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """Why one GET attempt must be tried again."""
+
+    reason: str
+    expired: bool = False
+    retry_after: float | None = None
 
 
-class _TooLarge(Exception):
-    """The object's Content-Length is over the cap (it grew after listing)."""
-
-
-def _timestamp_text(value: str) -> str:
-    """Keep a response timestamp as S3 sent it: see `_make_client`."""
-    return value
-
-
-def _make_client(settings: Settings) -> S3Client:
-    """The S3 client the GETs go through, configured for the least CPU per GET.
-
-    Two choices cost client CPU on every GET (sequential GETs of 800-byte objects from s3rver,
-    thread CPU per GET, median of 16 interleaved rounds of 60, on the loaded 2-core bench
-    machine where a GET costs ~3.4 ms of CPU; ~1.4 ms on a quiet one):
-
-    - The timestamp parser. botocore parses every GET's `Last-Modified` header (and any other
-      timestamp member) with dateutil: ~8% of a GET's interpreter time in py-spy. Nothing here
-      reads them (an object's LastModified comes from the listing), so the text is kept.
-    - Parameter validation of a bucket and a key we built ourselves: ~2%.
-
-    Both off: 3.45 -> 3.02 ms per GET; end to end (`bench/run.py --quick`, side by side with
-    the previous code) 3.60 -> 3.23 ms CPU per event. Against boto3's defaults the rest measured
-    no difference beyond noise: retries "standard" vs "legacy", tcp_keepalive,
-    max_pool_connections, the tenacity wrapper (~0.04 ms a call) and response checksum
-    validation (s3rver sends no checksum headers, so botocore computes none; against real S3
-    it checks the object's CRC, and that stays on).
-    """
-    session = botocore.session.get_session()
-    session.get_component("response_parser_factory").set_parser_defaults(
-        timestamp_parser=_timestamp_text
-    )
-    return boto3.session.Session(botocore_session=session).client(
-        "s3",
-        config=Config(
-            # "standard", not "adaptive": adaptive's client-side rate limiter costs CPU on
-            # every request and, after a SlowDown, throttles the whole window for tens of
-            # seconds (bench/results/boto3_path.json).
-            retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
-            max_pool_connections=settings.fetch_concurrency,
-            connect_timeout=5,
-            read_timeout=30,
-            tcp_keepalive=True,
-            parameter_validation=False,
-        ),
-    )
-
-
-def _count_retry(state: RetryCallState) -> None:
-    counter = state.kwargs.get("retry_counter")
-    if isinstance(counter, list):
-        counter[0] += 1
+def checksum_problem(data: bytes, headers: Any) -> str | None:
+    """Why `data` does not match the full-object checksum S3 sent, or None (also when S3 sent
+    none or only a composite one: "<base64>-<parts>", which no body read can check)."""
+    for algorithm, make in _CHECKSUMS.items():
+        expected = headers.get(f"x-amz-checksum-{algorithm}")
+        if expected is None:
+            continue
+        if "-" in expected:
+            return None
+        checksum = make()
+        checksum.update(data)
+        actual = checksum.b64digest()
+        if actual != expected:
+            return f"{algorithm} checksum mismatch: S3 sent {expected}, the body has {actual}"
+        return None
+    return None
 
 
 class Boto3Source:
-    """The boto3 client: the reference implementation, ~1 ms of client CPU per GET."""
+    """`ObjectSource` for where the CRT is not: boto3's configuration, lean signed requests."""
 
-    def __init__(self, settings: Settings, client: S3Client | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any | None = None,
+        *,
+        backoff_base_s: float = 0.25,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """`client`: the boto3 S3 client whose endpoint, region and credentials to use (by
+        default boto3's from the environment); no request goes through it."""
         self.bucket = settings.raw_bucket
         self._settings = settings
         self._concurrency = settings.fetch_concurrency
-        self._client: S3Client = client or _make_client(settings)
-        self._lister = lister_for_boto3_client(self._client, self.bucket, settings.s3_max_attempts)
+        self._max_attempts = max(1, settings.s3_max_attempts)
+        self._backoff_base_s = backoff_base_s
+        self._sleep = sleep
+        self._client = client or boto3.session.Session().client("s3")
+        # One pool for everything: a connection per GET thread, and one for the listing.
+        self._http = fetcher_for_boto3_client(
+            self._client, self.bucket, pool_size=self._concurrency + 1
+        )
+        self._lister = lister_for_boto3_client(
+            self._client, self.bucket, self._max_attempts, fetcher=self._http
+        )
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -162,75 +148,103 @@ class Boto3Source:
                 yield result
         finally:
             # Queued GETs are dropped; one already running finishes in its pool thread within
-            # botocore's timeouts, and its result is dropped too.
+            # the request timeouts, and its result is dropped too.
             for future in pending:
                 future.cancel()
 
     def fetch_one(self, ref: ObjectRef) -> FetchedObject:
+        """The object, or why it can never be read; raises once its attempts are spent (or at
+        once on a refusal no retry mends)."""
         cap = self._settings.max_object_bytes
         if ref.size > cap:
             detail = f"object is {ref.size} bytes, over MAX_OBJECT_BYTES={cap}"
             return FetchedObject(ref, None, "too_large", detail)
-        counter = [0]
+        retry: _Retry | None = None
+        for attempt in range(1, self._max_attempts + 1):
+            if retry is not None:
+                wait = retry.retry_after
+                self._sleep(backoff_delay(attempt - 1, self._backoff_base_s, retry_after=wait))
+            outcome = self._attempt(ref, attempt - 1)
+            if isinstance(outcome, FetchedObject):
+                return outcome
+            retry = outcome
+        assert retry is not None
+        where = f"s3://{self.bucket}/{ref.key}"
+        if retry.expired:
+            raise expired_error("read", where, self._max_attempts)
+        raise S3TransientError(
+            f"GET {where} failed after {self._max_attempts} attempts: {retry.reason}"
+        )
+
+    def _attempt(self, ref: ObjectRef, retries: int) -> FetchedObject | _Retry:
+        """One signed GET: its result, or why to retry. Raises what no retry mends."""
         try:
-            data, encoding, botocore_retries = self._get(ref.key, retry_counter=counter)
-        except botocore.exceptions.ClientError as exc:
-            # botocore has already retried what it retries: a verdict of "retry" is spent too.
-            code = exc.response.get("Error", {}).get("Code", "")
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-            verdict = classify(status, code)
-            if verdict == "terminal":
-                reason = terminal_reason(code)
-                return FetchedObject(ref, None, reason, code or str(status), counter[0])
-            where = f"s3://{self.bucket}/{ref.key}"
-            if verdict == "access":
-                headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-                region = headers.get("x-amz-bucket-region")
-                raise access_error("read", where, status, code, region) from None
-            raise transient_error("GET", where, status, code) from None
-        except _Expired:
-            where = f"s3://{self.bucket}/{ref.key}"
-            raise expired_error("read", where, _GET_ATTEMPTS) from None
-        except _BodyRetry as exc:
-            raise S3TransientError(
-                f"GET s3://{self.bucket}/{ref.key} body kept failing: {exc.__cause__}"
-            ) from None
-        except _TooLarge as exc:
-            return FetchedObject(ref, None, "too_large", str(exc), counter[0])
-        retries = counter[0] + botocore_retries
+            response = self._http.open(self._http.address.object_path(ref.key), _GET_HEADERS)
+        except TransportError as exc:
+            return _Retry(str(exc) or type(exc).__name__)
+        clean = False
+        try:
+            if response.status != 200:
+                try:
+                    document = response.read(_ERROR_DOC_MAX)
+                except (self._http.http_error, OSError):
+                    document = b""  # cut mid-document: the status alone decides
+                else:
+                    clean = len(document) < _ERROR_DOC_MAX  # read to its end
+                return self._refusal(ref, response, document, retries)
+            outcome = self._read_body(ref, response, retries)
+            clean = not isinstance(outcome, _Retry) and outcome.error != "too_large"
+            return outcome
+        except (self._http.http_error, OSError) as exc:
+            # The connection died or stalled mid-body: S3's 500 cut short, a reset, a timeout.
+            return _Retry(f"body read failed: {exc}")
+        finally:
+            if not clean:  # unread bytes left: never hand this connection to another GET
+                response.close()
+            response.release_conn()
+
+    def _read_body(self, ref: ObjectRef, response: Any, retries: int) -> FetchedObject | _Retry:
+        cap = self._settings.max_object_bytes
+        length_text = response.headers.get("content-length")
+        length = int(length_text) if length_text is not None else None
+        if length is not None and length > cap:
+            # The object grew since it was listed: never read more than the cap.
+            detail = f"object is {length} bytes, over MAX_OBJECT_BYTES={cap}"
+            return FetchedObject(ref, None, "too_large", detail, retries)
+        data = response.read(cap + 1)
+        if len(data) > cap:  # no Content-Length (chunked), and more than the cap
+            detail = f"object is over MAX_OBJECT_BYTES={cap}"
+            return FetchedObject(ref, None, "too_large", detail, retries)
+        if length is not None and len(data) != length:
+            return _Retry(f"body cut short: {len(data)} of {length} bytes")
+        problem = checksum_problem(data, response.headers)
+        if problem is not None:
+            return _Retry(problem)
+        encoding = response.headers.get("content-encoding")
         try:
             body = decode_body(data, encoding, self._settings.max_decompressed_bytes)
         except BodyError as exc:
             return FetchedObject(ref, None, exc.reason, str(exc), retries)
         return FetchedObject(ref, body, None, None, retries)
 
-    @retry(
-        retry=retry_if_exception_type((_BodyRetry, _Expired)),
-        stop=stop_after_attempt(_GET_ATTEMPTS),
-        wait=wait_random_exponential(multiplier=0.2, max=3),
-        before_sleep=_count_retry,
-        reraise=True,
-    )
-    def _get(self, key: str, *, retry_counter: list[int]) -> tuple[bytes, str | None, int]:
-        try:
-            response = self._client.get_object(Bucket=self.bucket, Key=key)
-            length = response.get("ContentLength")
-            cap = self._settings.max_object_bytes
-            if length is not None and length > cap:
-                # The object grew since it was listed: never read more than the cap.
-                response["Body"].close()
-                raise _TooLarge(f"object is {length} bytes, over MAX_OBJECT_BYTES={cap}")
-            data = response["Body"].read()
-        except _BODY_READ_ERRORS as exc:
-            raise _BodyRetry(str(exc)) from exc
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code", "") in EXPIRED_CODES:
-                raise _Expired(str(exc)) from exc
-            raise
-        if length is not None and len(data) != length:
-            raise _BodyRetry(f"body cut short: {len(data)} of {length} bytes")
-        retries = int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
-        return data, response.get("ContentEncoding"), retries
+    def _refusal(
+        self, ref: ObjectRef, response: Any, document: bytes, retries: int
+    ) -> FetchedObject | _Retry:
+        """S3 answered with an error: classified as the listing's and the CRT client's are."""
+        status = int(response.status)
+        code = error_code(document)
+        verdict = classify(status, code)
+        if verdict == "terminal":
+            return FetchedObject(ref, None, terminal_reason(code), code or str(status), retries)
+        where = f"s3://{self.bucket}/{ref.key}"
+        headers = list(response.headers.items())
+        if verdict == "access":
+            # A redirect too (301 PermanentRedirect, 307): the bucket is in another region.
+            raise access_error("read", where, status, code, header(headers, "x-amz-bucket-region"))
+        if verdict == "fail":
+            raise transient_error("GET", where, status, code)
+        wait = retry_after_s(header(headers, "retry-after"))
+        return _Retry(f"{status} {code}".strip(), verdict == "expired", wait)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -245,6 +259,7 @@ class Boto3Source:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
+        self._http.close()
 
 
 def _result(future: Future[FetchedObject], stop: threading.Event | None) -> FetchedObject | None:

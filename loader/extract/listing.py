@@ -191,10 +191,12 @@ class S3Lister:
 
 
 class SignedUrllib3Fetcher:
-    """GET with a SigV4 signature from botocore's signer, over a small urllib3 pool.
+    """GET with a SigV4 signature from botocore's signer, over one urllib3 pool.
 
     `credentials` is a botocore `Credentials` (refreshable ones are refreshed as botocore
-    would: frozen per request).
+    would: frozen per request, so a retry after ExpiredToken signs with the new ones).
+    `pool_size` is the connections kept open for reuse: the listing needs one, `Boto3Source`'s
+    GET threads one each, all sharing this pool.
     """
 
     def __init__(
@@ -205,45 +207,65 @@ class SignedUrllib3Fetcher:
         *,
         timeout_s: float = 30.0,
         connect_timeout_s: float = 5.0,
+        pool_size: int = 2,
     ) -> None:
         import urllib3
         from botocore.auth import S3SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        self._address = address
+        self.address = address
         self._region = region
         self._credentials = credentials
         self._signer, self._request = S3SigV4Auth, AWSRequest
-        self._http_error: type[Exception] = urllib3.exceptions.HTTPError
+        self.http_error: type[Exception] = urllib3.exceptions.HTTPError
         self._timeout = urllib3.Timeout(connect=connect_timeout_s, read=timeout_s)
         # AWS_CA_BUNDLE, as the boto3 client beside it trusts (else the system's CAs).
-        self._pool = urllib3.PoolManager(maxsize=2, retries=False, ca_certs=ca_bundle_from_env())
+        self._pool = urllib3.PoolManager(
+            maxsize=pool_size, retries=False, ca_certs=ca_bundle_from_env()
+        )
 
     def __call__(self, path_and_query: str) -> PageResponse:
-        url = self._address.url(path_and_query)
-        request = self._request(method="GET", url=url, headers={"Host": self._address.host})
+        try:
+            response = self._send(path_and_query, {}, body_unread=False)
+        except (self.http_error, OSError) as exc:
+            raise TransportError(str(exc)) from exc
+        return response.status, response.data, list(response.headers.items())
+
+    def open(self, path_and_query: str, headers: dict[str, str]) -> Any:
+        """The response with its body unread and undecoded (`read`, `release_conn`, `close`):
+        the caller caps what it reads. Raises `TransportError` when there is no response."""
+        try:
+            return self._send(path_and_query, headers, body_unread=True)
+        except (self.http_error, OSError) as exc:
+            raise TransportError(str(exc)) from exc
+
+    def _send(self, path_and_query: str, headers: dict[str, str], *, body_unread: bool) -> Any:
+        url = self.address.url(path_and_query)
+        request = self._request(
+            method="GET", url=url, headers={"Host": self.address.host, **headers}
+        )
         if self._credentials is not None:
             frozen = self._credentials.get_frozen_credentials()
             self._signer(frozen, "s3", self._region).add_auth(request)
-        try:
-            response = self._pool.request(
-                "GET",
-                url,
-                headers=dict(request.headers.items()),
-                timeout=self._timeout,
-                preload_content=True,
-                redirect=False,
-            )
-        except (self._http_error, OSError) as exc:
-            raise TransportError(str(exc)) from exc
-        return response.status, response.data, list(response.headers.items())
+        # The host's own pool, given the path as is: PoolManager would parse the URL again and
+        # drop dot segments ("a/../b.json" is a key of its own in S3).
+        return self._pool.connection_from_url(url).urlopen(
+            "GET",
+            path_and_query,
+            headers=dict(request.headers.items()),
+            timeout=self._timeout,
+            preload_content=not body_unread,
+            # An object's gzip body is inflated by decode_body, under its cap.
+            decode_content=not body_unread,
+            redirect=False,
+        )
 
     def close(self) -> None:
         self._pool.clear()
 
 
-def lister_for_boto3_client(client: Any, bucket: str, max_attempts: int = 5) -> S3Lister:
-    """A lean lister that reaches the same endpoint, region and credentials as `client`."""
+def fetcher_for_boto3_client(client: Any, bucket: str, pool_size: int = 2) -> SignedUrllib3Fetcher:
+    """A signed transport to the same endpoint, region and credentials as `client`."""
     endpoint = client.meta.endpoint_url
     region = client.meta.region_name or "us-east-1"
     address = resolve_address(bucket, region, endpoint)
@@ -253,5 +275,16 @@ def lister_for_boto3_client(client: Any, bucket: str, max_attempts: int = 5) -> 
         import boto3
 
         credentials = boto3.session.Session().get_credentials()
-    fetcher = SignedUrllib3Fetcher(address, region, credentials)
-    return S3Lister(fetcher, address, bucket, max_attempts=max_attempts)
+    return SignedUrllib3Fetcher(address, region, credentials, pool_size=pool_size)
+
+
+def lister_for_boto3_client(
+    client: Any,
+    bucket: str,
+    max_attempts: int = 5,
+    fetcher: SignedUrllib3Fetcher | None = None,
+) -> S3Lister:
+    """A lean lister that reaches the same endpoint, region and credentials as `client`
+    (through `fetcher` when the caller shares one)."""
+    fetcher = fetcher or fetcher_for_boto3_client(client, bucket)
+    return S3Lister(fetcher, fetcher.address, bucket, max_attempts=max_attempts)

@@ -251,21 +251,89 @@ def test_fetch_yields_in_input_order(source: ObjectSource, s3: Any, bucket: str)
     assert sum(f.retries for f in fetched) == 0
 
 
-def test_boto3_get_client_keeps_timestamps_as_text_and_reads_whole(s3: Any, bucket: str) -> None:
-    """Boto3Source's own client skips botocore's per-GET date parsing and parameter validation
-    (the CPU they cost: loader.extract.boto3_client._make_client); bodies still arrive whole."""
+def test_boto3_gets_share_one_pool_of_kept_alive_connections(
+    proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    # GIVEN more objects than GET threads, behind a proxy that counts connections
+    items = {f"events/{i:03d}.json": b'{"n": %d}' % i for i in range(120)}
+    _put_many(s3, bucket, items)
+    settings = Settings(raw_bucket=bucket, db=DatabaseSettings(), fetch_concurrency=4)
+    source = Boto3Source(settings)
+    try:
+        # WHEN the source lists and fetches them twice
+        refs = _refs(source, "events/")
+        for _ in range(2):
+            assert [f.body for f in source.fetch_many(refs)] == [items[r.key] for r in refs]
+    finally:
+        source.close()
+    # THEN the listing and the 4 threads reused their connections: at most one each
+    assert proxy.requests == 1 + 2 * len(refs)
+    assert 1 <= proxy.connections <= settings.fetch_concurrency + 1
+
+
+def test_boto3_get_checks_the_checksum_s3_sends(proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    # GIVEN an object stored with its CRC32 (boto3 sends one on PutObject), which S3 returns
+    # on a GET that asks for it, as botocore's get_object asks by default
     body = os.urandom(5000)
-    s3.put_object(Bucket=bucket, Key="events/a.json", Body=body)
-    source = Boto3Source(Settings(raw_bucket=bucket, db=DatabaseSettings()))
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=body, ChecksumAlgorithm="CRC32")
+    stored = s3.get_object(Bucket=bucket, Key="events/a.json", ChecksumMode="ENABLED")
+    assert stored.get("ChecksumCRC32")
+    source = Boto3Source(
+        Settings(raw_bucket=bucket, db=DatabaseSettings(), s3_max_attempts=3),
+        backoff_base_s=0.01,
+    )
     try:
         (ref,) = _refs(source, "events/")
-        assert isinstance(ref.last_modified, datetime)  # the listing still parses its dates
-        response = source._client.get_object(Bucket=bucket, Key=ref.key)
-        sent = response["ResponseMetadata"]["HTTPHeaders"]["last-modified"]
-        assert response["LastModified"] == sent
-        assert response["Body"].read() == body
+        # WHEN the first body arrives whole in length but corrupt
+        proxy.set_faults(Fault.corrupt(first=1, match=OBJECT_GETS))
         fetched = source.fetch_one(ref)
-        assert (fetched.body, fetched.error, fetched.retries) == (body, None, 0)
+        # THEN the checksum caught it and the retry brought the real body
+        assert (fetched.body, fetched.error, fetched.retries) == (body, None, 1)
+        assert proxy.stats["corrupt"] == 1
+        # AND a body corrupt on every attempt fails the run instead of loading garbage
+        proxy.set_faults(Fault.corrupt(match=OBJECT_GETS))
+        with pytest.raises(S3TransientError, match="crc32 checksum mismatch"):
+            source.fetch_one(ref)
+    finally:
+        source.close()
+
+
+def test_boto3_waits_as_long_as_retry_after_asks(proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    # GIVEN S3 throttling the first two GETs with Retry-After: 2 (our backoff alone would wait
+    # at most 0.25 s, then 0.5 s)
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=b"{}")
+    waits: list[float] = []
+    source = Boto3Source(
+        Settings(raw_bucket=bucket, db=DatabaseSettings(), s3_max_attempts=4),
+        sleep=waits.append,
+    )
+    try:
+        (ref,) = _refs(source, "events/")
+        slow = {"Retry-After": "2"}
+        proxy.set_faults(Fault.error(503, "SlowDown", first=2, match=OBJECT_GETS, headers=slow))
+        # WHEN it fetches THEN it asked to wait the 2 s each time, and the third GET got the body
+        fetched = source.fetch_one(ref)
+    finally:
+        source.close()
+    assert (fetched.body, fetched.retries) == (b"{}", 2)
+    assert waits == [2.0, 2.0]
+
+
+def test_boto3_reads_no_further_than_the_cap_of_a_grown_object(
+    proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    # GIVEN an object listed at 10 bytes that has grown to 5 MB since
+    s3.put_object(Bucket=bucket, Key="events/grew.json", Body=b"x" * 10)
+    settings = Settings(raw_bucket=bucket, db=DatabaseSettings(), max_object_bytes=1_000)
+    source = Boto3Source(settings)
+    try:
+        (ref,) = _refs(source, "events/")
+        s3.put_object(Bucket=bucket, Key="events/grew.json", Body=b"x" * 5_000_000)
+        # WHEN it is fetched THEN it is too large, and the next GET gets a connection that is
+        # not stuck in the middle of the big body
+        assert source.fetch_one(ref).error == "too_large"
+        s3.put_object(Bucket=bucket, Key="events/grew.json", Body=b"y" * 10)
+        assert source.fetch_one(ref).body == b"y" * 10
     finally:
         source.close()
 

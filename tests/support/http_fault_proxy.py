@@ -59,7 +59,7 @@ from support.sigv4 import sigv4_problem
 
 Matcher = Callable[[str, str], bool]
 HeaderMatcher = Callable[[Mapping[str, str]], bool]
-FaultKind = Literal["error", "cut", "reset", "delay"]
+FaultKind = Literal["error", "cut", "corrupt", "reset", "delay"]
 
 _HOP_BY_HOP = {
     "connection",
@@ -178,6 +178,14 @@ class Fault:
         )
 
     @classmethod
+    def corrupt(
+        cls, *, first: int | None = None, fraction: float = 1.0, match: Matcher | None = None
+    ) -> Fault:
+        """Send the real status and headers and a body of the right length with its first byte
+        flipped: what a checksum catches and a length check does not."""
+        return cls("corrupt", first=first, fraction=fraction, match=match, name="corrupt")
+
+    @classmethod
     def reset(
         cls, *, first: int | None = None, fraction: float = 1.0, match: Matcher | None = None
     ) -> Fault:
@@ -242,6 +250,7 @@ class FaultProxy:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.requests = 0
+        self.connections = 0  # accepted, in total
         self.stats: Counter[str] = Counter()  # fault name -> times fired
         self.log: list[tuple[str, str, str]] = []  # (method, path, outcome), in arrival order
 
@@ -336,6 +345,7 @@ class FaultProxy:
         with self._lock:
             if add:
                 self._open.add(sock)
+                self.connections += 1
             else:
                 self._open.discard(sock)
 
@@ -481,6 +491,8 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if fault is not None and fault.kind == "corrupt" and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
         self.wfile.write(data)
 
     def _send_error(self, status: int, code: str) -> None:

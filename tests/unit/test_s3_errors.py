@@ -4,8 +4,13 @@ tests/integration/test_source.py."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import zlib
+
 import pytest
 
+from loader.extract.boto3_client import checksum_problem
 from loader.extract.errors import (
     RETRY_AFTER_CAP_S,
     access_error,
@@ -112,3 +117,28 @@ def test_a_redirect_names_the_region_to_set() -> None:
         "AWS_REGION=eu-west-1)"
     )
     assert str(access_error("list", "s3://b/", 403, "")) == "cannot list s3://b/: 403"
+
+
+# ------------------------------------------------------------------ the boto3 client's checksum
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def test_a_body_is_checked_against_the_full_object_checksum_s3_sent() -> None:
+    body = b'{"event": "page_view"}'
+    crc32 = _b64(zlib.crc32(body).to_bytes(4, "big"))
+    sha256 = _b64(hashlib.sha256(body).digest())
+    assert checksum_problem(body, {"x-amz-checksum-crc32": crc32}) is None
+    assert checksum_problem(body, {"x-amz-checksum-sha256": sha256}) is None
+    assert checksum_problem(body, {}) is None  # S3 sent none: nothing to check
+    problem = checksum_problem(body + b" ", {"x-amz-checksum-crc32": crc32})
+    assert problem is not None and problem.startswith("crc32 checksum mismatch")
+    wrong = _b64(hashlib.sha256(b"other").digest())
+    assert checksum_problem(body, {"x-amz-checksum-sha256": wrong}) is not None
+
+
+def test_a_composite_checksum_of_a_multipart_upload_is_not_checked() -> None:
+    # "<base64 of the parts' checksums>-<parts>": no read of the whole body can reproduce it
+    assert checksum_problem(b"{}", {"x-amz-checksum-crc32": "AAAAAA==-3"}) is None
