@@ -93,6 +93,11 @@ INGEST_TEXT_FIELDS: Final = {
     "stage": "stage",
     "traceId": "trace_id",
 }
+#: (_ingest field, column, the column's cap), for `_meta_columns`.
+_INGEST_TEXT_COLUMNS: Final = tuple(
+    (name, column, TEXT_CAPS[column]) for name, column in INGEST_TEXT_FIELDS.items()
+)
+_NO_INGEST_TEXT: Final = dict.fromkeys(INGEST_TEXT_FIELDS.values())
 #: The spellings after the tracker's own: a record holding none of them (every record the real
 #: tracker sends) has one candidate per text column, and `_text_columns` reads it directly.
 _LATER_TEXT_SPELLINGS: Final = frozenset(
@@ -310,22 +315,15 @@ def _event_columns(
     """The clickstream_events row. What a column does not take goes to `leftovers`, which
     becomes `properties`: a losing spelling with another value, an original a coercion
     dropped."""
-
-    def winner(spellings: Spellings) -> tuple[str | None, Any]:
-        return _pick_keeping_losers(record, spellings, leftovers)
-
-    def keep_original(field_name: str | None, raw: Any, coerced: Any) -> Any:
-        if coerced is None and field_name is not None:
-            leftovers[field_name] = raw
-        return coerced
-
     event: dict[str, Any] = {
         "event_id": event_id,
         "event_name": _column_text(name.strip(), TEXT_CAPS["event_name"], repairs),
     }
     _text_columns(record, event, leftovers, repairs)
-    field_name, raw = winner(FIRST_VISIT_FIELDS)
-    event["is_first_visit"] = keep_original(field_name, raw, to_bool(raw))
+    field_name, raw = _pick_keeping_losers(record, FIRST_VISIT_FIELDS, leftovers)
+    event["is_first_visit"] = first_visit = to_bool(raw)
+    if first_visit is None and field_name is not None:
+        leftovers[field_name] = raw
     _map_product(record, event, leftovers, repairs)
 
     element_field, element = pick(record, ELEMENT_FIELDS)
@@ -333,9 +331,10 @@ def _event_columns(
     if element_field is not None and not isinstance(element, dict):
         leftovers[element_field] = element
 
-    field_name, raw = winner(TIMESTAMP_FIELDS)
-    client_timestamp = keep_original(field_name, raw, to_instant(raw))
-    event["client_timestamp"] = client_timestamp
+    field_name, raw = _pick_keeping_losers(record, TIMESTAMP_FIELDS, leftovers)
+    event["client_timestamp"] = client_timestamp = to_instant(raw)
+    if client_timestamp is None and field_name is not None:
+        leftovers[field_name] = raw
     # Never NULL: LastModified is always sane for a real object; the epoch floor is the
     # last resort of a caller that passes none. `received_at` is sane already (to_instant's).
     event["event_timestamp"] = received_at or (
@@ -387,10 +386,11 @@ def _meta_columns(
         "ingest_metadata": ingest,
         "payload_sha256": payload_digest(record),
     }
-    for ingest_field, column in INGEST_TEXT_FIELDS.items():
-        meta[column] = (
-            _column_text(ingest.get(ingest_field), TEXT_CAPS[column], repairs) if ingest else None
-        )
+    if ingest:
+        for ingest_field, column, cap in _INGEST_TEXT_COLUMNS:
+            meta[column] = _column_text(ingest.get(ingest_field), cap, repairs)
+    else:
+        meta.update(_NO_INGEST_TEXT)
     return meta
 
 
