@@ -202,7 +202,8 @@ def _move_statement(table: sa.Table, columns: tuple[str, ...], returning: bool) 
         .from_select(list(columns), select)
         .on_conflict_do_nothing(index_elements=["event_id"])
     )
-    return statement.returning(table.c.event_id) if returning else statement
+    # As text: most batches insert all of their events or none, and then no id needs parsing.
+    return statement.returning(sa.cast(table.c.event_id, sa.Text)) if returning else statement
 
 
 def _insert_via_copy(
@@ -215,7 +216,11 @@ def _insert_via_copy(
     _copy_into(conn, _stage(tables.events), event_rows, event_columns)
     _copy_into(conn, _stage(tables.meta), meta_rows, meta_columns)
     events = _move_statement(tables.events, tuple(event_columns), returning=True)
-    inserted = set(conn.execute(events).scalars())
+    returned = conn.execute(events).scalars().all()
+    if len(returned) == len(unique):
+        inserted = {r.event_id for r in unique}
+    else:
+        inserted = {uuid.UUID(text) for text in returned}
     # Only the count of new meta rows is needed: the rowcount, not 500 ids turned into UUIDs.
     meta = _move_statement(tables.meta, tuple(meta_columns), returning=False)
     return inserted, conn.execute(meta).rowcount
