@@ -5,7 +5,7 @@ machine's load cannot blur.
     .venv/bin/python bench/instructions.py --tree /tmp/before --tree .   # side by side
 
 On this shared 2-core machine two identical timing runs differ by up to ±30%, so a change worth
-5% cannot be seen in seconds. Instructions executed are the same from run to run (the hash seed
+5% cannot be seen in seconds. Instructions executed vary by ~0.1% from run to run (the hash seed
 is fixed), whatever else runs. Each tree's `loader` transforms the bench's real-shaped hour
 (`bench/workload.py`, ~1% malformed) under `valgrind --tool=callgrind`, once with no timed pass
 and once with `--passes`; the difference, divided by the objects transformed, is the
