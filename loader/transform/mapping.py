@@ -293,13 +293,11 @@ def _cleaned(
 
 def _column_text(value: Any, cap: int, repairs: Repairs) -> str | None:
     """`to_text` for a value of the record `_cleaned` returned. Its strings are storable already
-    (`clean_json` ran, or the parser vouched it would change nothing), so a string needs only
-    its cap: the same result as `to_text`, without cleaning each string a second time."""
-    if type(value) is str:
-        if len(value) <= cap:
-            return value
-        repairs.truncated += 1
-        return value[:cap]
+    (`clean_json` ran, or the parser vouched it would change nothing), so a string within its
+    cap is the column's text as it is; anything else (too long, not a string) takes `to_text`'s
+    rules, which cleaning an already clean string does not change."""
+    if type(value) is str and len(value) <= cap:
+        return value
     return to_text(value, cap, repairs)
 
 
