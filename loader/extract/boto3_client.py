@@ -33,15 +33,10 @@ from loader.config import Settings
 from loader.extract.body import BodyError, decode_body
 from loader.extract.errors import (
     TransportError,
-    access_error,
     backoff_delay,
-    classify,
     error_code,
     expired_error,
-    header,
-    retry_after_s,
-    terminal_reason,
-    transient_error,
+    judge_get_refusal,
 )
 from loader.extract.listing import fetcher_for_boto3_client, lister_for_boto3_client
 
@@ -230,21 +225,13 @@ class Boto3Source:
     def _refusal(
         self, ref: ObjectRef, response: Any, document: bytes, retries: int
     ) -> FetchedObject | _Retry:
-        """S3 answered with an error: classified as the listing's and the CRT client's are."""
-        status = int(response.status)
-        code = error_code(document)
-        verdict = classify(status, code)
-        if verdict == "terminal":
-            return FetchedObject(ref, None, terminal_reason(code), code or str(status), retries)
+        """S3 answered with an error: judged as the CRT client's GETs are."""
+        status, code = int(response.status), error_code(document)
         where = f"s3://{self.bucket}/{ref.key}"
-        headers = list(response.headers.items())
-        if verdict == "access":
-            # A redirect too (301 PermanentRedirect, 307): the bucket is in another region.
-            raise access_error("read", where, status, code, header(headers, "x-amz-bucket-region"))
-        if verdict == "fail":
-            raise transient_error("GET", where, status, code)
-        wait = retry_after_s(header(headers, "retry-after"))
-        return _Retry(f"{status} {code}".strip(), verdict == "expired", wait)
+        judged = judge_get_refusal(status, code, response.headers.items(), where)
+        if judged.terminal_reason is not None:
+            return FetchedObject(ref, None, judged.terminal_reason, code or str(status), retries)
+        return _Retry(f"{status} {code}".strip(), judged.expired, judged.retry_after)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:

@@ -54,15 +54,10 @@ from loader.extract.address import (
 from loader.extract.body import BodyError, decode_body
 from loader.extract.errors import (
     TransportError,
-    access_error,
     backoff_delay,
-    classify,
     error_code,
     expired_error,
-    header,
-    retry_after_s,
-    terminal_reason,
-    transient_error,
+    judge_get_refusal,
 )
 from loader.extract.listing import PageResponse, S3Lister
 
@@ -474,25 +469,18 @@ class CrtSource:
         return None
 
     def _refusal(self, attempt: _Attempt, error: S3ResponseError) -> str | None:
-        """S3 answered with an error: classified as the boto3 client's are."""
+        """S3 answered with an error: judged as the boto3 client's GETs are."""
         fetch = attempt.fetch
         status = int(error.status_code or 0)
         code = error_code(attempt.error_body or error.body)
-        verdict = classify(status, code)
-        if verdict == "terminal":
-            reason = terminal_reason(code)
+        where = f"s3://{self.bucket}/{fetch.ref.key}"
+        judged = judge_get_refusal(status, code, error.headers, where)
+        if judged.terminal_reason is not None:
             fetch.result = FetchedObject(
-                fetch.ref, None, reason, code or str(status), fetch.retries
+                fetch.ref, None, judged.terminal_reason, code or str(status), fetch.retries
             )
             return None
-        where = f"s3://{self.bucket}/{fetch.ref.key}"
-        headers = error.headers
-        if verdict == "access":
-            raise access_error("read", where, status, code, header(headers, "x-amz-bucket-region"))
-        if verdict == "fail":
-            raise transient_error("GET", where, status, code)
-        fetch.expired = verdict == "expired"
-        fetch.retry_after = retry_after_s(header(headers, "retry-after"))
+        fetch.expired, fetch.retry_after = judged.expired, judged.retry_after
         return f"{status} {code}".strip()
 
     def _abandon(self, pending: Iterable[_Fetch], done_q: queue.SimpleQueue[_Attempt]) -> None:

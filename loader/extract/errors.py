@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from loader.common import S3AccessError, S3TransientError
@@ -152,3 +153,29 @@ def backoff_delay(
     than the response's Retry-After asked."""
     delay = random.uniform(0.0, min(cap_s, base_s * (2 ** (retry - 1))))
     return delay if retry_after is None else max(delay, retry_after)
+
+
+@dataclass(frozen=True, slots=True)
+class GetRefusal:
+    """A GET that S3 answered with an error, when the answer does not end the run: either the
+    object can never be read (`terminal_reason`), or the GET is worth another attempt."""
+
+    terminal_reason: str | None
+    retry_after: float | None = None
+    expired: bool = False
+
+
+def judge_get_refusal(
+    status: int, code: str, headers: Iterable[tuple[str, str]] | None, where: str
+) -> GetRefusal:
+    """The one decision on a refused GET, shared by both clients. Raises what no retry mends:
+    `S3AccessError` (a redirect too: 301, 307, the bucket is in another region) or
+    `S3TransientError`."""
+    verdict = classify(status, code)
+    if verdict == "terminal":
+        return GetRefusal(terminal_reason(code))
+    if verdict == "access":
+        raise access_error("read", where, status, code, header(headers, "x-amz-bucket-region"))
+    if verdict == "fail":
+        raise transient_error("GET", where, status, code)
+    return GetRefusal(None, retry_after_s(header(headers, "retry-after")), verdict == "expired")
