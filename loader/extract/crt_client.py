@@ -5,7 +5,8 @@ The CRT does the HTTP, connection pooling and SigV4 signing in C on its own even
 this module keeps a bounded window of GETs in flight, collects each body from the CRT's
 callbacks, and settles every attempt on the caller's thread: retries (our own, so they are
 counted, and classified by `loader.extract.errors` exactly as the boto3 client's are), size
-caps and gzip.
+caps and gzip. Each GET asks S3 for the object's stored checksum and the CRT checks the body
+against it, as botocore does by default: a body corrupted on the way is retried, never loaded.
 
 Configuration follows boto3 without importing it (the CRT path loads neither boto3 nor
 botocore): credentials from the CRT's own default chain (environment incl. session token,
@@ -33,6 +34,7 @@ from awscrt.exceptions import AwsCrtError
 from awscrt.http import HttpHeaders, HttpRequest
 from awscrt.io import ClientTlsContext, TlsConnectionOptions, TlsContextOptions
 from awscrt.s3 import (
+    S3ChecksumConfig,
     S3Client,
     S3RequestTlsMode,
     S3RequestType,
@@ -65,6 +67,16 @@ from loader.extract.listing import PageResponse, S3Lister
 # at its default of 10 Gbps). We cap the pool explicitly at the in-flight window instead and set
 # the target high enough that the cap, not the target, is what binds.
 _THROUGHPUT_TARGET_GBPS = 100.0
+#: Every GET sends `x-amz-checksum-mode: enabled`, and the CRT checks the body against the
+#: full-object checksum S3 returns: CRC64NVME, CRC32, CRC32C, SHA-1 or SHA-256, whichever the
+#: object was stored with (AWS SDKs store a CRC32 with every PutObject by default since January
+#: 2025: boto3 1.36, JavaScript v3.729). A mismatch fails the request with
+#: AWS_ERROR_S3_RESPONSE_CHECKSUM_MISMATCH, which `_retry_reason` retries like any broken
+#: response. An object stored without a checksum, or with only a multipart upload's composite
+#: one ("<base64>-<parts>"), loads unchecked: botocore's `when_supported` rule, which the boto3
+#: client follows too. Still one request per object: the default request type sends no
+#: HeadObject to find a checksum.
+_VALIDATE_CHECKSUM = S3ChecksumConfig(validate_response=True)
 
 
 class _TooLarge(Exception):
@@ -410,6 +422,7 @@ class CrtSource:
             on_headers=attempt.on_headers,
             on_body=attempt.on_body,
             on_done=attempt.on_done,
+            checksum_config=_VALIDATE_CHECKSUM,
         )
 
     def _settle(self, attempt: _Attempt) -> bool:

@@ -298,6 +298,70 @@ def test_boto3_get_checks_the_checksum_s3_sends(proxy: FaultProxy, s3: Any, buck
         source.close()
 
 
+def test_crt_get_checks_the_checksum_s3_sends(proxy: FaultProxy, s3: Any, bucket: str) -> None:
+    # GIVEN an object stored with its CRC32, which S3 returns on a GET that asks for it
+    body = os.urandom(5000)
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=body, ChecksumAlgorithm="CRC32")
+    source = CrtSource(
+        Settings(raw_bucket=bucket, db=DatabaseSettings(), s3_max_attempts=3),
+        backoff_base_s=0.01,
+    )
+    try:
+        (ref,) = _refs(source, "events/")
+        requests_before = proxy.requests
+        # WHEN the first body arrives whole in length but corrupt
+        proxy.set_faults(Fault.corrupt(first=1, match=OBJECT_GETS))
+        fetched = source.fetch_one(ref)
+        # THEN the CRT's check caught it and the retry brought the real body, with no HeadObject
+        # on the way: two GETs, nothing else
+        assert (fetched.body, fetched.error, fetched.retries) == (body, None, 1)
+        assert proxy.stats["corrupt"] == 1
+        assert proxy.requests - requests_before == 2
+        # AND a body corrupt on every attempt fails the run instead of loading garbage
+        proxy.set_faults(Fault.corrupt(match=OBJECT_GETS))
+        with pytest.raises(S3TransientError, match="CHECKSUM_MISMATCH"):
+            source.fetch_one(ref)
+    finally:
+        source.close()
+
+
+def test_an_object_without_a_full_object_checksum_loads(
+    make_source: MakeSource, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    # GIVEN an object stored with no checksum, and one from a multipart upload, whose checksum
+    # is a composite of its parts' ("<base64>-2") that no read of the whole body can check
+    plain = b'{"eventName": "click"}'
+    s3.put_object(Bucket=bucket, Key="events/plain.json", Body=plain)
+    key, parts = "events/multipart.json", [os.urandom(5 * 1024 * 1024), b"\n"]
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32")
+    done = []
+    for number, data in enumerate(parts, 1):
+        part = s3.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=data,
+            ChecksumAlgorithm="CRC32",
+        )
+        done.append(
+            {"PartNumber": number, "ETag": part["ETag"], "ChecksumCRC32": part["ChecksumCRC32"]}
+        )
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": done}
+    )
+    stored = s3.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")["ChecksumCRC32"]
+    assert stored.endswith("-2")
+    # WHEN both are fetched by a source that checks checksums (through the proxy, which hands
+    # moto the CRT's `x-amz-checksum-mode: enabled` in the case moto reads)
+    source = make_source(max_object_bytes=8 * 1024 * 1024)
+    fetched = {f.ref.key: f for f in source.fetch_many(_refs(source, "events/"))}
+    # THEN both load whole, on the first attempt: nothing to check is no reason to refuse
+    assert fetched["events/plain.json"].body == plain
+    assert fetched[key].body == b"".join(parts)
+    assert all(f.error is None and f.retries == 0 for f in fetched.values())
+
+
 def test_boto3_waits_as_long_as_retry_after_asks(proxy: FaultProxy, s3: Any, bucket: str) -> None:
     # GIVEN S3 throttling the first two GETs with Retry-After: 2 (our backoff alone would wait
     # at most 0.25 s, then 0.5 s)

@@ -31,6 +31,8 @@ for clients that must verify a certificate; the upstream stays plain HTTP. With
 s3rver need; `proxy.hosts` holds every Host header received. With `verify_sigv4=<secret key>`
 every request's SigV4 signature is checked as S3 checks it (`support.sigv4`); a wrong one is
 answered 403 SignatureDoesNotMatch and its reason kept in `proxy.signature_problems`.
+`x-amz-checksum-mode: enabled` is forwarded as `ENABLED`: S3 takes either, moto only the latter,
+so clients that send the lower case (the CRT) get the stored checksum back as from S3.
 
 Bounded and tidy: binds 127.0.0.1 on an ephemeral port, serves at most `max_connections`
 client connections at once (more wait in the listen backlog), never waits on the upstream more
@@ -514,6 +516,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers["Host"] = f"{self.proxy.upstream_host}:{self.proxy.upstream_port}"
+        for name, value in list(headers.items()):
+            # S3 reads the value in any case; the CRT (like the AWS SDKs for C++ and Java) sends
+            # "enabled", and moto returns the stored checksum only for "ENABLED".
+            if name.lower() == "x-amz-checksum-mode" and value.upper() == "ENABLED":
+                headers[name] = "ENABLED"
         if body or self.command in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
         for attempt in (1, 2):  # a pooled upstream connection may have gone stale
