@@ -1,8 +1,9 @@
 """How a bucket is addressed: the endpoint override botocore honours, then virtual-hosted or
 path-style. Both clients resolve through here, so they address buckets exactly the same way.
 
-The CRT client reads the rest of what boto3 would read here too (the region, a CA bundle), so
-that it needs no botocore session: the same variables and config file, the same answers.
+The CRT client reads the rest of what boto3 would read here too (the region, a CA bundle,
+whether to check response checksums), so that it needs no botocore session: the same variables
+and config file, the same answers.
 """
 
 from __future__ import annotations
@@ -66,16 +67,43 @@ def region_from_env(env: Mapping[str, str] | None = None) -> str:
         value = (env.get(name) or "").strip()
         if value:
             return value
+    return _profile_setting(env, "region") or DEFAULT_REGION
+
+
+#: botocore's `response_checksum_validation` values: check every response that can carry a
+#: checksum (its default), or only those whose request asked for one (so, for us, none).
+CHECKSUM_VALIDATION_VALUES = ("when_supported", "when_required")
+
+
+def checksum_validation_from_env(env: Mapping[str, str] | None = None) -> bool:
+    """Whether GETs ask for the object's stored checksum and check the body against it, as
+    botocore decides: AWS_RESPONSE_CHECKSUM_VALIDATION, else the profile's
+    `response_checksum_validation`; `when_supported` (the default) checks, `when_required`
+    does not (for an S3-compatible store that refuses `x-amz-checksum-mode`)."""
+    env = os.environ if env is None else env
+    value = (env.get("AWS_RESPONSE_CHECKSUM_VALIDATION") or "").strip()
+    value = (value or _profile_setting(env, "response_checksum_validation") or "").lower()
+    if value and value not in CHECKSUM_VALIDATION_VALUES:
+        raise ValueError(
+            f"AWS_RESPONSE_CHECKSUM_VALIDATION / response_checksum_validation must be one of "
+            f"{', '.join(CHECKSUM_VALIDATION_VALUES)}, got {value!r}"
+        )
+    return value != "when_required"
+
+
+def _profile_setting(env: Mapping[str, str], name: str) -> str | None:
+    """`name` in the active profile of the AWS config file (AWS_PROFILE, AWS_DEFAULT_PROFILE,
+    else default; AWS_CONFIG_FILE, else ~/.aws/config), as botocore reads it; None if unset or
+    the file is unreadable."""
     profile = (env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default").strip()
     path = Path(env.get("AWS_CONFIG_FILE") or "~/.aws/config").expanduser()
     config = configparser.RawConfigParser()
     try:
         config.read(path, encoding="utf-8")
     except (configparser.Error, OSError, UnicodeDecodeError):
-        return DEFAULT_REGION
+        return None
     section = "default" if profile == "default" else f"profile {profile}"
-    value = config.get(section, "region", fallback="").strip()
-    return value or DEFAULT_REGION
+    return config.get(section, name, fallback="").strip() or None
 
 
 def ca_bundle_from_env(env: Mapping[str, str] | None = None) -> str | None:

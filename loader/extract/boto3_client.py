@@ -54,7 +54,7 @@ if HAS_CRT:
         **_CHECKSUMS,
     }
 #: Asks S3 for the object's stored checksum, as botocore does by default
-#: (response_checksum_validation = when_supported).
+#: (response_checksum_validation = when_supported; not sent with when_required).
 _GET_HEADERS = {"x-amz-checksum-mode": "ENABLED"}
 #: An S3 error document is under 1 KB; more than this is not one.
 _ERROR_DOC_MAX = 64 * 1024
@@ -87,6 +87,14 @@ def checksum_problem(data: bytes, headers: Any) -> str | None:
     return None
 
 
+def _checks_responses(client: Any) -> bool:
+    """botocore's own answer (AWS_RESPONSE_CHECKSUM_VALIDATION, the profile, a Config): its
+    default `when_supported` asks for and checks the stored checksum; `when_required` does not
+    ask, so S3 sends none to check."""
+    mode = getattr(client.meta.config, "response_checksum_validation", None)
+    return mode != "when_required"
+
+
 class Boto3Source:
     """`ObjectSource` for where the CRT is not: boto3's configuration, lean signed requests."""
 
@@ -107,6 +115,7 @@ class Boto3Source:
         self._backoff_base_s = backoff_base_s
         self._sleep = sleep
         self._client = client or boto3.session.Session().client("s3")
+        self._get_headers = _GET_HEADERS if _checks_responses(self._client) else {}
         # One pool for everything: a connection per GET thread, and one for the listing.
         self._http = fetcher_for_boto3_client(
             self._client, self.bucket, pool_size=self._concurrency + 1
@@ -174,7 +183,7 @@ class Boto3Source:
     def _attempt(self, ref: ObjectRef, retries: int) -> FetchedObject | _Retry:
         """One signed GET: its result, or why to retry. Raises what no retry mends."""
         try:
-            response = self._http.open(self._http.address.object_path(ref.key), _GET_HEADERS)
+            response = self._http.open(self._http.address.object_path(ref.key), self._get_headers)
         except TransportError as exc:
             return _Retry(str(exc) or type(exc).__name__)
         clean = False

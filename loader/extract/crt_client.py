@@ -49,6 +49,7 @@ from loader.config import Settings
 from loader.extract.address import (
     S3Address,
     ca_bundle_from_env,
+    checksum_validation_from_env,
     endpoint_url_from_env,
     region_from_env,
     resolve_address,
@@ -75,7 +76,8 @@ _THROUGHPUT_TARGET_GBPS = 100.0
 #: response. An object stored without a checksum, or with only a multipart upload's composite
 #: one ("<base64>-<parts>"), loads unchecked: botocore's `when_supported` rule, which the boto3
 #: client follows too. Still one request per object: the default request type sends no
-#: HeadObject to find a checksum.
+#: HeadObject to find a checksum. AWS_RESPONSE_CHECKSUM_VALIDATION=when_required (or the
+#: profile's response_checksum_validation) turns it off, as it does botocore's.
 _VALIDATE_CHECKSUM = S3ChecksumConfig(validate_response=True)
 
 
@@ -263,6 +265,7 @@ class CrtSource:
         endpoint = endpoint_url if endpoint_url is not None else endpoint_url_from_env()
         self.address: S3Address = resolve_address(self.bucket, self.region, endpoint)
         self._host_header = [("Host", self.address.host)]
+        self._checksum = _VALIDATE_CHECKSUM if checksum_validation_from_env() else None
         signing = create_default_s3_signing_config(
             region=self.region, credential_provider=credentials_provider()
         )
@@ -422,7 +425,7 @@ class CrtSource:
             on_headers=attempt.on_headers,
             on_body=attempt.on_body,
             on_done=attempt.on_done,
-            checksum_config=_VALIDATE_CHECKSUM,
+            checksum_config=self._checksum,
         )
 
     def _settle(self, attempt: _Attempt) -> bool:

@@ -325,6 +325,30 @@ def test_crt_get_checks_the_checksum_s3_sends(proxy: FaultProxy, s3: Any, bucket
         source.close()
 
 
+def test_when_required_turns_the_checksum_check_off(
+    make_source: MakeSource,
+    proxy: FaultProxy,
+    s3: Any,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN an object stored with its CRC32, and AWS_RESPONSE_CHECKSUM_VALIDATION=when_required
+    # (botocore's setting, for a store that refuses x-amz-checksum-mode)
+    body = os.urandom(2000)
+    s3.put_object(Bucket=bucket, Key="events/a.json", Body=body, ChecksumAlgorithm="CRC32")
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+    source = make_source()
+    (ref,) = _refs(source, "events/")
+    # WHEN its body arrives corrupt
+    proxy.set_faults(Fault.corrupt(first=1, match=OBJECT_GETS))
+    fetched = source.fetch_one(ref)  # type: ignore[attr-defined]
+    # THEN no checksum was asked for or checked: the body is taken as it came, as botocore
+    # takes it with that setting (the default checks it: the two tests above)
+    assert proxy.stats["corrupt"] == 1
+    assert fetched.error is None and fetched.retries == 0
+    assert fetched.body != body and len(fetched.body) == len(body)
+
+
 def test_an_object_without_a_full_object_checksum_loads(
     make_source: MakeSource, proxy: FaultProxy, s3: Any, bucket: str
 ) -> None:
