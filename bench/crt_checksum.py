@@ -1,15 +1,22 @@
 """Client CPU per GET of the CRT client with and without checking S3's stored checksum.
 
-    .venv/bin/python bench/crt_checksum.py [--objects 1000] [--repeats 12]
+    .venv/bin/python bench/crt_checksum.py [--server moto|s3rver] [--objects 1000] [--repeats 12]
 
-s3rver returns no checksum, so the main benchmark's GETs are never checked. This one stores
-~800 B objects with a CRC32 in a moto server (its own process), puts the tests' fault proxy in
-front of it (its own process too: it hands moto the CRT's `x-amz-checksum-mode: enabled` as the
-`ENABLED` moto reads), and fetches them all through `CrtSource`, the check on and off in turn,
-`--repeats` interleaved pairs. CPU is `time.process_time()` of this process only (every thread,
-the CRT's event loops included; moto and the proxy excluded). moto is slow, so the CPU per GET
-is higher than on s3rver; compare the two columns, not the absolutes. Writes
-bench/results/crt_checksum.json and prints a markdown table.
+Fetches ~800 B objects through two `CrtSource`s in turn, the default (asks for the stored
+checksum and checks the body) and one built with AWS_RESPONSE_CHECKSUM_VALIDATION=when_required
+(asks for none), `--repeats` interleaved pairs after a warm-up pair. CPU is
+`time.process_time()` of this process only (every thread, the CRT's event loops included; the
+servers excluded). Compare the two columns of one run, not absolutes.
+
+- `--server moto` (default): objects stored with a CRC32 in a moto server, behind the tests'
+  fault proxy (both in processes of their own; the proxy hands moto the CRT's
+  `x-amz-checksum-mode: enabled` as the `ENABLED` moto reads), so every checked GET is
+  checked. moto is slow: the CPU per GET is higher than on s3rver.
+- `--server s3rver`: the main benchmark's server, which returns no checksum: what asking costs
+  when nothing comes back to check, and what the main benchmark's numbers carry. s3rver runs on
+  one CPU and this process on the other, as in `bench/s3_client_cost.py`.
+
+Writes bench/results/crt_checksum_<server>.json and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -27,15 +34,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "crt_checksum.json"
+RESULTS = ROOT / "bench" / "results"
 BUCKET = "crt-checksum-bench"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 _PROXY = """
 import sys, time
 sys.path.insert(0, sys.argv[2])
 from support.http_fault_proxy import FaultProxy
-with FaultProxy(sys.argv[1], max_connections=64) as proxy:
+with FaultProxy(sys.argv[1], max_connections=128) as proxy:  # two sources, 32 each
     print(proxy.url, flush=True)
     time.sleep(24 * 3600)
 """
@@ -47,7 +55,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _servers() -> tuple[str, str]:
+def _moto_behind_proxy() -> tuple[str, str]:
     """moto on a loopback port and the proxy in front of it; both stop when this process ends."""
     port = _free_port()
     moto = subprocess.Popen(
@@ -81,45 +89,62 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--server", choices=("moto", "s3rver"), default="moto")
     args = parser.parse_args()
+    if args.server == "s3rver":
+        from servers import ensure_s3rver, s3rver
 
-    moto_url, proxy_url = _servers()
+        if not ensure_s3rver():
+            raise SystemExit("s3rver could not be installed (needs node and npm)")
+        cores = sorted(os.sched_getaffinity(0))
+        with s3rver(cores[-1] if len(cores) > 1 else None) as endpoint:
+            if len(cores) > 1:
+                os.sched_setaffinity(0, {cores[0]})  # the client: one core, like a Lambda
+            measure(args, endpoint, endpoint, "S3RVER", stored_checksum=False)
+    else:
+        moto_url, proxy_url = _moto_behind_proxy()
+        measure(args, moto_url, proxy_url, "bench", stored_checksum=True)
+
+
+def measure(
+    args: argparse.Namespace, upload_url: str, get_url: str, secret: str, *, stored_checksum: bool
+) -> None:
     os.environ.update(
         {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_ACCESS_KEY_ID": secret,
+            "AWS_SECRET_ACCESS_KEY": secret,
             "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": proxy_url,
+            "AWS_ENDPOINT_URL": get_url,
         }
     )
     os.environ.pop("AWS_PROFILE", None)
+    os.environ.pop("AWS_RESPONSE_CHECKSUM_VALIDATION", None)
     import boto3
 
     import loader.extract.crt_client as crt_client
     from loader.config import DatabaseSettings, Settings
 
-    s3 = boto3.client("s3", endpoint_url=moto_url)
+    s3 = boto3.client("s3", endpoint_url=upload_url)
     s3.create_bucket(Bucket=BUCKET)
     body = b'{"eventName":"click","pad":"' + b"x" * 760 + b'"}'
 
     def put(i: int) -> None:
-        s3.put_object(
-            Bucket=BUCKET, Key=f"events/{i:06d}.json", Body=body, ChecksumAlgorithm="CRC32"
-        )
+        checksum = {"ChecksumAlgorithm": "CRC32"} if stored_checksum else {}
+        s3.put_object(Bucket=BUCKET, Key=f"events/{i:06d}.json", Body=body, **checksum)
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(put, range(args.objects)))
 
-    checked = crt_client._VALIDATE_CHECKSUM
-    source = crt_client.CrtSource(
-        Settings(raw_bucket=BUCKET, db=DatabaseSettings(), fetch_concurrency=32)
-    )
-    runs: dict[str, list[float]] = {"checked": [], "unchecked": []}
+    settings = Settings(raw_bucket=BUCKET, db=DatabaseSettings(), fetch_concurrency=8)
+    sources = {"checked": crt_client.CrtSource(settings)}
+    os.environ["AWS_RESPONSE_CHECKSUM_VALIDATION"] = "when_required"  # the off switch
+    sources["unchecked"] = crt_client.CrtSource(settings)
+    del os.environ["AWS_RESPONSE_CHECKSUM_VALIDATION"]
+    runs: dict[str, list[float]] = {mode: [] for mode in sources}
     try:
-        refs = list(source.list_objects("events/"))
+        refs = list(sources["checked"].list_objects("events/"))
         for _ in range(1 + args.repeats):  # the first pair warms up and is dropped
-            for mode in runs:
-                crt_client._VALIDATE_CHECKSUM = checked if mode == "checked" else None
+            for mode, source in sources.items():
                 started = time.process_time()
                 fetched = list(source.fetch_many(refs))
                 cpu_ms = 1000 * (time.process_time() - started) / len(refs)
@@ -127,11 +152,12 @@ def main() -> None:
                     raise SystemExit("a GET came back without the object's body")
                 runs[mode].append(cpu_ms)
     finally:
-        crt_client._VALIDATE_CHECKSUM = checked
-        source.close()
+        for source in sources.values():
+            source.close()
     runs = {mode: values[1:] for mode, values in runs.items()}
     paired = [c - u for c, u in zip(runs["checked"], runs["unchecked"], strict=True)]
     result = {
+        "server": args.server,
         "objects": args.objects,
         "repeats": args.repeats,
         "body_bytes": len(body),
@@ -141,8 +167,11 @@ def main() -> None:
         "median_paired_difference": statistics.median(paired),
         "loadavg": os.getloadavg(),
     }
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"CRT client, {args.objects} GETs of {len(body)} B from moto, {args.repeats} pairs")
+    (RESULTS / f"crt_checksum_{args.server}.json").write_text(json.dumps(result, indent=2))
+    print(
+        f"CRT client, {args.objects} GETs of {len(body)} B from {args.server}, "
+        f"{args.repeats} pairs, load average {result['loadavg'][0]:.2f}"
+    )
     print("| GETs | CPU ms/GET (median) |\n|---|---:|")
     print(f"| checksum checked (the default) | {result['median_checked']:.3f} |")
     print(f"| not checked | {result['median_unchecked']:.3f} |")
