@@ -13,6 +13,10 @@ servers'). Peak RSS is the process's VmHWM at exit
 Cases:
   s3_boto3, s3_crt   S3 ceiling: list + concurrent GET + orjson.loads, no database, through the
                      loader's real sources (Boto3Source / CrtSource).
+  s3_crt_transform   the CRT ceiling with the loader's own producer step instead of orjson.loads
+                     (`loader.pipeline.prefetch.prepare`: parse and map every object, as the
+                     loader's fetch-transform thread does), still no database: with s3_crt and
+                     loader it splits the loader's CPU above the ceiling into transform and DB.
   naive              a hand-rolled Lambda: boto3 paginator, ThreadPoolExecutor(32) get_object,
                      json.loads, psycopg2 executemany INSERT ... ON CONFLICT DO NOTHING into both
                      tables per 500-event batch.
@@ -50,7 +54,16 @@ sys.path.insert(0, os.environ.get("BENCH_LOADER_TREE") or str(BENCH.parent))
 
 from workload import BUCKET, hour_for, objects  # noqa: E402
 
-_CASES = ("s3_boto3", "s3_crt", "naive", "merge", "loader", "db_stage", "db_ceiling")
+_CASES = (
+    "s3_boto3",
+    "s3_crt",
+    "s3_crt_transform",
+    "naive",
+    "merge",
+    "loader",
+    "db_stage",
+    "db_ceiling",
+)
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -215,12 +228,13 @@ def measure(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ S3 ceiling
 
 
-def case_s3(size: int, client: str) -> dict[str, Any]:
+def case_s3(size: int, client: str, *, transform: bool = False) -> dict[str, Any]:
     import orjson
 
     from loader.config import load_settings
     from loader.extract.boto3_client import Boto3Source
     from loader.extract.crt_client import CrtSource
+    from loader.pipeline.prefetch import prepare
 
     settings = load_settings()
     source = Boto3Source(settings) if client == "boto3" else CrtSource(settings)
@@ -233,6 +247,12 @@ def case_s3(size: int, client: str) -> dict[str, Any]:
             retries += fetched.retries
             if fetched.body is None:
                 fetch_errors += 1
+                continue
+            if transform:
+                # Events read: every JSON object, mapped or invalid (what `parsed` counts).
+                read = prepare(fetched, settings.raw_bucket, anonymize=False).events_read
+                parsed += read
+                unparsable += read == 0
                 continue
             try:
                 value = orjson.loads(fetched.body)
@@ -679,6 +699,7 @@ def main() -> None:
     runners: dict[str, Callable[[int], dict[str, Any]]] = {
         "s3_boto3": lambda n: case_s3(n, "boto3"),
         "s3_crt": lambda n: case_s3(n, "crt"),
+        "s3_crt_transform": lambda n: case_s3(n, "crt", transform=True),
         "naive": lambda n: case_naive(n, naive_handler),
         "merge": lambda n: case_naive(n, merge_handler),
         "loader": case_loader,

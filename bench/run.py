@@ -11,6 +11,7 @@ s3rver's store (the layout is verified against a real PUT first), and measures p
 case in its own process (bench/cases.py), side by side:
 
   s3_crt / s3_boto3   S3 ceiling: list + concurrent GET + orjson parse, no database
+  s3_crt_transform    the CRT ceiling with the loader's transform instead of the bare parse
   loader              the headline: the loader end to end with the DEFAULT settings (no S3_CLIENT,
                       no WRITE_METHOD: whatever loader.config's Settings resolves), fresh database
   rerun               the same hour again into the same database: must insert and rewrite nothing
@@ -71,6 +72,7 @@ OTHER_CLIENT = "<the other client>"
 #: An empty environment is the loader's defaults: case_env drops every S3_* and WRITE_METHOD.
 CASES: list[tuple[str, str, dict[str, str], str | None]] = [
     ("s3_crt", "s3_crt", {"S3_CLIENT": "crt"}, None),
+    ("s3_crt_transform", "s3_crt_transform", {"S3_CLIENT": "crt"}, None),
     ("loader", "loader", {}, "fresh"),
     ("rerun", "loader", {}, "reuse:loader"),
     ("s3_boto3", "s3_boto3", {"S3_CLIENT": "boto3"}, None),
@@ -620,6 +622,7 @@ def targets(per_size: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 CASE_LABELS = {
     "s3_crt": "S3 ceiling, CRT (list + GET + parse)",
+    "s3_crt_transform": "CRT ceiling + the loader's transform, no database",
     "s3_boto3": "S3 ceiling, boto3 (list + GET + parse)",
     "loader": "**the loader, default settings**",
     "rerun": "the loader's rerun, same hour (default settings)",
