@@ -968,13 +968,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sizes",
-        default="5k,20k,100k",
         type=lambda s: [parse_size(x) for x in s.split(",") if x.strip()],
-        help="hour sizes in objects (default 5k,20k,100k)",
+        help="hour sizes in objects (default 5k,20k,100k; 5k with --quick)",
     )
-    parser.add_argument("--repeats", type=int, default=1, help="runs of every case (median)")
+    parser.add_argument("--repeats", type=int, help="runs of every case (median; default 1)")
     parser.add_argument(
-        "--db-repeats", type=int, default=3, help="runs of the two DB-only cases (median)"
+        "--db-repeats",
+        type=int,
+        help="runs of the two DB-only cases (median; default 3, 1 with --quick)",
     )
     parser.add_argument(
         "--pin",
@@ -1002,7 +1003,8 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="5k objects, every case once (DB-only cases too): a few minutes, for before/after",
+        help="5k objects, every case once (DB-only cases too): a few minutes, for before/after; "
+        "an explicit --sizes, --repeats or --db-repeats still applies",
     )
     parser.add_argument(
         "--cases",
@@ -1022,8 +1024,13 @@ def main() -> None:
         help="measure the loader package of another checkout (e.g. the commit before a change)",
     )
     args = parser.parse_args()
-    if args.quick:
-        args.sizes, args.repeats, args.db_repeats = [5000], 1, 1
+    # --quick changes the defaults only: what is given explicitly wins.
+    if args.sizes is None:
+        args.sizes = [5000] if args.quick else [parse_size(x) for x in ("5k", "20k", "100k")]
+    if args.repeats is None:
+        args.repeats = 1
+    if args.db_repeats is None:
+        args.db_repeats = 1 if args.quick else 3
     args.sizes = sorted(set(args.sizes))
     known = [name for name, *_ in CASES]
     selected = args.cases or known
