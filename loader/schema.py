@@ -16,7 +16,6 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
-    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -25,10 +24,12 @@ from sqlalchemy import (
     Numeric,
     Table,
     Text,
+    PrimaryKeyConstraint,
     UniqueConstraint,
     func,
     text,
 )
+from sqlalchemy import or_ as sa_or
 from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
 
 #: Frozen with the first revision: later revisions rely on these names to alter what earlier
@@ -53,6 +54,7 @@ KNOWN_REVISIONS: Final = (
     "0003_adopt_original_etl_table",
     "0004_object_completion",
     "0005_event_trigger",
+    "0006_partition_by_day",
 )
 #: The revision these tables describe: the head the loader loads into.
 HEAD_REVISION: Final = KNOWN_REVISIONS[-1]
@@ -63,6 +65,23 @@ LOAD_RUNS_TABLE: Final = "clickstream_load_runs"
 QUARANTINE_TABLE: Final = "clickstream_quarantine"
 ADOPTIONS_TABLE: Final = "clickstream_adoptions"
 LOADED_OBJECTS_TABLE: Final = "clickstream_loaded_objects"
+CLAIMS_TABLE: Final = "clickstream_event_claims"
+RETENTION_TABLE: Final = "clickstream_retention"
+
+#: The tables split into one partition per UTC day (revision 0006), each on its time column.
+#: `clickstream_ensure_partitions(first_day, last_day)` makes a day's partition of every one.
+DAY_PARTITIONED: Final = {
+    "clickstream_events": "event_timestamp",
+    "clickstream_ingest_meta": "event_timestamp",
+    "clickstream_event_claims": "window_start",
+    "clickstream_loaded_objects": "hour",
+}
+#: The SECURITY DEFINER function revision 0006 creates: the loader's only way to make a
+#: partition (it needs no DDL right of its own; revoking EXECUTE turns it off).
+ENSURE_PARTITIONS_FUNCTION: Final = "clickstream_ensure_partitions"
+#: Dedup windows (clickstream_event_claims): two grids of windows this long, offset by half of
+#: it. Two copies of an event received less than half a window apart share a window of one grid.
+CLAIM_WINDOW_HOURS: Final = 2
 
 # Python None means SQL NULL in jsonb columns (not the JSON value `null`), so `IS NULL` works.
 JSON_OR_NULL: Final = JSONB(none_as_null=True)
@@ -77,7 +96,7 @@ clickstream_events = Table(
     Column(
         "event_id",
         UUID(as_uuid=True),
-        primary_key=True,
+        nullable=False,
         comment="Event identifier: the payload's event id (a UUID as is, any other id as a uuid5 "
         "of it), else the UUID in the S3 key, else a uuid5 of key and record position. Never "
         "random, so reruns deduplicate. Rows adopted from the original ETL keep its ids, random "
@@ -184,34 +203,39 @@ clickstream_events = Table(
         comment="When the loader inserted this row (transaction time); on adopted rows, when "
         "the adoption ran.",
     ),
+    PrimaryKeyConstraint("event_timestamp", "event_id"),
     comment="One row per clickstream event, loaded hourly from S3 by clickstream-loader. On an "
     "adopted warehouse also the rows the original ETL wrote: those have no "
-    "clickstream_ingest_meta row (see clickstream_adoptions).",
+    "clickstream_ingest_meta row (see clickstream_adoptions). Partitioned by UTC day of "
+    "event_timestamp (clickstream_events_pYYYYMMDD; _legacy: the rows before revision 0006). "
+    "One row per event_id is kept by clickstream_event_claims.",
+    postgresql_partition_by="RANGE (event_timestamp)",
 )
 
-# Events arrive roughly in time order, so event_timestamp correlates with the physical order and
-# a BRIN index is a few pages instead of a btree the size of the column. Range scans by hour
-# are what dashboards do.
-Index(
-    "ix_clickstream_events_event_timestamp",
-    clickstream_events.c.event_timestamp,
-    postgresql_using="brin",
-)
-Index(
-    "ix_clickstream_events_session_id_event_timestamp",
-    clickstream_events.c.session_id,
-    clickstream_events.c.event_timestamp,
-)
+# Every index here is per partition (one UTC day). The primary key (event_timestamp, event_id)
+# follows time: an hour's inserts append to the right edge of its day's index, whatever the
+# table's size, and it serves time ranges, so no BRIN is needed. Indexes led by a random value
+# (user_id, client_id) cost a full-page write per page an hour touches after each checkpoint;
+# only those erasure needs are kept (docs/scaling.md has the measurements).
+
+# Erasure (`clickstream-loader erase`): one user's events. Partial: anonymous rows carry no
+# user_id and no query finds them through it.
 Index(
     "ix_clickstream_events_user_id_event_timestamp",
     clickstream_events.c.user_id,
     clickstream_events.c.event_timestamp,
     postgresql_where=clickstream_events.c.user_id.isnot(None),
 )
+# Erasure: the anonymous events of a browser (client_id) seen with an erased user.
+Index("ix_clickstream_events_client_id", clickstream_events.c.client_id)
+# The dashboard's raw-sample page: product rows, newest first (queries.sql Q10).
 Index(
-    "ix_clickstream_events_event_name_event_timestamp",
-    clickstream_events.c.event_name,
+    "ix_clickstream_events_product_rows",
     clickstream_events.c.event_timestamp,
+    postgresql_where=sa_or(
+        clickstream_events.c.context_product_id.isnot(None),
+        clickstream_events.c.context_product_name.isnot(None),
+    ),
 )
 
 clickstream_ingest_meta = Table(
@@ -220,9 +244,15 @@ clickstream_ingest_meta = Table(
     Column(
         "event_id",
         UUID(as_uuid=True),
-        ForeignKey(clickstream_events.c.event_id, ondelete="CASCADE"),
-        primary_key=True,
+        nullable=False,
         comment="The event this metadata belongs to (clickstream_events.event_id).",
+    ),
+    Column(
+        "event_timestamp",
+        DateTime(timezone=True),
+        nullable=False,
+        comment="The event's event_timestamp, copied: the partition key, so an event and its "
+        "metadata sit in the same UTC day and retire together.",
     ),
     Column("received_at", DateTime(timezone=True), comment="_ingest.receivedAt"),
     Column("source_ip", INET, comment="_ingest.sourceIp; NULL when not a valid IP address."),
@@ -253,7 +283,10 @@ clickstream_ingest_meta = Table(
         server_default=func.now(),
         comment="When the loader inserted this row (transaction time).",
     ),
-    comment="Ingest and lineage metadata per event: where and how it arrived.",
+    PrimaryKeyConstraint("event_timestamp", "event_id"),
+    comment="Ingest and lineage metadata per event: where and how it arrived. Partitioned like "
+    "clickstream_events; a row goes when its event is deleted (trigger on clickstream_events).",
+    postgresql_partition_by="RANGE (event_timestamp)",
 )
 
 # Reconciliation (`check`) asks "which keys of this hour are loaded": a prefix scan.
@@ -396,12 +429,9 @@ clickstream_quarantine = Table(
     comment="Objects and events that could not load; `clickstream-loader reprocess` replays them.",
 )
 
-# `reprocess` reads the open entries, `status` counts them per hour.
-Index(
-    "ix_clickstream_quarantine_hour",
-    clickstream_quarantine.c.hour,
-    postgresql_where=clickstream_quarantine.c.resolved_at.is_(None),
-)
+# `reprocess` reads an hour's open entries, `status` counts them per hour, and `maintain`
+# deletes the hours past retention.
+Index("ix_clickstream_quarantine_hour", clickstream_quarantine.c.hour)
 
 # Written once, by the revision that adopts the original ETL's table (0003); read by the loader
 # once per process. A warehouse that started empty has no row, and the loader then never looks
@@ -457,11 +487,16 @@ clickstream_loaded_objects = Table(
     Column(
         "s3_key",
         S3_KEY_TYPE,
-        primary_key=True,
+        nullable=False,
         comment="An object whose events and quarantine rows are all committed.",
     ),
     Column("s3_bucket", Text, nullable=False, comment="Bucket of the object."),
-    Column("hour", DateTime(timezone=True), nullable=False, comment="UTC hour the key belongs to."),
+    Column(
+        "hour",
+        DateTime(timezone=True),
+        nullable=False,
+        comment="UTC hour the key belongs to: the partition key (one partition per UTC day).",
+    ),
     Column(
         "events",
         Integer,
@@ -499,9 +534,81 @@ clickstream_loaded_objects = Table(
         server_default=func.now(),
         comment="When the transaction that completed it committed (transaction time).",
     ),
+    PrimaryKeyConstraint("hour", "s3_key"),
     comment="Objects loaded in full, one row each: lookback, check, status and reprocess read "
-    "this, never the mere presence of rows.",
+    "this, never the mere presence of rows. Partitioned by UTC day of hour.",
+    postgresql_partition_by="RANGE (hour)",
+)
+# The primary key (hour, s3_key) serves `status` (an hour's objects) and every lookup by key:
+# a key names its hour.
+
+clickstream_event_claims = Table(
+    CLAIMS_TABLE,
+    metadata,
+    Column(
+        "window_start",
+        DateTime(timezone=True),
+        nullable=False,
+        comment="Start of a two-hour dedup window holding the event's event_timestamp. Every "
+        "event claims two: one on even UTC hours, one on odd ones.",
+    ),
+    Column("event_id", UUID(as_uuid=True), nullable=False, comment="The event claimed."),
+    Column(
+        "event_timestamp",
+        DateTime(timezone=True),
+        nullable=False,
+        comment="event_timestamp of the copy that holds the claim: where its row is.",
+    ),
+    PrimaryKeyConstraint("window_start", "event_id"),
+    comment="One row per event_id, across partitions: each event claims (window_start, "
+    "event_id) in two grids of two-hour windows offset by one hour, and only an event that "
+    "wins both claims is inserted. Two copies of an event received less than an hour apart "
+    "always share a window, so they load once whatever runs at the same time. Partitioned by "
+    "UTC day of window_start; rows go with their event (trigger on clickstream_events).",
+    postgresql_partition_by="RANGE (window_start)",
 )
 
-# `status` counts an hour's completed objects.
-Index("ix_clickstream_loaded_objects_hour", clickstream_loaded_objects.c.hour)
+clickstream_retention = Table(
+    RETENTION_TABLE,
+    metadata,
+    Column(
+        "singleton",
+        Boolean,
+        nullable=False,
+        server_default=text("true"),
+        comment="Always true: the table holds one row.",
+    ),
+    Column(
+        "keep_days",
+        Integer,
+        nullable=False,
+        comment="Days of events kept: `maintain --keep-days D` drops the partitions of UTC days "
+        "before today - D. Hours before that are retired: the loader says so, never reloads.",
+    ),
+    Column(
+        "ahead_days",
+        Integer,
+        nullable=False,
+        comment="Days of partitions `maintain` made ahead of today.",
+    ),
+    Column(
+        "updated_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.now(),
+        comment="When `maintain` last recorded this.",
+    ),
+    Column(
+        "updated_by",
+        Text,
+        nullable=False,
+        server_default=func.current_user(),
+        comment="The role that ran it.",
+    ),
+    PrimaryKeyConstraint("singleton"),
+    CheckConstraint("singleton", name="singleton"),
+    CheckConstraint("keep_days > 0", name="keep_days"),
+    CheckConstraint("ahead_days >= 0", name="ahead_days"),
+    comment="The retention `clickstream-loader maintain` applies, recorded so every loader "
+    "knows which hours are retired. No row: nothing is retired.",
+)
