@@ -455,9 +455,9 @@ def _create_delete_trigger() -> None:
         """
     )
     op.execute(
-        f"COMMENT ON FUNCTION clickstream_events_deleted() IS 'Deletes the clickstream_ingest_meta "
-        f"rows and clickstream_event_claims of deleted events (what the foreign key''s ON DELETE "
-        f"CASCADE did before revision 0006), so a rerun of their hour loads them again.'"
+        "COMMENT ON FUNCTION clickstream_events_deleted() IS 'Deletes the clickstream_ingest_meta "
+        "rows and clickstream_event_claims of deleted events (what the foreign key''s ON DELETE "
+        "CASCADE did before revision 0006), so a rerun of their hour loads them again.'"
     )
     op.execute(
         f"CREATE TRIGGER clickstream_events_deleted AFTER DELETE ON {EVENTS} "
@@ -568,7 +568,7 @@ def downgrade() -> None:
     op.execute(f"DROP TRIGGER clickstream_events_deleted ON {EVENTS}")
     op.execute("DROP FUNCTION clickstream_events_deleted()")
     op.execute(f"LOCK TABLE {EVENTS}, {META}, {OBJECTS} IN ACCESS EXCLUSIVE MODE")
-    for table, _, key in CONVERTED:
+    for table, _, _ in CONVERTED:
         op.execute(f"ALTER TABLE {table} RENAME TO {table}_partitioned")
         op.execute(
             f"CREATE TABLE {table} (LIKE {table}_partitioned INCLUDING DEFAULTS "
