@@ -267,7 +267,7 @@ def check(loader: HourLoader, start: datetime, end: datetime) -> dict[str, Any]:
         prefix = hour_prefix(hour, loader.settings.events_prefix)
         keys = [ref.key for ref in loader.source.list_objects(prefix)]
         with loader.engine.connect() as conn:
-            completed = completed_objects(conn, loader.tables, prefix)
+            completed = completed_objects(conn, loader.tables, prefix, hour)
             present = meta_rows_by_key(conn, loader.tables, prefix)
             quarantined = set(
                 conn.execute(

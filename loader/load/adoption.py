@@ -103,7 +103,10 @@ def adopted_duplicates(
             events.c.event_timestamp == candidate.c.event_timestamp,
             events.c.client_id.is_not_distinct_from(candidate.c.client_id),
             events.c.session_id.is_not_distinct_from(candidate.c.session_id),
-            ~sa.exists().where(meta.c.event_id == events.c.event_id),
+            ~sa.exists().where(
+                meta.c.event_timestamp == events.c.event_timestamp,
+                meta.c.event_id == events.c.event_id,
+            ),
         )
         .limit(1)
         .lateral("adopted_row")

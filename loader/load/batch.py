@@ -22,6 +22,7 @@ from loader.load.adoption import AdoptedRange, adopted_duplicates
 from loader.load.completion import Completion, record_completed
 from loader.load.copy import write_batch_copy
 from loader.load.db import describe_error, is_data_error, sqlstate
+from loader.load.partitions import batch_days, ensure_partitions, forget_partitions
 from loader.load.quarantine import quarantine, rejection_row, resolve_quarantined
 from loader.load.sink import BatchOutcome, BatchWriter, write_batch
 from loader.load.tables import Tables
@@ -100,6 +101,9 @@ def commit_batch(
     and its completed objects into clickstream_loaded_objects. If PostgreSQL refuses a row the
     transform let through, isolate it by bisection."""
     now = datetime.now(UTC)
+    # The writer makes sure of its events' days; the completion records need the hour's.
+    days = batch_days((r.event["event_timestamp"] for r in records), target.hour)
+    ensure_partitions(engine, tables, days, now.date())
     try:
         with engine.begin() as conn:
             outcome = writer(conn, tables, records, adopted)
@@ -110,6 +114,11 @@ def commit_batch(
     except sa.exc.DBAPIError as exc:
         if not is_data_error(exc):
             raise
+        if _no_partition(exc):
+            # A partition this process made or saw went away (a DBA dropped it): ask again,
+            # so only rows no partition may hold (more than a year ahead) are bisected out.
+            forget_partitions(engine)
+            ensure_partitions(engine, tables, days, now.date())
         log.warning("batch refused by the database: isolating the offending events")
     outcome = write_isolating_poison(engine, tables, records, writer, adopted)
     # The good halves are committed, each on its own. The refused events' quarantine rows and
@@ -123,6 +132,13 @@ def commit_batch(
         resolve_quarantined(conn, tables, [k for k in resolved_keys if k not in refused], now)
         _record_completed(conn, tables, completed, target)
     return outcome
+
+
+def _no_partition(exc: sa.exc.DBAPIError) -> bool:
+    """PostgreSQL found no partition for a row (23514, like a failed CHECK)."""
+    diag = getattr(exc.orig, "diag", None)
+    message = getattr(diag, "message_primary", None) or ""
+    return sqlstate(exc) == "23514" and message.startswith("no partition of relation")
 
 
 def _record_completed(

@@ -49,6 +49,10 @@ class Completion:
     events: int
     quarantined: int
     last_modified: datetime | None
+    #: The object's first and last event_timestamp: its meta rows are counted in those days'
+    #: partitions only (None when it has no event).
+    first_event_at: datetime | None = None
+    last_event_at: datetime | None = None
 
 
 def record_completed(
@@ -76,6 +80,8 @@ def record_completed(
             "events": _int_array([c.events for c in completions]),
             "quarantined": _int_array([c.quarantined for c in completions]),
             "modified": _timestamp_array([c.last_modified for c in completions]),
+            "first": _timestamp_array([c.first_event_at for c in completions]),
+            "last": _timestamp_array([c.last_event_at for c in completions]),
             "bucket": bucket,
             "hour": hour,
             "run_id": run_id,
@@ -92,12 +98,20 @@ def _completion_statement(done: sa.Table, meta: sa.Table, refresh: bool) -> sa.I
             sa.cast(sa.bindparam("events"), ARRAY(sa.Integer)),
             sa.cast(sa.bindparam("quarantined"), ARRAY(sa.Integer)),
             sa.cast(sa.bindparam("modified"), ARRAY(sa.DateTime(timezone=True))),
+            sa.cast(sa.bindparam("first"), ARRAY(sa.DateTime(timezone=True))),
+            sa.cast(sa.bindparam("last"), ARRAY(sa.DateTime(timezone=True))),
         )
-        .table_valued("s3_key", "events", "quarantined", "s3_last_modified")
+        .table_valued("s3_key", "events", "quarantined", "s3_last_modified", "first", "last")
         .render_derived()
     )
+    # Bounded by the object's own event times, so only those days' partitions are searched.
     meta_rows = (
-        sa.select(sa.func.count()).where(meta.c.s3_key == objects.c.s3_key).scalar_subquery()
+        sa.select(sa.func.count())
+        .where(
+            meta.c.s3_key == objects.c.s3_key,
+            meta.c.event_timestamp.between(objects.c.first, objects.c.last),
+        )
+        .scalar_subquery()
     )
     rows = sa.select(
         objects.c.s3_key,
@@ -125,10 +139,10 @@ def _completion_statement(done: sa.Table, meta: sa.Table, refresh: bool) -> sa.I
         rows,
     )
     if not refresh:
-        return stmt.on_conflict_do_nothing(index_elements=["s3_key"])
+        return stmt.on_conflict_do_nothing(index_elements=["hour", "s3_key"])
     updated = ("events", "meta_rows", "quarantined", "s3_last_modified", "run_id", "completed_at")
     return stmt.on_conflict_do_update(
-        index_elements=["s3_key"], set_={name: stmt.excluded[name] for name in updated}
+        index_elements=["hour", "s3_key"], set_={name: stmt.excluded[name] for name in updated}
     )
 
 
@@ -139,17 +153,20 @@ def _under(column: sa.ColumnElement[str], prefix: str) -> sa.ColumnElement[bool]
     return column.like(pattern, escape="\\")
 
 
-def completed_objects(conn: sa.Connection, tables: Tables, prefix: str) -> dict[str, int]:
+def completed_objects(
+    conn: sa.Connection, tables: Tables, prefix: str, hour: datetime | None = None
+) -> dict[str, int]:
     """Keys under `prefix` recorded as loaded in full, each with the clickstream_ingest_meta
-    rows it had when it completed.
+    rows it had when it completed. With `hour`, only that hour's partition is read.
 
     Only this record says an object is loaded: rows in the event tables or the quarantine may
     be what a failed run left of it (the slices of a big object commit one by one).
     """
     done = tables.loaded_objects
-    rows = conn.execute(
-        sa.select(done.c.s3_key, done.c.meta_rows).where(_under(done.c.s3_key, prefix))
-    )
+    query = sa.select(done.c.s3_key, done.c.meta_rows).where(_under(done.c.s3_key, prefix))
+    if hour is not None:
+        query = query.where(done.c.hour == hour)
+    rows = conn.execute(query)
     return {row.s3_key: row.meta_rows for row in rows}
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 from loader.common import EventRecord
 from loader.load.adoption import AdoptedRange
 from loader.load.db import dumps_json
-from loader.load.sink import BatchOutcome, write_with
+from loader.load.sink import KEY, BatchOutcome, write_with
 from loader.load.tables import Tables
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
@@ -196,11 +196,9 @@ def _move_statement(table: sa.Table, columns: tuple[str, ...], returning: bool) 
     column list, like a prepared statement: building it and its cache key anew for every batch
     was a measurable part of the writer's CPU."""
     stage = _stage(table)
-    select = sa.select(*(stage.c[c] for c in columns)).order_by(stage.c.event_id)
+    select = sa.select(*(stage.c[c] for c in columns)).order_by(*(stage.c[c] for c in KEY))
     statement = (
-        insert(table)
-        .from_select(list(columns), select)
-        .on_conflict_do_nothing(index_elements=["event_id"])
+        insert(table).from_select(list(columns), select).on_conflict_do_nothing(index_elements=KEY)
     )
     # As text: most batches insert all of their events or none, and then no id needs parsing.
     return statement.returning(sa.cast(table.c.event_id, sa.Text)) if returning else statement

@@ -1,12 +1,14 @@
 """Write batches of events into both warehouse tables: exactly once, inside the caller's
 transaction.
 
-`INSERT ... ON CONFLICT (event_id) DO NOTHING RETURNING event_id` into clickstream_events and
-clickstream_ingest_meta in one transaction: a batch lands in both tables or in neither, a rerun
-inserts only what is missing, and RETURNING tells inserted rows from duplicates. Rows go in
-`event_id` order so concurrent runs of the same hour take row locks in the same order and
-cannot deadlock each other. On a warehouse adopted from the original ETL, events that duplicate
-one of its rows under another id are taken out of the batch first (loader/load/adoption.py).
+Each event first claims its dedup windows (loader/load/claims.py): only the events that win
+both are new. Those go into clickstream_events and clickstream_ingest_meta with
+`INSERT ... ON CONFLICT (event_timestamp, event_id) DO NOTHING RETURNING event_id`, in one
+transaction: a batch lands in both tables or in neither, a rerun inserts only what is missing,
+and the claims tell new events from duplicates whatever day partition a copy sits in. Claims
+and rows go in key order so concurrent runs take their locks in one order and cannot deadlock
+each other. On a warehouse adopted from the original ETL, events that duplicate one of its rows
+under another id are taken out of the batch first (loader/load/adoption.py).
 `write_with` is the contract both writers share; COPY staging (loader/load/copy.py) is the other
 way of inserting the rows.
 """
@@ -16,14 +18,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Final, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from loader.common import EventRecord, Rejection
 from loader.load.adoption import AdoptedRange, adopted_duplicates
+from loader.load.claims import claim, stored_digests
+from loader.load.partitions import batch_days, ensure_partitions
 from loader.load.tables import Tables
 
 
@@ -87,6 +91,9 @@ def _without_adopted_duplicates(
     return [r for r in unique if r.event_id not in matched]
 
 
+#: The primary key of both event tables: the partition key first.
+KEY: Final = ["event_timestamp", "event_id"]
+
 #: Inserts the first copy of each event into both tables (in the order given) and returns the
 #: event_ids the events table took and how many clickstream_ingest_meta rows went in.
 RowInserter = Callable[[sa.Connection, Tables, list[EventRecord]], tuple[set[uuid.UUID], int]]
@@ -102,12 +109,19 @@ def write_with(
     """A batch through `insert_rows`: in-batch repeats and adopted duplicates taken out first,
     what was not inserted classified afterwards. Both writers are this with their inserter."""
     outcome = BatchOutcome()
+    if records:  # on its own connection: the partition function's lock is not this batch's
+        days = batch_days((r.event["event_timestamp"] for r in records), hour=None)
+        ensure_partitions(conn.engine, tables, days, datetime.now(UTC).date())
     unique, repeats = _split_in_batch_duplicates(records)
     unique = _without_adopted_duplicates(conn, tables, outcome, unique, adopted)
-    if not unique:
+    won = claim(conn, tables, unique)
+    new = [r for r in unique if r.event_id in won]
+    if not new:
         _classify(conn, tables, outcome, unique, repeats, set())
         return outcome
-    inserted, outcome.meta_inserted = insert_rows(conn, tables, unique)
+    for record in new:  # the partition key, copied: an event and its metadata share a day
+        record.meta["event_timestamp"] = record.event["event_timestamp"]
+    inserted, outcome.meta_inserted = insert_rows(conn, tables, new)
     _classify(conn, tables, outcome, unique, repeats, inserted)
     return outcome
 
@@ -117,12 +131,12 @@ def _insert_values(
 ) -> tuple[set[uuid.UUID], int]:
     events_stmt = (
         insert(tables.events)
-        .on_conflict_do_nothing(index_elements=["event_id"])
+        .on_conflict_do_nothing(index_elements=KEY)
         .returning(tables.events.c.event_id)
     )
     meta_stmt = (
         insert(tables.meta)
-        .on_conflict_do_nothing(index_elements=["event_id"])
+        .on_conflict_do_nothing(index_elements=KEY)
         .returning(tables.meta.c.event_id)
     )
     inserted = set(conn.execute(events_stmt, [r.event for r in unique]).scalars())
@@ -157,7 +171,7 @@ def _classify(
     skipped = [r for r in unique if r.event_id not in inserted]
     if not skipped and not repeats:
         return
-    known = _stored_digests(conn, tables, [r.event_id for r in skipped])
+    known = stored_digests(conn, tables, skipped)
     for record in unique:  # repeats inside the batch compare against their first copy
         known.setdefault(record.event_id, record.meta["payload_sha256"])
     for record in [*skipped, *repeats]:
@@ -167,19 +181,6 @@ def _classify(
         else:
             outcome.duplicate_conflicting += 1
             outcome.conflicting.append((record.key, record.event_id))
-
-
-def _stored_digests(
-    conn: sa.Connection, tables: Tables, event_ids: list[uuid.UUID]
-) -> dict[uuid.UUID, bytes | None]:
-    if not event_ids:
-        return {}
-    rows = conn.execute(
-        sa.select(tables.meta.c.event_id, tables.meta.c.payload_sha256).where(
-            tables.meta.c.event_id.in_(event_ids)
-        )
-    )
-    return {row.event_id: row.payload_sha256 for row in rows}
 
 
 class BatchWriter(Protocol):

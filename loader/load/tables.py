@@ -33,6 +33,10 @@ class Tables:
     quarantine: sa.Table
     adoptions: sa.Table
     loaded_objects: sa.Table
+    claims: sa.Table
+    #: schema.py's own tables (no TARGET_TABLE): the ones revision 0006's partition function
+    #: extends. A renamed table's partitions are the DBA's to make.
+    standard: bool = True
 
 
 def tables_for(settings: Settings) -> Tables:
@@ -45,6 +49,7 @@ def tables_for(settings: Settings) -> Tables:
             schema.clickstream_quarantine,
             schema.clickstream_adoptions,
             schema.clickstream_loaded_objects,
+            schema.clickstream_event_claims,
         )
     md = sa.MetaData()
     target = settings.target_schema or RETAIN_SCHEMA
@@ -56,4 +61,6 @@ def tables_for(settings: Settings) -> Tables:
         schema.clickstream_quarantine.to_metadata(md, schema=target),
         schema.clickstream_adoptions.to_metadata(md, schema=target),
         schema.clickstream_loaded_objects.to_metadata(md, schema=target),
+        schema.clickstream_event_claims.to_metadata(md, schema=target),
+        standard=False,
     )

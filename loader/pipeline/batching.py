@@ -78,8 +78,16 @@ class Batcher:
             events = events[limit:]
         batch.records.extend(events)
         batch.rejections.extend(item.rejections)
+        stamps = [r.event["event_timestamp"] for r in item.events]
         batch.completed.append(
-            Completion(item.key, len(item.events), len(item.rejections), item.last_modified)
+            Completion(
+                item.key,
+                len(item.events),
+                len(item.rejections),
+                item.last_modified,
+                min(stamps, default=None),
+                max(stamps, default=None),
+            )
         )
         batch.last_key = item.key
         batch.objects += 1 + item.skipped_before

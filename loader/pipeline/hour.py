@@ -179,7 +179,7 @@ class HourLoader:
         loaded: set[str] = set()
         if job.skip_loaded_keys:
             with self.engine.connect() as conn:
-                loaded = set(completed_objects(conn, self.tables, report.prefix))
+                loaded = set(completed_objects(conn, self.tables, report.prefix, job.hour))
         keys = JobKeys(job, loaded, report.prefix)
 
         def produce(stop: threading.Event) -> Iterator[Prepared]:

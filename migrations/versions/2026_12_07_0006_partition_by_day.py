@@ -88,7 +88,8 @@ Revises: 0005_event_trigger
 Create Date: 2026-12-07 22:00:00 UTC
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 from alembic import op
@@ -139,11 +140,34 @@ GRID_EVEN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
 GRID_ODD = "TIMESTAMPTZ '2000-01-01 01:00:00+00'"
 
 
+def _owns_transactions() -> bool:
+    """False when the caller migrates inside a transaction of its own (a connection injected
+    with a transaction open, as the test fixtures do): then every step runs in that one
+    transaction, and indexes are built plainly. `alembic upgrade` and `--sql` own theirs."""
+    ctx = op.get_context()
+    return ctx.as_sql or not getattr(ctx, "_in_external_transaction", False)
+
+
+@contextmanager
+def _outside_the_transaction() -> Iterator[None]:
+    """Commit what came before and run the block in autocommit, each statement its own
+    transaction, so a long step holds its (weak) lock only while it runs."""
+    if _owns_transactions():
+        with op.get_context().autocommit_block():
+            yield
+    else:
+        yield
+
+
+def _concurrently() -> str:
+    return "CONCURRENTLY " if _owns_transactions() else ""
+
+
 def upgrade() -> None:
     """Apply: partition the event tables by UTC day, converting whatever rows they hold."""
     _create_claims_and_retention()
     _add_meta_event_timestamp()
-    with op.get_context().autocommit_block():
+    with _outside_the_transaction():
         op.execute(
             f"UPDATE {META} AS m SET event_timestamp = e.event_timestamp FROM {EVENTS} AS e "
             "WHERE e.event_id = m.event_id AND m.event_timestamp IS NULL"
@@ -155,12 +179,12 @@ def upgrade() -> None:
     _swap_in_partitioned_tables()
     _create_delete_trigger()
     _create_ensure_function()
-    with op.get_context().autocommit_block():
+    with _outside_the_transaction():
         op.execute(
-            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_{QUARANTINE}_hour_all "
+            f"CREATE INDEX {_concurrently()}IF NOT EXISTS ix_{QUARANTINE}_hour_all "
             f"ON {QUARANTINE} (hour)"
         )
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS ix_{QUARANTINE}_hour")
+        op.execute(f"DROP INDEX {_concurrently()}IF EXISTS ix_{QUARANTINE}_hour")
         op.execute(f"ALTER INDEX ix_{QUARANTINE}_hour_all RENAME TO ix_{QUARANTINE}_hour")
 
 
@@ -289,12 +313,12 @@ def _prebuild_indexes() -> None:
     the legacy partitions; ATTACH then adopts them instead of building under its lock."""
     for table, _, key in CONVERTED:
         op.execute(
-            f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {table}_legacy_pkey "
+            f"CREATE UNIQUE INDEX {_concurrently()}IF NOT EXISTS {table}_legacy_pkey "
             f"ON {table} ({', '.join(key)})"
         )
     for name, column, where in EVENT_INDEXES:
         op.execute(
-            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name}_legacy ON {EVENTS} ({column})"
+            f"CREATE INDEX {_concurrently()}IF NOT EXISTS {name}_legacy ON {EVENTS} ({column})"
             + (f" WHERE {where}" if where else "")
         )
 
@@ -505,8 +529,8 @@ BEGIN
             -- Serializes concurrent callers; loads (ROW EXCLUSIVE) and readers go on.
             EXECUTE format('LOCK TABLE %I.%I IN SHARE UPDATE EXCLUSIVE MODE', home, parent);
             CONTINUE WHEN to_regclass(format('%I.%I', home, part)) IS NOT NULL;
-            EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS INCLUDING STORAGE '
-                           'INCLUDING COMPRESSION)', home, part, home, parent);
+            EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
+                           'INCLUDING STORAGE INCLUDING COMPRESSION)', home, part, home, parent);
             EXECUTE format('ALTER TABLE %I.%I ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
                            home, parent, home, part, day::text || ' 00:00:00+00',
                            (day + 1)::text || ' 00:00:00+00');
