@@ -20,6 +20,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
@@ -106,17 +107,31 @@ def claim(conn: sa.Connection, tables: Tables, records: Sequence[EventRecord]) -
     return {event_id for event_id, n in per_event.items() if n == 2}
 
 
-def stored_digests(
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """The stored copy an event lost its claim to."""
+
+    event_timestamp: datetime
+    digest: bytes | None
+    has_meta: bool
+
+
+def holders(
     conn: sa.Connection, tables: Tables, records: Sequence[EventRecord]
-) -> dict[uuid.UUID, bytes | None]:
-    """For events that lost a claim: the payload digest of the copy holding it (None for a row
-    with no clickstream_ingest_meta row: one adopted from the original ETL)."""
+) -> dict[uuid.UUID, Holder]:
+    """For events that lost a claim: the stored copy holding it, with its payload digest (None,
+    and no metadata, for a row adopted from the original ETL)."""
     if not records:
         return {}
     claims, meta = tables.claims, tables.meta
     wanted = _unnest(_claim_rows(records))
     rows = conn.execute(
-        sa.select(claims.c.event_id, meta.c.payload_sha256).select_from(
+        sa.select(
+            claims.c.event_id,
+            claims.c.event_timestamp,
+            meta.c.payload_sha256,
+            meta.c.event_id.is_not(None).label("has_meta"),
+        ).select_from(
             claims.join(
                 wanted,
                 sa.and_(
@@ -132,4 +147,6 @@ def stored_digests(
             )
         )
     )
-    return {row.event_id: row.payload_sha256 for row in rows}
+    return {
+        row.event_id: Holder(row.event_timestamp, row.payload_sha256, row.has_meta) for row in rows
+    }

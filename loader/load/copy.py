@@ -205,20 +205,25 @@ def _move_statement(table: sa.Table, columns: tuple[str, ...], returning: bool) 
 
 
 def _insert_via_copy(
-    conn: sa.Connection, tables: Tables, unique: list[EventRecord]
+    conn: sa.Connection, tables: Tables, events: list[EventRecord], metas: list[EventRecord]
 ) -> tuple[set[uuid.UUID], int]:
     _ensure_stage_tables(conn, tables)
-    event_rows, meta_rows = [r.event for r in unique], [r.meta for r in unique]
-    event_columns = _written_columns(tables.events, event_rows)
+    inserted: set[uuid.UUID] = set()
+    if events:
+        event_rows = [r.event for r in events]
+        event_columns = _written_columns(tables.events, event_rows)
+        _copy_into(conn, _stage(tables.events), event_rows, event_columns)
+        moved = _move_statement(tables.events, tuple(event_columns), returning=True)
+        returned = conn.execute(moved).scalars().all()
+        if len(returned) == len(events):
+            inserted = {r.event_id for r in events}
+        else:
+            inserted = {uuid.UUID(text) for text in returned}
+    if not metas:
+        return inserted, 0
+    meta_rows = [r.meta for r in metas]
     meta_columns = _written_columns(tables.meta, meta_rows)
-    _copy_into(conn, _stage(tables.events), event_rows, event_columns)
     _copy_into(conn, _stage(tables.meta), meta_rows, meta_columns)
-    events = _move_statement(tables.events, tuple(event_columns), returning=True)
-    returned = conn.execute(events).scalars().all()
-    if len(returned) == len(unique):
-        inserted = {r.event_id for r in unique}
-    else:
-        inserted = {uuid.UUID(text) for text in returned}
     # Only the count of new meta rows is needed: the rowcount, not 500 ids turned into UUIDs.
     meta = _move_statement(tables.meta, tuple(meta_columns), returning=False)
     return inserted, conn.execute(meta).rowcount

@@ -16,7 +16,7 @@ way of inserting the rows.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Protocol
@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from loader.common import EventRecord, Rejection
 from loader.load.adoption import AdoptedRange, adopted_duplicates
-from loader.load.claims import claim, stored_digests
+from loader.load.claims import Holder, claim, holders
 from loader.load.partitions import batch_days, ensure_partitions
 from loader.load.tables import Tables
 
@@ -94,9 +94,12 @@ def _without_adopted_duplicates(
 #: The primary key of both event tables: the partition key first.
 KEY: Final = ["event_timestamp", "event_id"]
 
-#: Inserts the first copy of each event into both tables (in the order given) and returns the
-#: event_ids the events table took and how many clickstream_ingest_meta rows went in.
-RowInserter = Callable[[sa.Connection, Tables, list[EventRecord]], tuple[set[uuid.UUID], int]]
+#: Inserts events into clickstream_events and metadata rows into clickstream_ingest_meta (each
+#: in the order given) and returns the event_ids the events table took and how many
+#: clickstream_ingest_meta rows went in.
+RowInserter = Callable[
+    [sa.Connection, Tables, list[EventRecord], list[EventRecord]], tuple[set[uuid.UUID], int]
+]
 
 
 def write_with(
@@ -107,7 +110,8 @@ def write_with(
     adopted: AdoptedRange | None = None,
 ) -> BatchOutcome:
     """A batch through `insert_rows`: in-batch repeats and adopted duplicates taken out first,
-    what was not inserted classified afterwards. Both writers are this with their inserter."""
+    claims decide what is new, what was not inserted is classified afterwards. Both writers are
+    this with their inserter."""
     outcome = BatchOutcome()
     if records:  # on its own connection: the partition function's lock is not this batch's
         days = batch_days((r.event["event_timestamp"] for r in records), hour=None)
@@ -116,18 +120,23 @@ def write_with(
     unique = _without_adopted_duplicates(conn, tables, outcome, unique, adopted)
     won = claim(conn, tables, unique)
     new = [r for r in unique if r.event_id in won]
-    if not new:
-        _classify(conn, tables, outcome, unique, repeats, set())
-        return outcome
+    held = holders(conn, tables, [r for r in unique if r.event_id not in won])
     for record in new:  # the partition key, copied: an event and its metadata share a day
         record.meta["event_timestamp"] = record.event["event_timestamp"]
-    inserted, outcome.meta_inserted = insert_rows(conn, tables, new)
-    _classify(conn, tables, outcome, unique, repeats, inserted)
+    # A row stored under this id without metadata (adopted from the original ETL, which kept no
+    # `_ingest`) gets this copy's lineage, in the row's own day.
+    lineage = [r for r in unique if r.event_id in held and not held[r.event_id].has_meta]
+    for record in lineage:
+        record.meta["event_timestamp"] = held[record.event_id].event_timestamp
+    inserted: set[uuid.UUID] = set()
+    if new or lineage:
+        inserted, outcome.meta_inserted = insert_rows(conn, tables, new, [*new, *lineage])
+    _classify(outcome, unique, repeats, inserted, held)
     return outcome
 
 
 def _insert_values(
-    conn: sa.Connection, tables: Tables, unique: list[EventRecord]
+    conn: sa.Connection, tables: Tables, events: list[EventRecord], metas: list[EventRecord]
 ) -> tuple[set[uuid.UUID], int]:
     events_stmt = (
         insert(tables.events)
@@ -139,8 +148,12 @@ def _insert_values(
         .on_conflict_do_nothing(index_elements=KEY)
         .returning(tables.meta.c.event_id)
     )
-    inserted = set(conn.execute(events_stmt, [r.event for r in unique]).scalars())
-    return inserted, len(conn.execute(meta_stmt, [r.meta for r in unique]).scalars().all())
+    inserted = (
+        set(conn.execute(events_stmt, [r.event for r in events]).scalars()) if events else set()
+    )
+    if not metas:
+        return inserted, 0
+    return inserted, len(conn.execute(meta_stmt, [r.meta for r in metas]).scalars().all())
 
 
 def write_batch(
@@ -154,14 +167,14 @@ def write_batch(
 
 
 def _classify(
-    conn: sa.Connection,
-    tables: Tables,
     outcome: BatchOutcome,
     unique: Sequence[EventRecord],
     repeats: Sequence[EventRecord],
     inserted: set[uuid.UUID],
+    held: Mapping[uuid.UUID, Holder],
 ) -> None:
-    """Count inserted rows, and split the rest into exact and conflicting duplicates."""
+    """Count inserted rows, and split the rest into exact and conflicting duplicates by the
+    payload digest of the stored copy (none known, as for an adopted row: exact)."""
     outcome.inserted = len(inserted)
     for record in unique:
         if record.event_id in inserted:
@@ -171,7 +184,7 @@ def _classify(
     skipped = [r for r in unique if r.event_id not in inserted]
     if not skipped and not repeats:
         return
-    known = stored_digests(conn, tables, skipped)
+    known = {event_id: holder.digest for event_id, holder in held.items()}
     for record in unique:  # repeats inside the batch compare against their first copy
         known.setdefault(record.event_id, record.meta["payload_sha256"])
     for record in [*skipped, *repeats]:

@@ -31,7 +31,8 @@ What changes:
   claims' primary key makes the second wait for the first and lose, race-free, with no lock
   table use. Copies further apart are two events. The windows are two hours, so an hour's claims
   land in a region of the index a few hours wide: no full-page writes over older pages.
-- A statement trigger on clickstream_events deletes the meta rows and claims of deleted events
+- Statement triggers on clickstream_events delete the meta rows and claims of deleted events
+  (and empty both tables on TRUNCATE)
   (the foreign key from meta to events is gone: a foreign key between partitioned tables pins
   the order of every detach, and converting it would validate every row under the lock). A DBA
   who deletes events gets them back by rerunning their hour, as before.
@@ -361,7 +362,7 @@ def _swap_in_partitioned_tables() -> None:
             f"INCLUDING STORAGE INCLUDING COMPRESSION) PARTITION BY RANGE ({column})"
         )
         op.create_primary_key(op.f(f"pk_{table}"), table, list(key))
-        _copy_table_comment_and_grants(f"{table}_legacy", table)
+        _copy_grants(f"{table}_legacy", table)
     op.execute(f"ALTER INDEX ix_{META}_s3_key RENAME TO ix_{META}_s3_key_legacy")
     op.create_index(op.f(f"ix_{META}_s3_key"), META, ["s3_key"])
     op.execute(
@@ -390,7 +391,8 @@ def _swap_in_partitioned_tables() -> None:
     _set_table_comments()
 
 
-def _copy_table_comment_and_grants(old: str, new: str) -> None:
+def _copy_grants(old: str, new: str) -> None:
+    """Give `new` every table privilege `old` has, as granted (the owner's own aside)."""
     op.execute(
         f"""
         DO $$
@@ -488,6 +490,21 @@ def _create_delete_trigger() -> None:
         "REFERENCING OLD TABLE AS deleted_events FOR EACH STATEMENT "
         "EXECUTE FUNCTION clickstream_events_deleted()"
     )
+    # TRUNCATE fires no DELETE trigger: empty the meta rows and claims with the events.
+    op.execute(
+        f"""
+        CREATE FUNCTION clickstream_events_truncated() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            TRUNCATE {META}, {CLAIMS};
+            RETURN NULL;
+        END $$
+        """
+    )
+    op.execute(
+        f"CREATE TRIGGER clickstream_events_truncated AFTER TRUNCATE ON {EVENTS} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION clickstream_events_truncated()"
+    )
 
 
 ENSURE_BODY = f"""
@@ -529,8 +546,9 @@ BEGIN
             -- Serializes concurrent callers; loads (ROW EXCLUSIVE) and readers go on.
             EXECUTE format('LOCK TABLE %I.%I IN SHARE UPDATE EXCLUSIVE MODE', home, parent);
             CONTINUE WHEN to_regclass(format('%I.%I', home, part)) IS NOT NULL;
-            EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
-                           'INCLUDING STORAGE INCLUDING COMPRESSION)', home, part, home, parent);
+            EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS '
+                           'INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)',
+                           home, part, home, parent);
             EXECUTE format('ALTER TABLE %I.%I ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
                            home, parent, home, part, day::text || ' 00:00:00+00',
                            (day + 1)::text || ' 00:00:00+00');
@@ -591,6 +609,8 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION clickstream_partition_covers(text, date)")
     op.execute(f"DROP TRIGGER clickstream_events_deleted ON {EVENTS}")
     op.execute("DROP FUNCTION clickstream_events_deleted()")
+    op.execute(f"DROP TRIGGER clickstream_events_truncated ON {EVENTS}")
+    op.execute("DROP FUNCTION clickstream_events_truncated()")
     op.execute(f"LOCK TABLE {EVENTS}, {META}, {OBJECTS} IN ACCESS EXCLUSIVE MODE")
     for table, _, _ in CONVERTED:
         op.execute(f"ALTER TABLE {table} RENAME TO {table}_partitioned")
@@ -598,7 +618,7 @@ def downgrade() -> None:
             f"CREATE TABLE {table} (LIKE {table}_partitioned INCLUDING DEFAULTS "
             "INCLUDING COMMENTS INCLUDING STORAGE INCLUDING COMPRESSION)"
         )
-        _copy_table_comment_and_grants(f"{table}_partitioned", table)
+        _copy_grants(f"{table}_partitioned", table)
     op.execute(
         f"INSERT INTO {EVENTS} SELECT DISTINCT ON (event_id) * FROM {EVENTS}_partitioned "
         "ORDER BY event_id, event_timestamp"
@@ -625,6 +645,31 @@ def downgrade() -> None:
     _restore_old_indexes()
     op.drop_table(CLAIMS)
     op.drop_table(RETENTION)
+    _restore_old_comments()
+
+
+def _restore_old_comments() -> None:
+    op.create_table_comment(
+        EVENTS,
+        "One row per clickstream event, loaded hourly from S3 by clickstream-loader. On an "
+        "adopted warehouse also the rows the original ETL wrote: those have no "
+        "clickstream_ingest_meta row (see clickstream_adoptions).",
+    )
+    op.create_table_comment(
+        META, "Ingest and lineage metadata per event: where and how it arrived."
+    )
+    op.create_table_comment(
+        OBJECTS,
+        "Objects loaded in full, one row each: lookback, check, status and reprocess read "
+        "this, never the mere presence of rows.",
+    )
+    op.alter_column(
+        OBJECTS,
+        "hour",
+        existing_type=sa.DateTime(timezone=True),
+        existing_nullable=False,
+        comment="UTC hour the key belongs to.",
+    )
 
 
 def _restore_old_indexes() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -224,7 +224,7 @@ def test_completion_records_keep_any_key_and_count_the_keys_meta_rows(
             conn,
             TABLES,
             [
-                Completion(k, i, 2 * i, m)
+                Completion(k, i, 2 * i, m, HOUR - timedelta(hours=1), HOUR + timedelta(hours=2))
                 for i, (k, m) in enumerate(zip(odd, modified, strict=True))
             ],
             bucket="b",
