@@ -209,6 +209,17 @@ def hour_objects(count: int) -> list[tuple[str, bytes]]:
 # --- fixtures and helpers ------------------------------------------------------------------------
 
 
+# clickstream_ingest_meta as the revisions before 0006 had it (no event_timestamp).
+META_BEFORE_0006 = sa.table(
+    "clickstream_ingest_meta",
+    *(
+        sa.column(c.name, c.type)
+        for c in metadata.tables["clickstream_ingest_meta"].c
+        if c.name != "event_timestamp"
+    ),
+)
+
+
 def _engine(info: psycopg.ConnectionInfo) -> sa.Engine:
     return sa.create_engine(db_settings(info).url(), poolclass=sa.NullPool)
 
@@ -368,8 +379,7 @@ def test_a_warehouse_already_loading_is_not_taken_for_an_adopted_one(
         with engine.begin() as conn:  # as the loader of that revision wrote them
             for record in records:
                 conn.execute(sa.insert(metadata.tables["clickstream_events"]), record.event)
-                meta = metadata.tables["clickstream_ingest_meta"]
-                conn.execute(sa.insert(meta).values(event_timestamp=None), record.meta)
+                conn.execute(sa.insert(META_BEFORE_0006), record.meta)
 
         # WHEN it is upgraded to head
         adopt(engine)
