@@ -56,6 +56,20 @@
 --     SELECT                      their time range), read once per process so only events in
 --                                 that range are checked against the adopted rows. Written
 --                                 only by the migration.
+--   clickstream_event_claims      One row per event_id across day partitions: each event claims
+--     SELECT, INSERT, DELETE      two dedup windows before its rows go in (INSERT ... ON
+--                                 CONFLICT DO NOTHING RETURNING). DELETE: an event that won one
+--                                 of its claims and lost the other takes the one back, in the
+--                                 same transaction. Only its own just-inserted claims.
+--   clickstream_retention         The retention `maintain` records: which hours are retired.
+--     SELECT
+--   clickstream_ensure_partitions EXECUTE: makes the day partitions a batch needs. It runs with
+--     (date, date)                the owner's rights (SECURITY DEFINER) and can only add UTC-day
+--                                 partitions to the four partitioned tables, at most 32 days a
+--                                 call, never a retired day. Revoke it to turn automatic
+--                                 partitions off; `maintain --ahead-days` then premakes them.
+--                                 Grants on a partitioned table cover its partitions when they
+--                                 are reached through it, which is the only way the loader does.
 --
 -- Deliberately not granted:
 --   - sequences: the only one backs clickstream_quarantine.quarantine_id, an identity column
@@ -98,7 +112,8 @@ SELECT
     WHERE schemaname = :'schema'
       AND tablename IN ('clickstream_events', 'clickstream_ingest_meta', 'clickstream_load_runs',
                         'clickstream_quarantine', 'clickstream_loaded_objects',
-                        'clickstream_adoptions', 'alembic_version')
+                        'clickstream_adoptions', 'clickstream_event_claims',
+                        'clickstream_retention', 'alembic_version')
       AND pg_has_role(:'loader_role', tableowner, 'MEMBER')
   ) AS loader_role_owns_tables,
   current_database() AS database_name
@@ -124,8 +139,11 @@ REVOKE ALL ON TABLE
   :"schema".clickstream_quarantine,
   :"schema".clickstream_loaded_objects,
   :"schema".clickstream_adoptions,
+  :"schema".clickstream_event_claims,
+  :"schema".clickstream_retention,
   :"schema".alembic_version
 FROM :"loader_role";
+REVOKE ALL ON FUNCTION :"schema".clickstream_ensure_partitions(date, date) FROM :"loader_role";
 REVOKE CREATE ON SCHEMA :"schema" FROM :"loader_role";
 
 GRANT CONNECT, TEMPORARY ON DATABASE :"database_name" TO :"loader_role";
@@ -144,9 +162,18 @@ GRANT SELECT, INSERT, UPDATE ON TABLE
   :"schema".clickstream_loaded_objects
 TO :"loader_role";
 
--- The schema revision and what was adopted from the original ETL: read-only.
-GRANT SELECT ON TABLE :"schema".alembic_version, :"schema".clickstream_adoptions
+-- One row per event across partitions: the loader's claims.
+GRANT SELECT, INSERT, DELETE ON TABLE :"schema".clickstream_event_claims TO :"loader_role";
+
+-- The schema revision, what was adopted from the original ETL, the retention: read-only.
+GRANT SELECT ON TABLE
+  :"schema".alembic_version,
+  :"schema".clickstream_adoptions,
+  :"schema".clickstream_retention
 TO :"loader_role";
+
+-- The day partitions a batch needs, made with the owner's rights (see above).
+GRANT EXECUTE ON FUNCTION :"schema".clickstream_ensure_partitions(date, date) TO :"loader_role";
 
 COMMIT;
 

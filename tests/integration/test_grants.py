@@ -123,18 +123,20 @@ def _insert_event(conn: sa.Connection, event_id: uuid.UUID) -> list[uuid.UUID]:
     inserted = conn.execute(
         sa.text(
             "INSERT INTO clickstream_events (event_id, event_name, event_timestamp) "
-            "VALUES (:id, 'page_view', :ts) ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+            "VALUES (:id, 'page_view', :ts) ON CONFLICT (event_timestamp, event_id) DO NOTHING "
+            "RETURNING event_id"
         ),
         {"id": event_id, "ts": NOW},
     ).scalars()
     ids = list(inserted)
     conn.execute(
         sa.text(
-            "INSERT INTO clickstream_ingest_meta (event_id, s3_bucket, s3_key, payload_sha256) "
-            "VALUES (:id, 'raw', 'events/2026/11/24/13/a.json', :sha) "
-            "ON CONFLICT (event_id) DO NOTHING"
+            "INSERT INTO clickstream_ingest_meta "
+            "(event_id, event_timestamp, s3_bucket, s3_key, payload_sha256) "
+            "VALUES (:id, :ts, 'raw', 'events/2026/11/24/13/a.json', :sha) "
+            "ON CONFLICT (event_timestamp, event_id) DO NOTHING"
         ),
-        {"id": event_id, "sha": b"\x00" * 32},
+        {"id": event_id, "ts": NOW, "sha": b"\x00" * 32},
     )
     return ids
 
@@ -180,7 +182,12 @@ def test_loader_inserts_events_idempotently_and_reads_them(as_loader: sa.Engine)
         "DROP TABLE clickstream_quarantine",
         "INSERT INTO clickstream_events (event_id, event_name, event_timestamp) "
         "VALUES (gen_random_uuid(), 'x', now()) "
-        "ON CONFLICT (event_id) DO UPDATE SET event_name = excluded.event_name",
+        "ON CONFLICT (event_timestamp, event_id) DO UPDATE SET event_name = excluded.event_name",
+        "UPDATE clickstream_event_claims SET event_timestamp = now()",
+        "TRUNCATE clickstream_event_claims",
+        "UPDATE clickstream_retention SET keep_days = 1",
+        "CREATE TABLE clickstream_events_p29991231 PARTITION OF clickstream_events "
+        "FOR VALUES FROM ('2999-12-31') TO ('3000-01-01')",
     ],
     ids=lambda s: " ".join(s.split()[:3]),
 )

@@ -1,0 +1,279 @@
+"""Day partitions: any hour loads right after `alembic upgrade head`, one row per event across
+partitions (and runs), and a partition the warehouse will not make stops the hour, losing nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import lambda_function
+from loader.common import EventRecord
+from loader.load.batch import batch_writer
+from loader.load.sink import BatchOutcome
+from loader.load.tables import Tables
+from loader.schema import (
+    clickstream_event_claims,
+    clickstream_events,
+    clickstream_ingest_meta,
+    clickstream_loaded_objects,
+)
+from loader.window import hour_prefix
+from tools.demo.traffic import generate_hour, upload
+
+A_YEAR_AGO = datetime(2025, 12, 6, 10, tzinfo=UTC)
+LATE_HOUR = datetime(2026, 11, 24, 23, tzinfo=UTC)
+NEXT_DAY_HOUR = datetime(2026, 11, 25, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def handler(loader_env: dict[str, str]) -> Iterator[Any]:
+    lambda_function._factory.close()
+    yield lambda_function.lambda_handler
+    lambda_function._factory.close()
+
+
+def rows_by_partition(engine: sa.Engine, table: str) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(f"SELECT tableoid::regclass::text, count(*) FROM {table} GROUP BY 1")
+        ).all()
+    return {name: n for name, n in rows}
+
+
+def test_an_hour_from_a_year_ago_loads_right_after_upgrade_head(
+    handler: Any, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    # GIVEN a warehouse fresh from `alembic upgrade head` (no partition at all) and an old hour
+    assert rows_by_partition(dw_engine, "clickstream_events") == {}
+    objects = upload(s3, bucket, generate_hour(A_YEAR_AGO, 30, malformed_ratio=0))
+    expected = sum(1 for o in objects if o.expect == "event")
+
+    # WHEN it is loaded, twice
+    first = handler({"hour": "2025-12-06T10"}, None)
+    second = handler({"hour": "2025-12-06T10"}, None)
+
+    # THEN it lands in that day's partitions of every table, once
+    assert (first["state"], first["inserted"]) == ("complete", expected)
+    assert (second["inserted"], second["duplicate_exact"]) == (0, expected)
+    assert rows_by_partition(dw_engine, "clickstream_events") == {
+        "clickstream_events_p20251206": expected
+    }
+    assert rows_by_partition(dw_engine, "clickstream_ingest_meta") == {
+        "clickstream_ingest_meta_p20251206": expected
+    }
+    assert rows_by_partition(dw_engine, "clickstream_loaded_objects") == {
+        "clickstream_loaded_objects_p20251206": len(objects)
+    }
+    # ... with two claims per event (both windows of 10:xx start that day)
+    assert rows_by_partition(dw_engine, "clickstream_event_claims") == {
+        "clickstream_event_claims_p20251206": 2 * expected
+    }
+
+
+def _event_object(event_id: str, received_at: str, session: str) -> bytes:
+    return json.dumps(
+        {
+            "eventName": "page_view",
+            "eventId": event_id,
+            "pageUrl": "https://shop.example/",
+            "userId": None,
+            "userLoginState": "anonymous",
+            "clientId": "c-1",
+            "sessionId": session,
+            "_ingest": {"receivedAt": received_at, "sourceIp": "203.0.113.9"},
+        }
+    ).encode()
+
+
+def test_the_same_event_id_across_midnight_from_two_concurrent_runs_lands_once(
+    handler: Any, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    # GIVEN one event delivered twice: just before midnight (hour 23 of one day, the first
+    # day's partition) and just after (hour 00 of the next day, the next day's partition)
+    event_id = str(uuid.uuid4())
+    late = f"{hour_prefix(LATE_HOUR)}event-{uuid.uuid4()}.json"
+    early = f"{hour_prefix(NEXT_DAY_HOUR)}event-{uuid.uuid4()}.json"
+    s3.put_object(
+        Bucket=bucket, Key=late, Body=_event_object(event_id, "2026-11-24T23:59:59.900Z", "s")
+    )
+    s3.put_object(
+        Bucket=bucket, Key=early, Body=_event_object(event_id, "2026-11-25T00:00:00.100Z", "s")
+    )
+
+    # WHEN both hours load at the same time, in two threads
+    reports: dict[str, dict[str, Any]] = {}
+    start = threading.Barrier(2)
+
+    def load(hour: str) -> None:
+        start.wait()
+        reports[hour] = handler({"hour": hour}, None)
+
+    threads = [threading.Thread(target=load, args=(h,)) for h in ("2026-11-24T23", "2026-11-25T00")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    # THEN the event is stored once, and the other copy counts as a duplicate
+    assert {r["state"] for r in reports.values()} == {"complete"}
+    assert sum(r["inserted"] for r in reports.values()) == 1
+    assert sum(r["duplicates"] for r in reports.values()) == 1
+    with dw_engine.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM clickstream_events WHERE event_id = :id"),
+                {"id": event_id},
+            ).scalar_one()
+            == 1
+        )
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM clickstream_ingest_meta WHERE event_id = :id"),
+                {"id": event_id},
+            ).scalar_one()
+            == 1
+        )
+
+
+def _record(event_id: uuid.UUID, stamp: datetime, key: str, digest: bytes) -> EventRecord:
+    event = {"event_id": event_id, "event_name": "page_view", "event_timestamp": stamp}
+    meta = {"event_id": event_id, "s3_bucket": "b", "s3_key": key, "payload_sha256": digest}
+    return EventRecord(event_id, key, 1, event, meta)
+
+
+TABLES = Tables(
+    clickstream_events,
+    clickstream_ingest_meta,
+    sa.Table("clickstream_load_runs", sa.MetaData()),
+    sa.Table("clickstream_quarantine", sa.MetaData()),
+    sa.Table("clickstream_adoptions", sa.MetaData()),
+    clickstream_loaded_objects,
+    clickstream_event_claims,
+)
+
+
+@pytest.mark.parametrize("method", ["copy", "insert"])
+@pytest.mark.parametrize("gap", [timedelta(milliseconds=200), timedelta(minutes=59)])
+def test_a_second_copy_waits_for_the_first_and_loses_whatever_partition_it_is_in(
+    dw_engine: sa.Engine, method: str, gap: timedelta
+) -> None:
+    # GIVEN two copies of one event received `gap` apart, across midnight: two day partitions
+    event_id = uuid.uuid4()
+    first_at = datetime(2026, 11, 24, 23, 59, 59, 900_000, tzinfo=UTC)
+    first = _record(event_id, first_at, "events/2026/11/24/23/a.json", b"\x01" * 32)
+    second = _record(event_id, first_at + gap, "events/2026/11/25/00/b.json", b"\x01" * 32)
+    writer = batch_writer(method)
+
+    # WHEN the first copy's batch is written but not yet committed, and the second copy's
+    # batch runs meanwhile on another connection
+    outcomes: list[BatchOutcome] = []
+    with dw_engine.connect() as conn_a:
+        with conn_a.begin():
+            assert writer(conn_a, TABLES, [first]).inserted == 1
+
+            def second_batch() -> None:
+                with dw_engine.begin() as conn_b:
+                    outcomes.append(writer(conn_b, TABLES, [second]))
+
+            racer = threading.Thread(target=second_batch)
+            racer.start()
+            racer.join(timeout=2)
+            # ... it waits on the first copy's claim instead of inserting
+            assert racer.is_alive() and outcomes == []
+        racer.join(timeout=30)
+
+    # THEN once the first commits, the second is an exact duplicate: one row, one meta row
+    assert [(o.inserted, o.duplicate_exact) for o in outcomes] == [(0, 1)]
+    with dw_engine.connect() as conn:
+        stored = (
+            conn.execute(
+                sa.text("SELECT event_timestamp FROM clickstream_events WHERE event_id = :id"),
+                {"id": event_id},
+            )
+            .scalars()
+            .all()
+        )
+        metas = conn.execute(
+            sa.text("SELECT count(*) FROM clickstream_ingest_meta WHERE event_id = :id"),
+            {"id": event_id},
+        ).scalar_one()
+        claims = conn.execute(
+            sa.text("SELECT count(*) FROM clickstream_event_claims WHERE event_id = :id"),
+            {"id": event_id},
+        ).scalar_one()
+    assert stored == [first_at]
+    assert metas == 1
+    assert claims == 2  # the loser took back the claim it had won
+
+
+def test_copies_more_than_two_hours_apart_are_two_events(dw_engine: sa.Engine) -> None:
+    # The documented limit of the claims: copies that share no window are distinct events.
+    event_id = uuid.uuid4()
+    at = datetime(2026, 11, 24, 10, tzinfo=UTC)
+    writer = batch_writer("copy")
+    with dw_engine.begin() as conn:
+        writer(conn, TABLES, [_record(event_id, at, "events/2026/11/24/10/a.json", b"\x01" * 32)])
+    with dw_engine.begin() as conn:
+        later = _record(
+            event_id, at + timedelta(hours=2), "events/2026/11/24/12/b.json", b"\x02" * 32
+        )
+        assert writer(conn, TABLES, [later]).inserted == 1
+
+
+def test_a_deleted_event_loads_again_on_a_rerun(
+    handler: Any, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    objects = upload(s3, bucket, generate_hour(A_YEAR_AGO, 10, malformed_ratio=0))
+    expected = sum(1 for o in objects if o.expect == "event")
+    assert handler({"hour": "2025-12-06T10"}, None)["inserted"] == expected
+    with dw_engine.begin() as conn:
+        deleted = conn.execute(
+            sa.text(
+                "DELETE FROM clickstream_events WHERE event_id IN "
+                "(SELECT event_id FROM clickstream_events ORDER BY event_id LIMIT 3)"
+            )
+        ).rowcount
+        # a DBA's delete takes the event's metadata and claims along (the trigger)
+        conn.execute(sa.text("DELETE FROM clickstream_loaded_objects"))
+    assert deleted == 3
+    rerun = handler({"hour": "2025-12-06T10"}, None)
+    assert (rerun["inserted"], rerun["duplicate_exact"]) == (3, expected - 3)
+
+
+def test_a_partition_the_warehouse_will_not_make_stops_the_hour_without_loss(
+    handler: Any, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    # GIVEN a DBA who took the partition function away (as revoking EXECUTE would)
+    objects = upload(s3, bucket, generate_hour(A_YEAR_AGO, 10, malformed_ratio=0))
+    expected = sum(1 for o in objects if o.expect == "event")
+    with dw_engine.begin() as conn:
+        conn.execute(
+            sa.text("ALTER FUNCTION clickstream_ensure_partitions(date, date) RENAME TO turned_off")
+        )
+
+    # WHEN the hour loads, THEN it stops with an error naming the days and the fix
+    with pytest.raises(Exception, match=r"2025-12-06.*clickstream-loader maintain") as raised:
+        handler({"hour": "2025-12-06T10"}, None)
+    assert "PartitionMissing" in type(raised.value).__name__
+    # ... nothing was written and the hour is not complete
+    with dw_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM clickstream_events")).scalar_one() == 0
+        states = conn.execute(sa.text("SELECT state FROM clickstream_load_runs")).scalars().all()
+    assert states == ["failed"]
+
+    # WHEN the DBA puts it back, THEN a rerun completes the hour
+    with dw_engine.begin() as conn:
+        conn.execute(
+            sa.text("ALTER FUNCTION turned_off(date, date) RENAME TO clickstream_ensure_partitions")
+        )
+    lambda_function._factory.close()
+    rerun = handler({"hour": "2025-12-06T10"}, None)
+    assert (rerun["state"], rerun["inserted"]) == ("complete", expected)
