@@ -39,18 +39,22 @@ class Tables:
     standard: bool = True
 
 
+#: schema.py's own tables.
+DEFAULT_TABLES: Final = Tables(
+    schema.clickstream_events,
+    schema.clickstream_ingest_meta,
+    schema.clickstream_load_runs,
+    schema.clickstream_quarantine,
+    schema.clickstream_adoptions,
+    schema.clickstream_loaded_objects,
+    schema.clickstream_event_claims,
+)
+
+
 def tables_for(settings: Settings) -> Tables:
     """Schema.py's tables, or copies under TARGET_TABLE's name and schema."""
     if settings.target_table == schema.EVENTS_TABLE and settings.target_schema is None:
-        return Tables(
-            schema.clickstream_events,
-            schema.clickstream_ingest_meta,
-            schema.clickstream_load_runs,
-            schema.clickstream_quarantine,
-            schema.clickstream_adoptions,
-            schema.clickstream_loaded_objects,
-            schema.clickstream_event_claims,
-        )
+        return DEFAULT_TABLES
     md = sa.MetaData()
     target = settings.target_schema or RETAIN_SCHEMA
     events = schema.clickstream_events.to_metadata(md, schema=target, name=settings.target_table)

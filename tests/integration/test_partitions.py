@@ -18,13 +18,7 @@ import lambda_function
 from loader.common import EventRecord
 from loader.load.batch import batch_writer
 from loader.load.sink import BatchOutcome
-from loader.load.tables import Tables
-from loader.schema import (
-    clickstream_event_claims,
-    clickstream_events,
-    clickstream_ingest_meta,
-    clickstream_loaded_objects,
-)
+from loader.load.tables import DEFAULT_TABLES
 from loader.window import hour_prefix
 from tools.demo.traffic import generate_hour, upload
 
@@ -149,15 +143,7 @@ def _record(event_id: uuid.UUID, stamp: datetime, key: str, digest: bytes) -> Ev
     return EventRecord(event_id, key, 1, event, meta)
 
 
-TABLES = Tables(
-    clickstream_events,
-    clickstream_ingest_meta,
-    sa.Table("clickstream_load_runs", sa.MetaData()),
-    sa.Table("clickstream_quarantine", sa.MetaData()),
-    sa.Table("clickstream_adoptions", sa.MetaData()),
-    clickstream_loaded_objects,
-    clickstream_event_claims,
-)
+TABLES = DEFAULT_TABLES
 
 
 @pytest.mark.parametrize("method", ["copy", "insert"])

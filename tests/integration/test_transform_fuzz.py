@@ -33,10 +33,9 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from loader import schema
 from loader.common import EventRecord, SourceObject
 from loader.load.sink import write_batch
-from loader.load.tables import Tables
+from loader.load.tables import DEFAULT_TABLES
 from loader.transform.mapping import transform_object
 
 _EXPLORE = os.environ.get("FUZZ_EXPLORE") == "1"
@@ -53,14 +52,7 @@ FUZZ = settings(
     ],
 )
 
-TABLES = Tables(
-    schema.clickstream_events,
-    schema.clickstream_ingest_meta,
-    schema.clickstream_load_runs,
-    schema.clickstream_quarantine,
-    schema.clickstream_adoptions,
-    schema.clickstream_loaded_objects,
-)
+TABLES = DEFAULT_TABLES
 KEY_UUID = "0b7d5f0e-3c1a-4e9b-8f2d-6a1c9e4b7d21"
 
 # --- JSON values -------------------------------------------------------------------------------
