@@ -11,14 +11,19 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from conftest import alembic_config, db_settings
 
 import lambda_function
 from loader.common import EventRecord
 from loader.load.batch import batch_writer
+from loader.load.revision import check_revision, code_revisions
 from loader.load.sink import BatchOutcome
 from loader.load.tables import DEFAULT_TABLES
+from loader.schema import HEAD_REVISION
 from loader.window import hour_prefix
 from tools.demo.traffic import generate_hour, upload
 
@@ -263,3 +268,95 @@ def test_a_partition_the_warehouse_will_not_make_stops_the_hour_without_loss(
     lambda_function._factory.close()
     rerun = handler({"hour": "2025-12-06T10"}, None)
     assert (rerun["state"], rerun["inserted"]) == ("complete", expected)
+
+
+# --- converting a populated warehouse ----------------------------------------------------------
+
+
+def _migrate(engine: sa.Engine, revision: str, *, down: bool = False) -> None:
+    with engine.connect() as conn:  # alembic owns the transactions, as `alembic upgrade` does
+        (command.downgrade if down else command.upgrade)(alembic_config(conn), revision)
+        conn.commit()
+
+
+def _table_rows(engine: sa.Engine, table: str, order: str) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY {order}"))]
+
+
+def test_upgrade_converts_a_populated_warehouse_with_rows_and_grants_intact(
+    postgresql: psycopg.Connection, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a warehouse at 0005 that the loader of that revision filled (two days of events),
+    # and a reader role a DBA granted SELECT
+    engine = sa.create_engine(db_settings(postgresql.info).url(), poolclass=sa.NullPool)
+    role = f"dashboard_{uuid.uuid4().hex[:8]}"
+    try:
+        _migrate(engine, "0005_event_trigger")
+        with engine.begin() as conn:
+            for day, count in ((23, 40), (24, 30)):
+                stamp = datetime(2026, 11, day, 13, tzinfo=UTC)
+                conn.execute(sa.text(OLD_FILL), {"n": count, "at": stamp, "day": day})
+            conn.execute(sa.text(f"CREATE ROLE {role}"))
+            conn.execute(sa.text(f"GRANT SELECT ON clickstream_events TO {role}"))
+        events = _table_rows(engine, "clickstream_events", "event_id")
+        metas = _table_rows(engine, "clickstream_ingest_meta", "event_id")
+
+        # WHEN a DBA runs `alembic upgrade head`
+        _migrate(engine, "head")
+
+        # THEN every row is there unchanged (meta gained the event's timestamp), in the legacy
+        # partition, and the grant holds on the new parent
+        assert _table_rows(engine, "clickstream_events", "event_id") == events
+        after = _table_rows(engine, "clickstream_ingest_meta", "event_id")
+        stamps = {row[0]: row[2] for row in events}  # event_id, event_name, event_timestamp
+        assert [row[:-1] for row in after] == metas
+        assert [row[-1] for row in after] == [stamps[row[0]] for row in after]
+        assert rows_by_partition(engine, "clickstream_events") == {"clickstream_events_legacy": 70}
+        with engine.connect() as conn:
+            assert conn.execute(
+                sa.text("SELECT has_table_privilege(:r, 'clickstream_events', 'SELECT')"),
+                {"r": role},
+            ).scalar_one()
+            assert check_revision(conn, code_revisions()) == HEAD_REVISION
+            # ... and every existing event holds its two claims
+            assert (
+                conn.execute(sa.text("SELECT count(*) FROM clickstream_event_claims")).scalar_one()
+                == 140
+            )
+
+        # WHEN the downgrade runs, THEN the plain tables come back with every row
+        _migrate(engine, "0005_event_trigger", down=True)
+        assert _table_rows(engine, "clickstream_events", "event_id") == events
+        assert _table_rows(engine, "clickstream_ingest_meta", "event_id") == metas
+        with engine.connect() as conn:
+            kinds = conn.execute(
+                sa.text(
+                    "SELECT relname, relkind FROM pg_class WHERE relname IN "
+                    "('clickstream_events', 'clickstream_ingest_meta') ORDER BY 1"
+                )
+            ).all()
+            assert kinds == [("clickstream_events", "r"), ("clickstream_ingest_meta", "r")]
+            assert conn.execute(
+                sa.text("SELECT has_table_privilege(:r, 'clickstream_events', 'SELECT')"),
+                {"r": role},
+            ).scalar_one()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP OWNED BY {role}"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+        engine.dispose()
+
+
+OLD_FILL = """
+WITH new AS (
+    INSERT INTO clickstream_events (event_id, event_name, event_timestamp, client_id)
+    SELECT gen_random_uuid(), 'page_view', :at + i * interval '1 second', 'c-' || i
+    FROM generate_series(1, :n) AS i
+    RETURNING event_id, event_timestamp
+)
+INSERT INTO clickstream_ingest_meta (event_id, received_at, s3_bucket, s3_key, payload_sha256)
+SELECT event_id, event_timestamp, 'raw',
+       'events/2026/11/' || :day || '/13/event-' || event_id || '.json', '\\x00'::bytea
+FROM new
+"""
