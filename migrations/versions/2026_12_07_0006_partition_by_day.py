@@ -80,10 +80,15 @@ rest are lost. Claims, retention settings and the partition function are dropped
 partitions' rows are gone for good.
 
 Squawk waivers:
-- ban-drop-constraint, ban-drop-table: the old keys and the emptied old tables are replaced in
-  the same transaction; no client sees the tables without them.
-- require-concurrent-index-creation: the parents' indexes are created on partitioned tables
-  with no partitions yet (catalog only), then matched to the prebuilt ones by ATTACH.
+- ban-drop-constraint: the old keys are replaced in the same transaction by prebuilt ones (and
+  the meta foreign key by the delete trigger); no client sees a table without its key.
+- require-concurrent-index-deletion: the indexes dropped inside the swap are dropped under the
+  ACCESS EXCLUSIVE lock the swap already holds; dropping an index is a catalog change.
+- prefer-robust-stmts: every step outside the swap is idempotent (IF NOT EXISTS, or guarded by
+  the session variable) and the swap is one transaction; a failed run is rerun as a whole.
+- renaming-table: the old tables keep their rows under `_legacy`; clients keep using the old
+  names, which the new parents take in the same transaction.
+- renaming-object: indexes follow their tables' renames, so the parents can take the names.
 - prefer-bigint-over-int: keep_days and ahead_days count days.
 
 Revision ID: 0006_partition_by_day
@@ -91,8 +96,7 @@ Revises: 0005_event_trigger
 Create Date: 2026-12-07 22:00:00 UTC
 """
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from alembic import op
@@ -151,15 +155,14 @@ def _owns_transactions() -> bool:
     return ctx.as_sql or not getattr(ctx, "_in_external_transaction", False)
 
 
-@contextmanager
-def _outside_the_transaction() -> Iterator[None]:
-    """Commit what came before and run the block in autocommit, each statement its own
+def _outside_the_transaction(steps: Callable[[], None]) -> None:
+    """Commit what came before and run `steps` in autocommit, each statement its own
     transaction, so a long step holds its (weak) lock only while it runs."""
     if _owns_transactions():
         with op.get_context().autocommit_block():
-            yield
+            steps()
     else:
-        yield
+        steps()
 
 
 def _concurrently() -> str:
@@ -170,25 +173,31 @@ def upgrade() -> None:
     """Apply: partition the event tables by UTC day, converting whatever rows they hold."""
     _create_claims_and_retention()
     _add_meta_event_timestamp()
-    with _outside_the_transaction():
-        op.execute(
-            f"UPDATE {META} AS m SET event_timestamp = e.event_timestamp FROM {EVENTS} AS e "
-            "WHERE e.event_id = m.event_id AND m.event_timestamp IS NULL"
-        )
-        op.execute(f"ALTER TABLE {META} VALIDATE CONSTRAINT ck_{META}_event_timestamp_not_null")
-        _legacy_range_checks()
-        _prebuild_indexes()
+    _outside_the_transaction(_backfill_and_prebuild)
     _claim_existing_events()
     _swap_in_partitioned_tables()
     _create_delete_trigger()
     _create_ensure_function()
-    with _outside_the_transaction():
-        op.execute(
-            f"CREATE INDEX {_concurrently()}IF NOT EXISTS ix_{QUARANTINE}_hour_all "
-            f"ON {QUARANTINE} (hour)"
-        )
-        op.execute(f"DROP INDEX {_concurrently()}IF EXISTS ix_{QUARANTINE}_hour")
-        op.execute(f"ALTER INDEX ix_{QUARANTINE}_hour_all RENAME TO ix_{QUARANTINE}_hour")
+    _outside_the_transaction(_index_every_quarantine_hour)
+
+
+def _backfill_and_prebuild() -> None:
+    op.execute(
+        f"UPDATE {META} AS m SET event_timestamp = e.event_timestamp FROM {EVENTS} AS e "
+        "WHERE e.event_id = m.event_id AND m.event_timestamp IS NULL"
+    )
+    op.execute(f"ALTER TABLE {META} VALIDATE CONSTRAINT ck_{META}_event_timestamp_not_null")
+    _legacy_range_checks()
+    _prebuild_indexes()
+
+
+def _index_every_quarantine_hour() -> None:
+    op.execute(
+        f"CREATE INDEX {_concurrently()}IF NOT EXISTS ix_{QUARANTINE}_hour_all "
+        f"ON {QUARANTINE} (hour)"
+    )
+    op.execute(f"DROP INDEX {_concurrently()}IF EXISTS ix_{QUARANTINE}_hour")
+    op.execute(f"ALTER INDEX ix_{QUARANTINE}_hour_all RENAME TO ix_{QUARANTINE}_hour")
 
 
 def _create_claims_and_retention() -> None:
