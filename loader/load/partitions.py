@@ -64,8 +64,6 @@ def ensure_partitions(engine: sa.Engine, tables: Tables, days: set[date], today:
     """Make sure the partitions of `days` exist (days more than MAX_DAYS_AHEAD ahead are left
     out: their rows are refused and quarantined). Raises PartitionMissing when the warehouse
     cannot make one; transient errors propagate to the caller's retry policy."""
-    if not tables.standard:
-        return  # TARGET_TABLE: the DBA's own tables, not the function's to extend
     known = _known.setdefault(engine, set())
     limit = today + timedelta(days=MAX_DAYS_AHEAD)
     wanted = sorted(d for d in days - known if d <= limit)

@@ -34,9 +34,6 @@ class Tables:
     adoptions: sa.Table
     loaded_objects: sa.Table
     claims: sa.Table
-    #: schema.py's own tables (no TARGET_TABLE): the ones revision 0006's partition function
-    #: extends. A renamed table's partitions are the DBA's to make.
-    standard: bool = True
 
 
 #: schema.py's own tables.
@@ -66,5 +63,4 @@ def tables_for(settings: Settings) -> Tables:
         schema.clickstream_adoptions.to_metadata(md, schema=target),
         schema.clickstream_loaded_objects.to_metadata(md, schema=target),
         schema.clickstream_event_claims.to_metadata(md, schema=target),
-        standard=False,
     )

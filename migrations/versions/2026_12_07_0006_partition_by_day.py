@@ -42,7 +42,7 @@ What changes:
   search_path fixed to pg_catalog, this schema, pg_temp. Makes the missing day partitions of the
   four tables for at most 31 days a call, never a day before the recorded retention, nor more
   than 366 days ahead; CREATE TABLE + ATTACH PARTITION, which takes SHARE UPDATE EXCLUSIVE on
-  the parent (loads and queries go on) under a 5 s lock_timeout. EXECUTE is revoked from PUBLIC;
+  the parent (loads and queries go on), waiting no longer than the caller's lock_timeout. EXECUTE is revoked from PUBLIC;
   deploy/grants.sql grants it to the loader. Revoking it turns automatic partitions off: then
   `maintain --ahead-days N` must premake them.
 
@@ -589,7 +589,7 @@ def _create_ensure_function() -> None:
     )
     op.execute(
         f"CREATE FUNCTION {ENSURE}(first_day date, last_day date) RETURNS integer "
-        f"LANGUAGE plpgsql SECURITY DEFINER SET lock_timeout = '5s' AS $${ENSURE_BODY}$$"
+        f"LANGUAGE plpgsql SECURITY DEFINER AS $${ENSURE_BODY}$$"
     )
     # search_path fixed at creation to this schema, after pg_catalog and before pg_temp: a
     # caller's own search_path can never point the owner's rights at other tables.

@@ -247,6 +247,17 @@ def login_without_insert(
                 f"TO {role}"
             )
         )
+        # Everything else the loader needs (deploy/grants.sql): only INSERT on the events is
+        # missing, so that is what fails.
+        conn.execute(
+            sa.text(f"GRANT SELECT, INSERT, DELETE ON clickstream_event_claims TO {role}")
+        )
+        conn.execute(
+            sa.text(
+                "GRANT EXECUTE ON FUNCTION clickstream_ensure_partitions(date, date) "
+                f"TO {role}"
+            )
+        )
     monkeypatch.setenv("DW_PG_USER", role)
     try:
         yield role
@@ -346,14 +357,8 @@ def test_target_table_is_an_identifier_quoted_everywhere(
         with pytest.raises(ConfigError, match="TARGET_TABLE"):
             load_settings()
     with dw_engine.begin() as conn:
+        # A DBA's own events table (plain, not partitioned), beside the partitioned siblings
         conn.execute(sa.text('CREATE TABLE "ClickEvents" (LIKE clickstream_events INCLUDING ALL)'))
-        conn.execute(
-            sa.text(
-                "ALTER TABLE clickstream_ingest_meta DROP CONSTRAINT "
-                "fk_clickstream_ingest_meta_event_id_clickstream_events, "
-                'ADD FOREIGN KEY (event_id) REFERENCES "ClickEvents" (event_id)'
-            )
-        )
     monkeypatch.setenv("TARGET_TABLE", "ClickEvents")
     monkeypatch.setenv("WRITE_METHOD", write_method)
     objects = upload(s3, bucket, generate_hour(HOUR, 30, malformed_ratio=0, seed=5))
