@@ -121,9 +121,7 @@ HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
 def _insert_event(conn: sa.Connection, event_id: uuid.UUID) -> list[uuid.UUID]:
     """What the loader does per event: the day's partitions, both rows, ON CONFLICT DO
     NOTHING, RETURNING new ids."""
-    conn.execute(
-        sa.text("SELECT clickstream_ensure_partitions(:day, :day)"), {"day": NOW.date()}
-    )
+    conn.execute(sa.text("SELECT clickstream_ensure_partitions(:day, :day)"), {"day": NOW.date()})
     inserted = conn.execute(
         sa.text(
             "INSERT INTO clickstream_events (event_id, event_name, event_timestamp) "

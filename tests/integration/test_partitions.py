@@ -360,3 +360,26 @@ SELECT event_id, event_timestamp, 'raw',
        'events/2026/11/' || :day || '/13/event-' || event_id || '.json', '\\x00'::bytea
 FROM new
 """
+
+
+def test_an_event_stamped_years_ahead_is_quarantined_and_the_hour_completes(
+    handler: Any, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    # GIVEN an hour with one event whose receive time is years ahead (no partition may hold it)
+    objects = upload(s3, bucket, generate_hour(A_YEAR_AGO, 10, malformed_ratio=0))
+    expected = sum(1 for o in objects if o.expect == "event")
+    odd = f"{hour_prefix(A_YEAR_AGO)}event-{uuid.uuid4()}.json"
+    s3.put_object(
+        Bucket=bucket, Key=odd, Body=_event_object(str(uuid.uuid4()), "2031-01-01T00:00:00Z", "s")
+    )
+
+    # WHEN the hour loads, THEN the rest loads and that event is quarantined, not lost
+    report = handler({"hour": "2025-12-06T10"}, None)
+    assert (report["state"], report["inserted"]) == ("complete", expected)
+    assert report["quarantined"]["keys"] == [odd]
+    with dw_engine.connect() as conn:
+        reason = conn.execute(
+            sa.text("SELECT reason_code, sqlstate FROM clickstream_quarantine WHERE s3_key = :k"),
+            {"k": odd},
+        ).one()
+    assert tuple(reason) == ("rejected", "23514")

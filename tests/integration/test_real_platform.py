@@ -118,6 +118,7 @@ def assert_stored_as_sent(
     canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     expected_meta = {
         "event_id": expected_event["event_id"],
+        "event_timestamp": expected_event["event_timestamp"],  # the partition key, copied
         "received_at": instant(ingest["receivedAt"]),
         "source_ip": ingest.get("sourceIp"),
         "user_agent": ingest.get("userAgent"),

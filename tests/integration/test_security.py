@@ -249,13 +249,10 @@ def login_without_insert(
         )
         # Everything else the loader needs (deploy/grants.sql): only INSERT on the events is
         # missing, so that is what fails.
-        conn.execute(
-            sa.text(f"GRANT SELECT, INSERT, DELETE ON clickstream_event_claims TO {role}")
-        )
+        conn.execute(sa.text(f"GRANT SELECT, INSERT, DELETE ON clickstream_event_claims TO {role}"))
         conn.execute(
             sa.text(
-                "GRANT EXECUTE ON FUNCTION clickstream_ensure_partitions(date, date) "
-                f"TO {role}"
+                f"GRANT EXECUTE ON FUNCTION clickstream_ensure_partitions(date, date) TO {role}"
             )
         )
     monkeypatch.setenv("DW_PG_USER", role)

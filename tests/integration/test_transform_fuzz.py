@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from loader.common import EventRecord, SourceObject
+from loader.load.partitions import MAX_DAYS_AHEAD
 from loader.load.sink import write_batch
 from loader.load.tables import DEFAULT_TABLES
 from loader.transform.mapping import transform_object
@@ -315,6 +316,12 @@ def test_regressions_load(body: bytes, anonymize: bool, rolled_back: sa.Connecti
 
 
 def assert_loads(conn: sa.Connection, records: list[EventRecord]) -> None:
+    # An instant the transform finds sane but more than a year ahead has no day partition:
+    # PostgreSQL refuses it and the loader quarantines it (test_partitions.py). All else loads.
+    last_day = datetime.now(UTC).date() + timedelta(days=MAX_DAYS_AHEAD)
+    records = [r for r in records if r.event["event_timestamp"].date() <= last_day]
+    if not records:
+        return
     transaction = conn.begin()
     try:
         outcome = write_batch(conn, TABLES, records)
