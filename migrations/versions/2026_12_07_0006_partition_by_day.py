@@ -41,8 +41,10 @@ What changes:
 - clickstream_ensure_partitions(first_day, last_day): SECURITY DEFINER, owned by the table owner,
   search_path fixed to pg_catalog, this schema, pg_temp. Makes the missing day partitions of the
   four tables for at most 31 days a call, never a day before the recorded retention, nor more
-  than 366 days ahead; CREATE TABLE + ATTACH PARTITION, which takes SHARE UPDATE EXCLUSIVE on
-  the parent (loads and queries go on), waiting no longer than the caller's lock_timeout. EXECUTE is revoked from PUBLIC;
+  than 366 days ahead, and the claims' partition of the day before first_day (the odd grid's
+  window of an event in a day's first hour starts at 23:00 the day before); CREATE TABLE +
+  ATTACH PARTITION, which takes SHARE UPDATE EXCLUSIVE on the parent (loads and queries go on),
+  waiting no longer than the caller's lock_timeout. EXECUTE is revoked from PUBLIC;
   deploy/grants.sql grants it to the loader. Revoking it turns automatic partitions off: then
   `maintain --ahead-days N` must premake them.
 
@@ -549,8 +551,11 @@ BEGIN
         RAISE EXCEPTION 'clickstream_ensure_partitions: % is retired (retention keeps days from %)',
             first_day, horizon USING ERRCODE = '22023';
     END IF;
-    FOR day IN SELECT generate_series(first_day, last_day, interval '1 day')::date LOOP
+    -- From the day before first_day, for the claims alone: an event in the first hour of a day
+    -- claims the odd grid's window that starts at 23:00 the day before.
+    FOR day IN SELECT generate_series(first_day - 1, last_day, interval '1 day')::date LOOP
         FOREACH parent IN ARRAY parents LOOP
+            CONTINUE WHEN day < first_day AND parent <> '{CLAIMS}';
             part := parent || '_p' || to_char(day, 'YYYYMMDD');
             CONTINUE WHEN to_regclass(format('%I.%I', home, part)) IS NOT NULL
                           OR clickstream_partition_covers(parent, day);
@@ -608,9 +613,10 @@ def _create_ensure_function() -> None:
         f"COMMENT ON FUNCTION {ENSURE}(date, date) IS 'Makes the missing UTC-day partitions of "
         "clickstream_events, clickstream_ingest_meta, clickstream_event_claims and "
         "clickstream_loaded_objects from first_day to last_day (at most 32 days, never before "
-        "the recorded retention). SECURITY DEFINER: the loader needs EXECUTE, not DDL rights; "
-        "REVOKE EXECUTE to turn automatic partitions off (then maintain --ahead-days premakes "
-        "them). Returns the number of partitions made.'"
+        "the recorded retention), and the claims partition of the day before first_day. "
+        "SECURITY DEFINER: the loader needs EXECUTE, not DDL rights; REVOKE EXECUTE to turn "
+        "automatic partitions off (then maintain --ahead-days premakes them). Returns the "
+        "number of partitions made.'"
     )
 
 
