@@ -27,7 +27,6 @@ DAYS_PER_CALL: Final = 32
 #: Nor days further ahead than this: an event stamped later is refused by PostgreSQL (no
 #: partition) and quarantined like any row the database refuses.
 MAX_DAYS_AHEAD: Final = 366
-_ODD_WINDOW_OFFSET: Final = timedelta(hours=1)
 
 # Days known to have their partitions, per engine (a warm Lambda container keeps its engine).
 _known: weakref.WeakKeyDictionary[sa.Engine, set[date]] = weakref.WeakKeyDictionary()
@@ -38,13 +37,13 @@ class PartitionMissing(RuntimeError):
 
 
 def batch_days(stamps: Iterable[datetime], hour: datetime | None) -> set[date]:
-    """The UTC days whose partitions a batch writes: each event's day, the day its odd-grid
-    claim window starts on (the day before, for an event in the first hour of a day), and the
-    objects' hour (clickstream_loaded_objects)."""
+    """The UTC days whose partitions a batch writes: each event's day and the objects' hour
+    (clickstream_loaded_objects). The claims' partition of the day before a day (an event in
+    its first hour claims the odd grid's window from 23:00 the day before) comes with that day:
+    clickstream_ensure_partitions makes it, even when the day before is past retention, where
+    asking for that day itself would be refused."""
     days = set() if hour is None else {hour.astimezone(UTC).date()}
-    for stamp in stamps:
-        days.add(stamp.date())
-        days.add((stamp - _ODD_WINDOW_OFFSET).date())
+    days.update(stamp.astimezone(UTC).date() for stamp in stamps)
     return days
 
 
