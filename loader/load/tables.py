@@ -18,8 +18,12 @@ from loader.config import Settings
 #: The columns the transform fills; any other column (loaded_at, one a DBA added) gets its
 #: default, whichever write method runs.
 EVENT_COLUMNS: Final = tuple(c.name for c in schema.clickstream_events.c if c.name != "loaded_at")
+#: (clickstream_ingest_meta.event_timestamp, the partition key, is the event's: the load stage
+#: copies it.)
 META_COLUMNS: Final = tuple(
-    c.name for c in schema.clickstream_ingest_meta.c if c.name != "loaded_at"
+    c.name
+    for c in schema.clickstream_ingest_meta.c
+    if c.name not in ("loaded_at", "event_timestamp")
 )
 
 

@@ -78,7 +78,7 @@ class Batcher:
             events = events[limit:]
         batch.records.extend(events)
         batch.rejections.extend(item.rejections)
-        stamps = [r.event["event_timestamp"] for r in item.events]
+        stamps = [r.event["event_timestamp"] for r in item.events if r.event.get("event_timestamp")]
         batch.completed.append(
             Completion(
                 item.key,
