@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +19,13 @@ from rich.table import Table
 
 from loader.app import open_loader
 from loader.config import ConfigError
+from loader.maintenance import (
+    MaintainOptions,
+    MaintenanceBusy,
+    MaintenanceError,
+    MaintenanceRefused,
+    maintain_warehouse,
+)
 from loader.observability import set_log_stream
 from loader.operations import backfill as do_backfill
 from loader.operations import check as do_check
@@ -27,6 +34,7 @@ from loader.operations import reprocess as do_reprocess
 from loader.operations import status as do_status
 from loader.pipeline.runs import run_trigger
 from loader.report import Report
+from loader.schema import DAY_PARTITIONED
 from loader.window import Trigger, TriggerError, hours_between, parse_hour
 
 app = typer.Typer(
@@ -102,6 +110,11 @@ def _report_table(reports: list[dict[str, Any]]) -> None:
                 out.print(f"  {kind}: {key}")
         if r.get("missing_hours"):
             out.print(f"  hours never loaded (run backfill): {', '.join(r['missing_hours'])}")
+        if r["state"] == "retired":
+            out.print(f"  {r['hour']} is retired (past retention): nothing loaded")
+        retired = [h["hour"] for h in r.get("lookback", []) if h["state"] == "retired"]
+        if retired:
+            out.print(f"  lookback skipped retired hours: {', '.join(retired)}")
 
 
 @app.command()
@@ -114,6 +127,8 @@ def run(
     _setup()
     with open_loader() as loader:
         report = run_trigger(loader, Trigger(_hour(hour), "manual"), dry_run=dry_run)
+        if report.state == "retired" and loader.retention is not None:
+            err.print(loader.retention.describe(datetime.now(UTC)), highlight=False)
     _emit(report.to_dict(), as_json, lambda d: _report_table([d]))
     if report.state == "already_running":
         raise typer.Exit(3)
@@ -158,6 +173,8 @@ def backfill(
         _report_table(d["hours"])
         if d["skipped_complete"]:
             out.print(f"skipped {len(d['skipped_complete'])} complete hours (use --force)")
+        if d["retired"]:
+            out.print(f"{len(d['retired'])} hours retired (past retention): not loaded")
 
     _emit(data, as_json, render)
 
@@ -242,6 +259,9 @@ def status(
     _emit(data, as_json, render)
 
 
+_CHECK_COUNTS = ("objects", "loaded", "quarantined", "unloaded")
+
+
 @app.command()
 def check(
     hour: Annotated[str | None, typer.Option(help="Hour to reconcile.")] = None,
@@ -250,7 +270,7 @@ def check(
     as_json: JsonFlag = False,
 ) -> None:
     """Reconcile S3 against the warehouse; exit 1 if any object is neither loaded nor
-    quarantined."""
+    quarantined (hours past retention are `retired`, never unloaded)."""
     _setup()
     if hour:
         first = last = _hour(hour)
@@ -262,14 +282,12 @@ def check(
         data = do_check(loader, first, last)
 
     def render(d: dict[str, Any]) -> None:
-        table = Table("hour", "objects", "loaded", "quarantined", "unloaded")
+        table = Table("hour", "state", "objects", "loaded", "quarantined", "unloaded")
         for h in d["hours"]:
             table.add_row(
                 h["hour"],
-                str(h["objects"]),
-                str(h["loaded"]),
-                str(h["quarantined"]),
-                str(h["unloaded"]),
+                h["state"],
+                *("" if h[k] is None else str(h[k]) for k in _CHECK_COUNTS),
             )
         out.print(table)
         for key in d["unloaded_keys"]:
@@ -278,6 +296,95 @@ def check(
     _emit(data, as_json, render)
     if data["unloaded_keys"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def maintain(
+    keep_days: Annotated[
+        int,
+        typer.Option(
+            "--keep-days",
+            min=1,
+            help="Days of events kept: partitions of UTC days before today - D are dropped, "
+            "and the loader treats their hours as retired.",
+        ),
+    ],
+    ahead_days: Annotated[
+        int,
+        typer.Option(
+            "--ahead-days", min=0, max=366, help="Days of partitions made ahead of today."
+        ),
+    ] = 7,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be made and dropped; change nothing.")
+    ] = False,
+    allow_shorter: Annotated[
+        bool,
+        typer.Option(
+            "--allow-shorter",
+            help="Accept a --keep-days below the recorded one (drops those days at once).",
+        ),
+    ] = False,
+    lock_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds each statement waits for its lock before a retry.", min=0.1),
+    ] = 5.0,
+    attempts: Annotated[
+        int, typer.Option(help="Attempts per step (lock timeouts are retried).", min=1)
+    ] = 5,
+    as_json: JsonFlag = False,
+) -> None:
+    """The DBA's partition job, run daily with the tables' OWNER's login (DW_PG_*): record the
+    retention, make the partitions from today - keep-days to today + ahead-days, drop the older
+    ones (DETACH ... CONCURRENTLY, then DROP; loads go on). Idempotent."""
+    _setup()
+    options = MaintainOptions(
+        keep_days,
+        ahead_days,
+        dry_run=dry_run,
+        lock_timeout_s=lock_timeout,
+        attempts=attempts,
+        allow_shorter=allow_shorter,
+    )
+    try:
+        result = maintain_warehouse(options)
+    except MaintenanceRefused as exc:
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except MaintenanceBusy as exc:
+        err.print(f"{exc}", highlight=False)
+        raise typer.Exit(3) from None
+    except MaintenanceError as exc:
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    _emit(result.to_dict(), as_json, _maintain_table)
+
+
+def _maintain_table(d: dict[str, Any]) -> None:
+    """Per table: partitions made and dropped (first … last), then the totals."""
+    table = Table("table", "made", "dropped")
+    for parent in DAY_PARTITIONED:
+        made = sorted(n for n in d["made"] if n.startswith(f"{parent}_"))
+        dropped = sorted(n for n in d["dropped"] if n.startswith(f"{parent}_"))
+        table.add_row(parent, _span(parent, made), _span(parent, dropped))
+    out.print(table)
+    verb = "would keep" if d["dry_run"] else "keeps"
+    out.print(
+        f"{verb} {d['keep_days']} days (hours before {d['horizon'][:13]} retired), "
+        f"{d['ahead_days']} days ahead; rows deleted: "
+        + (", ".join(f"{t} {n}" for t, n in d["rows_deleted"].items()) or "none")
+        + (f"; detaches finished: {', '.join(d['finalized'])}" if d["finalized"] else "")
+        + f"; retries {d['retries']}; {d['seconds']:.1f} s",
+        highlight=False,
+    )
+
+
+def _span(parent: str, names: list[str]) -> str:
+    """`3: p20261101 … p20261103`, or `-`."""
+    if not names:
+        return "-"
+    short = [n[len(parent) + 1 :] for n in names]
+    return f"{len(names)}: {short[0]}" + (f" … {short[-1]}" if len(short) > 1 else "")
 
 
 @app.command()

@@ -1,5 +1,8 @@
 """The data engineer's half of the job: backfill, reprocess, status, check.
 
+Hours past the retention `maintain` recorded are `retired` everywhere: backfill neither loads
+nor lists them, status says `retired`, check neither lists nor counts them as unloaded.
+
 Each operation is a function over an `HourLoader` returning plain data; the CLI only parses
 arguments and renders. Everything here reads the ledger and S3, and writes only through the
 same pipeline the Lambda uses.
@@ -34,6 +37,7 @@ class BackfillResult:
         return {
             "hours": [r.to_dict() for r in self.reports],
             "skipped_complete": self.skipped_complete,
+            "retired": [r.hour for r in self.reports if r.state == "retired"],
             "inserted": sum(r.inserted for r in self.reports),
         }
 
@@ -48,14 +52,16 @@ def backfill(
     progress: Progress | None = None,
 ) -> BackfillResult:
     """Every hour in [start, end] in order; hours the ledger marks complete are skipped unless
-    `force`. Stops at the first failing hour (after recording it): rerun to resume."""
+    `force`, hours past retention come back `retired` (nothing read or written). Stops at the
+    first failing hour (after recording it): rerun to resume."""
     result = BackfillResult()
     loader.check_schema()
     with loader.engine.connect() as conn:
         records = hour_records(conn, loader.tables, floor_hour(start), floor_hour(end))
     for hour in hours_between(start, end):
         record = records.get(hour)
-        if not force and record is not None and record.ever_complete:
+        complete = record is not None and record.ever_complete
+        if not force and complete and not loader.retired(hour):
             result.skipped_complete.append(hour_label(hour))
             if progress:
                 progress(hour_label(hour), None)
@@ -140,8 +146,12 @@ def status(
 
     Runs that read only the keys notifications named (trigger `event`) never make an hour
     `complete`: an hour they loaded into reads `awaiting_sweep` until its hourly run has swept
-    it, and `inserted_by_events` says how much of the hour they loaded."""
+    it, and `inserted_by_events` says how much of the hour they loaded.
+
+    Hours past the recorded retention read `retired` (their ledger rows are kept: `ledger`
+    is the newest run's state), and S3 is not listed for them."""
     now = now or datetime.now(UTC)
+    loader.check_schema()
     last = floor_hour(end) if end is not None else floor_hour(now) - HOUR
     if start is not None:
         first = floor_hour(start)
@@ -156,7 +166,9 @@ def status(
         record = records.get(hour)
         events = notified.get(hour)
         entry: dict[str, Any] = {"hour": hour_label(hour)}
-        if record is None and events is not None:
+        if loader.retired(hour, now):
+            entry.update(state="retired", ledger=record.state if record else None)
+        elif record is None and events is not None:
             entry.update(_awaiting_sweep(hour, events, counts))
         elif record is None:
             has_objects = next(
@@ -253,17 +265,27 @@ def _run_entry(
     }
 
 
+#: A retired hour's counts in `check`: unknown, never listed.
+_NOT_COUNTED: dict[str, Any] = dict.fromkeys(("objects", "loaded", "quarantined", "unloaded"))
+
+
 def check(loader: HourLoader, start: datetime, end: datetime) -> dict[str, Any]:
     """Reconcile S3 against the warehouse: per hour, objects listed vs objects recorded as
     loaded in full vs objects accounted for in the quarantine; every other key is unloaded.
 
     A key counts as loaded when it has a completion record and still holds the
     clickstream_ingest_meta rows it had then: rows alone say nothing (a failed run can leave
-    part of an object), and a completion record whose rows a DBA deleted is out of date."""
-    hours = []
+    part of an object), and a completion record whose rows a DBA deleted is out of date.
+
+    An hour past the recorded retention is `retired`: not listed, nothing counted unloaded."""
+    hours: list[dict[str, Any]] = []
     unloaded: list[str] = []
     q = loader.tables.quarantine
+    loader.check_schema()
     for hour in hours_between(start, end):
+        if loader.retired(hour):
+            hours.append({"hour": hour_label(hour), "state": "retired", **_NOT_COUNTED})
+            continue
         prefix = hour_prefix(hour, loader.settings.events_prefix)
         keys = [ref.key for ref in loader.source.list_objects(prefix)]
         with loader.engine.connect() as conn:
@@ -284,6 +306,7 @@ def check(loader: HourLoader, start: datetime, end: datetime) -> dict[str, Any]:
                 "loaded": sum(1 for k in keys if k in accounted and k not in quarantined),
                 "quarantined": sum(1 for k in keys if k in accounted and k in quarantined),
                 "unloaded": len(missing),
+                "state": "unloaded" if missing else "reconciled",
             }
         )
     return {"hours": hours, "unloaded_keys": unloaded}

@@ -38,6 +38,7 @@ class Tables:
     adoptions: sa.Table
     loaded_objects: sa.Table
     claims: sa.Table
+    retention: sa.Table
 
 
 #: schema.py's own tables.
@@ -49,6 +50,7 @@ DEFAULT_TABLES: Final = Tables(
     schema.clickstream_adoptions,
     schema.clickstream_loaded_objects,
     schema.clickstream_event_claims,
+    schema.clickstream_retention,
 )
 
 
@@ -67,4 +69,5 @@ def tables_for(settings: Settings) -> Tables:
         schema.clickstream_adoptions.to_metadata(md, schema=target),
         schema.clickstream_loaded_objects.to_metadata(md, schema=target),
         schema.clickstream_event_claims.to_metadata(md, schema=target),
+        schema.clickstream_retention.to_metadata(md, schema=target),
     )

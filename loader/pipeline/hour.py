@@ -32,6 +32,7 @@ from loader.load.db import error_summary
 from loader.load.ledger import finish_run, hour_records, start_run
 from loader.load.locks import hour_lock
 from loader.load.quarantine import rejection_row
+from loader.load.retention import Retention, read_retention, retired
 from loader.load.revision import check_revision, code_revisions
 from loader.load.sink import BatchOutcome
 from loader.load.tables import Tables, tables_for
@@ -56,6 +57,7 @@ class HourLoader:
         self._policy = RetryPolicy(settings)
         self._db_revision: str | None = None
         self._adopted: AdoptedRange | None = None
+        self._retention: Retention | None = None
 
     # ------------------------------------------------------------- per invocation
 
@@ -63,18 +65,31 @@ class HourLoader:
         """Fail fast, before any S3 work, if the DW is not at a revision this loader may load
         into. One read per invocation: see `expire_schema_check`.
 
-        The same read fetches what was adopted from the original ETL: nothing on a warehouse
-        that started empty, and then no batch ever looks for adopted duplicates."""
+        The same read fetches what was adopted from the original ETL (nothing on a warehouse
+        that started empty, and then no batch ever looks for adopted duplicates) and the
+        retention `maintain` recorded (`retired`)."""
         if self._db_revision is None:
             code = code_revisions()
 
-            def read() -> tuple[str, AdoptedRange | None]:
+            def read() -> tuple[str, AdoptedRange | None, Retention | None]:
                 with self.engine.connect() as conn:
                     revision = check_revision(conn, code)
-                    return revision, read_adopted_range(conn, self.tables.adoptions)
+                    adopted = read_adopted_range(conn, self.tables.adoptions)
+                    return revision, adopted, read_retention(conn, self.tables.retention)
 
-            self._db_revision, self._adopted = self.retrying("connect")(read)
+            self._db_revision, self._adopted, self._retention = self.retrying("connect")(read)
         return self._db_revision
+
+    @property
+    def retention(self) -> Retention | None:
+        """The retention `maintain` recorded, as the last `check_schema` read it."""
+        return self._retention
+
+    def retired(self, hour: datetime, now: datetime | None = None) -> bool:
+        """Whether `hour` lies wholly before the recorded retention's horizon: its rows are
+        dropped (or about to be), so no command loads it or reports its objects unloaded."""
+        self.check_schema()
+        return retired(self._retention, hour, now or datetime.now(UTC))
 
     def expire_schema_check(self) -> None:
         """Called between invocations of a warm container: a DBA may have migrated (or
@@ -112,6 +127,9 @@ class HourLoader:
         started = time.monotonic()
         try:
             report.db_revision = self.check_schema()
+            if self.retired(job.hour):
+                self._report_retired(report)
+                return report
             if job.dry_run:
                 self._stream(job, report, remaining_ms, start_after=None)
                 return report
@@ -130,6 +148,15 @@ class HourLoader:
         finally:
             report.seconds = time.monotonic() - started
             log.remove_keys(["hour", "run_id", "trigger", "shard"])
+
+    def _report_retired(self, report: Report) -> None:
+        """A retired hour's answer: nothing listed, loaded or written (no ledger row either)."""
+        report.state = "retired"
+        assert self._retention is not None
+        log.info(
+            "hour past retention: nothing listed, loaded or recorded",
+            extra={"retention": self._retention.describe(datetime.now(UTC))},
+        )
 
     def _load_locked(self, job: HourJob, report: Report, remaining_ms: RemainingMs | None) -> None:
         start_after = self.retrying("ledger", report)(self._resume_point, job, report)

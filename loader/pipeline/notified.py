@@ -19,15 +19,20 @@ What differs, and why:
 - A key that no longer exists (deleted, or a notification replayed after a lifecycle rule) is
   skipped and reported, not quarantined: it is terminal, and the hourly sweep will not list it
   either, so there is nothing to reprocess.
+- A notification for an hour past retention (`maintain --keep-days`; a replay, a DLQ redrive)
+  is acknowledged without loading: the hour's partitions are dropped, so loading would fail
+  forever and redeliver for nothing. Its keys are counted (`objects_retired`, metric
+  ObjectsRetired) and logged.
 - The scheduled run of the hour is its reconciliation sweep (`run_trigger`,
   loader/pipeline/runs.py): it loads whatever no message delivered (the objects with no
   completion record), and only its `complete` marks the hour complete.
 
 The answer is per message (Lambda's partial batch response): a message is reported failed when
 one of its objects did not commit for a reason that may pass (the warehouse or S3 down past the
-retries, the invocation running out of time); loaded, quarantined, gone and ignored objects are
-settled. When nothing at all could be loaded the error is raised instead, so Lambda counts an
-error (and the handler can drop a rotated password); every message then returns to the queue.
+retries, the invocation running out of time); loaded, quarantined, gone, retired and ignored
+objects are settled. When nothing at all could be loaded the error is raised instead, so Lambda
+counts an error (and the handler can drop a rotated password); every message then returns to the
+queue.
 """
 
 from __future__ import annotations
@@ -115,6 +120,8 @@ class BatchResult:
     committed: set[str] = field(default_factory=set)
     failed_keys: set[str] = field(default_factory=set)
     gone: list[str] = field(default_factory=list)
+    #: Keys of hours past retention: acknowledged, never loaded.
+    retired: list[str] = field(default_factory=list)
     ignored: list[tuple[str, Ignored]] = field(default_factory=list)
     lag_seconds: list[float] = field(default_factory=list)
     hours_not_started: list[str] = field(default_factory=list)
@@ -151,6 +158,7 @@ class BatchResult:
             "NotificationsIgnored": len(self.ignored),
             "ObjectsCommitted": len(self.committed),
             "ObjectsGone": len(self.gone),
+            "ObjectsRetired": len(self.retired),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +168,9 @@ class BatchResult:
         gone = KeyList(self.key_cap)
         for key in self.gone:
             gone.add(key)
+        retired = KeyList(self.key_cap)
+        for key in self.retired:
+            retired.add(key)
         ignored = KeyList(self.key_cap)
         by_reason: dict[str, int] = {}
         for _, item in self.ignored:
@@ -169,9 +180,10 @@ class BatchResult:
             "trigger": "event",
             "messages": self.messages,
             "messages_failed": failed.to_dict(),
-            "objects_named": len(self.committed) + len(self.failed_keys),
+            "objects_named": len(self.committed) + len(self.failed_keys) + len(self.retired),
             "objects_committed": len(self.committed),
             "objects_gone": gone.to_dict(),
+            "objects_retired": retired.to_dict(),
             "ignored": {**ignored.to_dict(), "by_reason": by_reason},
             "inserted": sum(r.inserted for r in self.reports),
             "duplicates": sum(r.duplicates for r in self.reports),
@@ -265,6 +277,13 @@ class EventLoader:
             return
         committed_at = clock()
         result.reports.append(report)
+        if report.state == "retired":
+            result.retired.extend(sorted(keys))
+            log.warning(
+                "notifications for an hour past retention: acknowledged, not loaded",
+                extra={"hour": hour_label(hour), "objects": len(keys)},
+            )
+            return
         gone = set(self.named.gone[gone_before:])
         done = _settled(report, keys)
         result.failed_keys.update(k for k in keys if k not in done)

@@ -89,6 +89,9 @@ def finalize_fanned_out_hour(
     )
     with loader.lambda_clock(remaining_ms):
         report.db_revision = loader.check_schema()
+        if loader.retired(hour):
+            report.state = "retired"  # the shards said so too: nothing to record
+            return report
         with hour_lock(loader.engine, label, None, loader.settings.lock_wait_s) as held:
             if not held:
                 raise HourNotFinalized(f"hour {label} is held by another run: finalize it later")
@@ -114,8 +117,12 @@ def look_back(
 ) -> None:
     """Re-check the LOOKBACK_HOURS before `hour` for objects that landed after their hour was
     loaded (full-hour runs that skip loaded keys), into `report.lookback`; hours with objects
-    but no run at all go to `report.missing_hours`."""
+    but no run at all go to `report.missing_hours`. Hours past retention are skipped (listed
+    in `report.lookback` as `retired`, never as missing)."""
     previous = lookback_hours(hour, loader.settings.lookback_hours)
+    retired = [h for h in previous if loader.retired(h)]
+    report.lookback.extend({"hour": hour_label(h), "state": "retired"} for h in sorted(retired))
+    previous = [h for h in previous if h not in retired]
     if not previous:
         return
 
@@ -182,8 +189,9 @@ class HoursResult:
 
     @property
     def state(self) -> str:
-        """`complete` once every hour that has begun is; `partial` means rerun the payload."""
-        done = all(r.state == "complete" for r in self.reports)
+        """`complete` once every hour that has begun is (a retired hour counts: there is
+        nothing left to load); `partial` means rerun the payload."""
+        done = all(r.state in ("complete", "retired") for r in self.reports)
         return "complete" if done and not self.not_started else "partial"
 
     def to_dict(self) -> dict[str, Any]:

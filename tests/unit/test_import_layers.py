@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: imports the other). An entry names one module, or a package and everything in it (`pkg.*`).
 LAYERS: list[tuple[str, list[list[str]]]] = [
     ("entry points", [["lambda_function", "loader.__main__", "loader.cli"]]),
-    ("wiring and operations", [["loader.app", "loader.operations"]]),
+    ("wiring and operations", [["loader.app", "loader.operations", "loader.maintenance"]]),
     ("pipeline", [["loader.pipeline.*"]]),
     ("stages", [["loader.extract.*"], ["loader.transform.*"], ["loader.load.*"]]),
     (

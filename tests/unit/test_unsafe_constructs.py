@@ -29,6 +29,8 @@ SQL_WORDS = re.compile(
 REVIEWED_SQL_FSTRINGS = {
     ("loader/load/copy.py", "CREATE TEMPORARY TABLE IF NOT EXISTS "),
     ("loader/load/copy.py", "COPY pg_temp."),
+    ("loader/maintenance.py", " DETACH PARTITION "),
+    ("loader/maintenance.py", "DROP TABLE IF EXISTS "),
 }
 
 
