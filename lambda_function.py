@@ -13,6 +13,7 @@ from typing import Any
 
 from loader.app import LoaderFactory
 from loader.load.db import sqlstate
+from loader.maintenance import maintain_warehouse, options_from_event
 from loader.notifications import is_sqs_event, parse_sqs_event, plan_batch
 from loader.observability import emit_batch_metrics, emit_metrics, log
 from loader.pipeline.runs import finalize_fanned_out_hour, run_hours, run_trigger
@@ -54,6 +55,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         action = event.get("action") if isinstance(event, dict) else None
         if action == "plan":
             return _plan(event)
+        if action == "maintain":
+            return _maintain(event)
         loader = _factory.get()
         if action == "finalize":
             return _finalize(loader, event, context)
@@ -119,6 +122,13 @@ def _plan(event: dict[str, Any]) -> dict[str, Any]:
             {"hour": label, "shard": Shard(i, count, "range").as_payload()} for i in range(count)
         ],
     }
+
+
+def _maintain(event: dict[str, Any]) -> dict[str, Any]:
+    """The scheduled maintenance function (deploy/template.yaml, `Maintenance`): its own
+    function and role, whose DW_PG_* / DW_PG_SECRET_ARN are the tables' owner's. The payload:
+    {"action": "maintain", "keep_days": D, "ahead_days": N} (optionally "allow_shorter")."""
+    return maintain_warehouse(options_from_event(event)).to_dict()  # it logs its summary
 
 
 def _finalize(loader: Any, event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -114,6 +114,20 @@ class MaintainOptions:
             raise MaintenanceRefused("lock_timeout_s must be positive and attempts at least 1")
 
 
+def options_from_event(event: dict[str, Any]) -> MaintainOptions:
+    """The maintenance Lambda's payload: {"action": "maintain", "keep_days": D,
+    "ahead_days": N}, optionally "allow_shorter": true."""
+    keep, ahead = event.get("keep_days"), event.get("ahead_days", 7)
+    if not isinstance(keep, int) or not isinstance(ahead, int) or isinstance(keep, bool):
+        raise MaintenanceRefused(
+            'maintain needs {"action": "maintain", "keep_days": D, "ahead_days": N} with whole '
+            f"numbers, got keep_days={keep!r}, ahead_days={ahead!r}"
+        )
+    options = MaintainOptions(keep, ahead, allow_shorter=event.get("allow_shorter") is True)
+    options.validate()
+    return options
+
+
 @dataclass(frozen=True)
 class Partition:
     """One attached partition of a day-partitioned parent, as pg_catalog describes it.

@@ -57,7 +57,7 @@ def deployed(template: dict[str, Any]) -> dict[str, Any]:
     """The CloudFormation the SAM transform generates: what IAM really gets."""
     sam = copy.deepcopy(template)
     # The transform needs S3 locations where `sam deploy` would have uploaded the artifacts.
-    for function in ("LoaderFunction", "EventLoaderFunction"):
+    for function in ("LoaderFunction", "EventLoaderFunction", "MaintenanceFunction"):
         sam["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/loader.zip"
     sam["Resources"]["LoadHourStateMachine"]["Properties"]["DefinitionUri"] = {
         "Bucket": "artifacts",
@@ -279,7 +279,11 @@ def test_async_failures_go_to_the_dead_letter_queue(deployed: dict[str, Any]) ->
 
 def test_one_hourly_schedule_enabled_per_target(deployed: dict[str, Any]) -> None:
     rules = resources_of_type(deployed, "AWS::Events::Rule")
-    schedules = [r for r in rules.values() if "ScheduleExpression" in r["Properties"]]
+    schedules = [
+        r
+        for r in rules.values()
+        if "ScheduleExpression" in r["Properties"] and r.get("Condition") != "MaintenanceEnabled"
+    ]
     assert len(schedules) == 2
     targets = {}
     for rule in schedules:
@@ -350,7 +354,11 @@ def test_near_real_time_is_opt_in(template: dict[str, Any], deployed: dict[str, 
     assert template["Conditions"]["NearRealTimeEnabled"] == {
         "Fn::Equals": [{"Ref": "NearRealTime"}, "true"]
     }
-    conditional = {k for k, v in template["Resources"].items() if v.get("Condition")}
+    conditional = {
+        k
+        for k, v in template["Resources"].items()
+        if v.get("Condition") and k not in MAINTENANCE_RESOURCES
+    }
     assert conditional == NRT_RESOURCES
     assert all(template["Resources"][k]["Condition"] == "NearRealTimeEnabled" for k in conditional)
     # ... and so is everything SAM generates for the event function (its role above all)
@@ -358,7 +366,9 @@ def test_near_real_time_is_opt_in(template: dict[str, Any], deployed: dict[str, 
     assert generated >= {"EventLoaderFunction", "EventLoaderFunctionRole"}
     for name in generated:
         assert deployed["Resources"][name].get("Condition") == "NearRealTimeEnabled", name
-    outputs = {k for k, v in template["Outputs"].items() if v.get("Condition")}
+    outputs = {
+        k for k, v in template["Outputs"].items() if v.get("Condition") == "NearRealTimeEnabled"
+    }
     assert outputs == {"EventQueueUrl", "EventDeadLetterQueueUrl", "EventLoaderFunctionName"}
 
 
@@ -682,6 +692,8 @@ def render(template: Any, data: Any, context: dict[str, Any]) -> Any:
 def matches(rule: dict[str, Any], data: Any, context: dict[str, Any]) -> bool:
     if "And" in rule:
         return all(matches(r, data, context) for r in rule["And"])
+    if "Or" in rule:
+        return any(matches(r, data, context) for r in rule["Or"])
     value = read_path(rule["Variable"], data, context)
     if "StringEquals" in rule:
         return isinstance(value, str) and value == rule["StringEquals"]
@@ -737,9 +749,15 @@ def run(scope: dict[str, Any], data: Any, invoke: Callable[[str, Any], Any], con
 class FakeLoader:
     """Plays the loader's contract: plan, shard loads (partial `partial_passes` times), finalize."""
 
-    def __init__(self, partial_passes: dict[int, int], failing: frozenset[int] = frozenset()):
+    def __init__(
+        self,
+        partial_passes: dict[int, int],
+        failing: frozenset[int] = frozenset(),
+        retired: bool = False,
+    ):
         self.partial_passes = dict(partial_passes)
         self.failing = failing
+        self.retired = retired  # the hour is past retention: every answer says so
         self.calls: list[dict[str, Any]] = []
 
     def __call__(self, function_name: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -756,9 +774,12 @@ class FakeLoader:
             ]
             return {"hour": hour, "shards": shards}
         if payload.get("action") == "finalize":
-            return {"hour": payload["hour"], "state": "complete", "shards": payload["shard_count"]}
+            state = "retired" if self.retired else "complete"
+            return {"hour": payload["hour"], "state": state, "shards": payload["shard_count"]}
         index = payload["shard"]["index"]
-        if index in self.failing:
+        if self.retired:
+            state = "retired"
+        elif index in self.failing:
             state = "failed"
         elif self.partial_passes.get(index, 0) > 0:
             self.partial_passes[index] -= 1
@@ -812,3 +833,80 @@ def test_a_shard_that_never_completes_stops_after_a_bounded_number_of_passes() -
 
     assert loader.shard_calls(0) == 24
     assert "ended partial after 24 passes" in excinfo.value.cause
+
+
+def test_an_hour_past_retention_ends_retired_without_failing() -> None:
+    """Shards of a retired hour load nothing and say `retired`: the execution succeeds, and the
+    finalize (which records nothing for a retired hour) answers `retired` too."""
+    loader = FakeLoader(partial_passes={}, retired=True)
+
+    output = run(load_definition(SUBSTITUTIONS), SCHEDULED_EVENT, loader, {})
+
+    assert [loader.shard_calls(i) for i in range(3)] == [1, 1, 1]
+    assert loader.calls[-1]["action"] == "finalize"
+    assert output["state"] == "retired"
+
+
+# --- partition maintenance (opt-in) -------------------------------------------------------------
+
+MAINTENANCE_RESOURCES = {"MaintenanceLogGroup", "MaintenanceFunction", "MaintenanceErrorsAlarm"}
+
+
+def test_maintenance_is_opt_in_with_its_own_credentials(
+    template: dict[str, Any], deployed: dict[str, Any]
+) -> None:
+    params = template["Parameters"]
+    assert params["Maintenance"]["Default"] == "false"
+    assert template["Conditions"]["MaintenanceEnabled"] == {
+        "Fn::Equals": [{"Ref": "Maintenance"}, "true"]
+    }
+    for name in MAINTENANCE_RESOURCES:
+        assert template["Resources"][name]["Condition"] == "MaintenanceEnabled", name
+    generated = {k for k in deployed["Resources"] if k.startswith("MaintenanceFunction")}
+    assert generated >= {"MaintenanceFunctionRole", "MaintenanceFunctionDailyMaintenance"}
+    for name in generated:
+        assert deployed["Resources"][name].get("Condition") == "MaintenanceEnabled", name
+    # Turned on, it must have the owner's secret: never the loader's credentials.
+    rule = template["Rules"]["MaintenanceCredentials"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "Maintenance"}, "true"]}
+    assert rule["Assertions"][0]["Assert"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "MaintenanceSecretArn"}, ""]}]
+    }
+    env = template["Resources"]["MaintenanceFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["DW_PG_SECRET_ARN"] == {"Ref": "MaintenanceSecretArn"}
+    assert not {"DW_PG_USER", "DW_PG_PASSWORD", "RAW_BUCKET_NAME"} & set(env)
+
+
+def test_maintenance_role_reads_the_owner_secret_and_nothing_else(
+    deployed: dict[str, Any],
+) -> None:
+    role = deployed["Resources"]["MaintenanceFunctionRole"]
+    assert sorted(role["Properties"]["ManagedPolicyArns"]) == [
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
+    ]
+    (statement,) = policy_statements(role)
+    assert actions(statement) == ["secretsmanager:GetSecretValue"]
+    assert statement["Resource"] == {"Ref": "MaintenanceSecretArn"}
+
+
+def test_the_maintenance_schedule_sends_the_payload_the_handler_reads(
+    template: dict[str, Any],
+) -> None:
+    from loader.maintenance import options_from_event
+
+    props = template["Resources"]["MaintenanceFunction"]["Properties"]
+    schedule = props["Events"]["DailyMaintenance"]["Properties"]
+    assert schedule["Schedule"] == {"Ref": "MaintenanceSchedule"}
+    params = template["Parameters"]
+    payload = schedule["Input"]["Fn::Sub"]
+    for name in ("MaintenanceKeepDays", "MaintenanceAheadDays"):
+        payload = payload.replace("${" + name + "}", str(params[name]["Default"]))
+    event = json.loads(payload)
+
+    options = options_from_event(event)
+
+    assert event["action"] == "maintain"
+    assert (options.keep_days, options.ahead_days) == (90, 7)
+    assert not options.allow_shorter and not options.dry_run
+    assert props["ReservedConcurrentExecutions"] == 1
