@@ -193,5 +193,5 @@ SELECT c.relname AS "table",
        has_table_privilege(:'loader_role', c.oid, 'TRUNCATE') AS "truncate"
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = :'schema' AND c.relkind IN ('r', 'p')
+WHERE n.nspname = :'schema' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
 ORDER BY 1;

@@ -177,6 +177,7 @@ def test_loader_inserts_events_idempotently_and_reads_them(as_loader: sa.Engine)
         "DELETE FROM clickstream_quarantine",
         "DELETE FROM clickstream_loaded_objects",
         "TRUNCATE clickstream_loaded_objects",
+        "INSERT INTO clickstream_retention (keep_days, ahead_days) VALUES (1, 1)",
         "UPDATE alembic_version SET version_num = 'x'",
         "CREATE TABLE public.loader_was_here (id int)",
         "ALTER TABLE clickstream_events ADD COLUMN loader_was_here int",
@@ -405,3 +406,44 @@ def test_without_select_on_alembic_version_the_loader_says_permission_denied(
     assert "permission denied" in message and "42501" in message
     assert "alembic_version" in message and "grants.sql" in message
     assert "missing" not in message
+
+
+def test_the_loader_makes_day_partitions_and_claims_but_cannot_retire_them(
+    as_loader: sa.Engine, dw_engine: sa.Engine
+) -> None:
+    """EXECUTE on the owner's partition function is the loader's only way to a partition; it
+    reads the retention, claims events, and can neither detach nor drop a partition."""
+    with as_loader.begin() as conn:
+        made = conn.execute(
+            sa.text("SELECT clickstream_ensure_partitions(current_date, current_date + 1)")
+        ).scalar_one()
+        today = conn.execute(sa.text("SELECT (now() AT TIME ZONE 'UTC')::date")).scalar_one()
+        claimed = conn.execute(
+            sa.text(
+                "INSERT INTO clickstream_event_claims (window_start, event_id, event_timestamp) "
+                "VALUES (date_trunc('hour', now()), gen_random_uuid(), now()) "
+                "ON CONFLICT DO NOTHING RETURNING event_id"
+            )
+        ).all()
+        assert conn.execute(sa.text("SELECT count(*) FROM clickstream_retention")).scalar() == 0
+    # two days of the four tables, and the claims of the day before
+    assert made == 9
+    assert len(claimed) == 1
+    partition = f"clickstream_events_p{today:%Y%m%d}"
+    for statement in (
+        f"ALTER TABLE clickstream_events DETACH PARTITION {partition} CONCURRENTLY",
+        f"ALTER TABLE clickstream_events DETACH PARTITION {partition}",
+        f"DROP TABLE {partition}",
+        f"INSERT INTO {partition} (event_id, event_name, event_timestamp) "
+        "VALUES (gen_random_uuid(), 'x', now())",
+    ):
+        with as_loader.connect() as conn, pytest.raises(sa.exc.DBAPIError) as excinfo:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text(statement))
+        assert isinstance(excinfo.value.orig, pg_errors.InsufficientPrivilege), statement
+
+
+def test_maintain_with_the_loader_login_is_refused_naming_the_owner(as_loader: sa.Engine) -> None:
+    from loader.maintenance import MaintainOptions, MaintenanceError, maintain
+
+    with pytest.raises(MaintenanceError, match="owner's login"):
+        maintain(as_loader, MaintainOptions(keep_days=30, ahead_days=1))

@@ -362,30 +362,6 @@ def test_maintain_while_a_load_writes_loses_no_row_of_a_kept_day(
     )
 
 
-def test_the_loader_role_may_not_maintain(dw_engine: sa.Engine) -> None:
-    """Without the owner's rights the run stops at once and says whose login it needs."""
-    role = f"not_owner_{uuid.uuid4().hex[:8]}"
-    with dw_engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE ROLE "{role}" NOLOGIN'))
-        conn.execute(sa.text(f'GRANT SELECT ON clickstream_retention TO "{role}"'))
-    try:
-        engine = sa.create_engine(dw_engine.url, poolclass=sa.NullPool)
-
-        @sa.event.listens_for(engine, "connect")
-        def become(dbapi_conn: Any, _: Any) -> None:
-            with dbapi_conn.cursor() as cur:
-                cur.execute(f'SET ROLE "{role}"')
-            dbapi_conn.commit()  # a SET inside a transaction rolled back would be undone
-
-        with pytest.raises(MaintenanceError, match="owner's login"):
-            maintain(engine, MaintainOptions(3, 1))
-        engine.dispose()
-    finally:
-        with dw_engine.begin() as conn:
-            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
-            conn.execute(sa.text(f'DROP ROLE "{role}"'))
-
-
 # --- every command's answer for a retired hour ----------------------------------------------------
 
 
