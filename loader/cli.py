@@ -362,16 +362,17 @@ def maintain(
 
 def _maintain_table(d: dict[str, Any]) -> None:
     """Per table: partitions made and dropped (first … last), then the totals."""
-    table = Table("table", "made", "dropped")
+    dry = d["dry_run"]
+    table = Table("table", "to make" if dry else "made", "to drop" if dry else "dropped")
     for parent in DAY_PARTITIONED:
         made = sorted(n for n in d["made"] if n.startswith(f"{parent}_"))
         dropped = sorted(n for n in d["dropped"] if n.startswith(f"{parent}_"))
         table.add_row(parent, _span(parent, made), _span(parent, dropped))
     out.print(table)
-    verb = "would keep" if d["dry_run"] else "keeps"
     out.print(
-        f"{verb} {d['keep_days']} days (hours before {d['horizon'][:13]} retired), "
-        f"{d['ahead_days']} days ahead; rows deleted: "
+        f"{'would keep' if dry else 'keeps'} {d['keep_days']} days (hours before "
+        f"{d['horizon'][:13]} retired), {d['ahead_days']} days ahead; "
+        f"{'rows to delete' if dry else 'rows deleted'}: "
         + (", ".join(f"{t} {n}" for t, n in d["rows_deleted"].items()) or "none")
         + (f"; detaches finished: {', '.join(d['finalized'])}" if d["finalized"] else "")
         + f"; retries {d['retries']}; {d['seconds']:.1f} s",

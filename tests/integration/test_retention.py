@@ -24,6 +24,7 @@ import lambda_function
 from loader.cli import app
 from loader.load.retention import day_start
 from loader.maintenance import (
+    MAINTAIN_LOCK_KEY,
     MaintainOptions,
     MaintenanceError,
     MaintenanceRefused,
@@ -360,6 +361,27 @@ def test_maintain_while_a_load_writes_loses_no_row_of_a_kept_day(
     assert count_between(dw_engine, EVENTS, "event_timestamp", day_start(today), end) == sum(
         inserted
     )
+
+
+def test_the_maintain_command_renders_dry_runs_and_exits_2_refused_3_busy(
+    dw_engine: sa.Engine, old_and_kept_days: dict[str, date], loader_env: dict[str, str]
+) -> None:
+    help_text = run_cli("maintain", "--help").stdout
+    dry = run_cli("maintain", "--keep-days", "3", "--ahead-days", "1", "--dry-run")
+    done = json.loads(run_cli("maintain", "--keep-days", "3", "--ahead-days", "1", "--json").stdout)
+    refused = run_cli("maintain", "--keep-days", "2", code=2)
+    with dw_engine.connect() as holder:
+        holder.execute(sa.select(sa.func.pg_advisory_lock(MAINTAIN_LOCK_KEY)))
+        busy = run_cli("maintain", "--keep-days", "3", code=3)
+        holder.execute(sa.select(sa.func.pg_advisory_unlock(MAINTAIN_LOCK_KEY)))
+
+    for option in ("--keep-days", "--ahead-days", "--dry-run", "--json", "--allow-shorter"):
+        assert option in help_text
+    assert "would keep 3 days" in dry.stdout
+    assert f"p{old_and_kept_days['old1']:%Y%m%d}" in dry.stdout  # the first partition to go
+    assert done["dry_run"] is False and done["keep_days"] == 3 and done["dropped"]
+    assert "--allow-shorter" in refused.stderr
+    assert "another `clickstream-loader maintain` is running" in busy.stderr
 
 
 # --- every command's answer for a retired hour ----------------------------------------------------
