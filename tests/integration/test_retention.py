@@ -363,6 +363,29 @@ def test_maintain_while_a_load_writes_loses_no_row_of_a_kept_day(
     )
 
 
+def test_the_first_hour_of_the_first_kept_day_loads_after_maintain(
+    dw_engine: sa.Engine, today: date, s3: Any, bucket: str, loader_env: dict[str, str]
+) -> None:
+    """Its events claim windows that start at 23:00 of the day before, which is retired: that
+    day's claims partition stays, and asking for the hour's partitions must not be refused."""
+    result = maintain(dw_engine, MaintainOptions(keep_days=3, ahead_days=1))
+    hour = result.horizon
+    objects = upload(s3, bucket, list(generate_hour(hour, 5, malformed_ratio=0, seed=7)))
+    lambda_function._factory.close()
+    try:
+        report = lambda_function.lambda_handler({"hour": hour_label(hour)}, None)
+    finally:
+        lambda_function._factory.close()
+
+    assert (report["state"], report["inserted"]) == ("complete", len(objects))
+    with dw_engine.connect() as conn:
+        claims = conn.execute(
+            sa.text("SELECT count(*) FROM clickstream_event_claims WHERE window_start < :h"),
+            {"h": hour},
+        ).scalar_one()
+    assert claims == len(objects)  # one odd-grid claim each, in the retired day's partition
+
+
 def test_the_maintain_command_renders_dry_runs_and_exits_2_refused_3_busy(
     dw_engine: sa.Engine, old_and_kept_days: dict[str, date], loader_env: dict[str, str]
 ) -> None:
