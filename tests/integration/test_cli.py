@@ -296,7 +296,7 @@ def test_backfill_loads_in_order_skips_complete_hours_and_force_reloads(
     ]
     # WHEN backfill again THEN every hour is skipped as complete, nothing is listed or written
     again = as_json(cli("backfill", "--start", labels[0], "--end", labels[-1], "--json"))
-    assert again == {"hours": [], "skipped_complete": labels, "inserted": 0}
+    assert again == {"hours": [], "skipped_complete": labels, "retired": [], "inserted": 0}
     assert len(ledger(dw_engine)) == 3
     # AND the plain output (not a TTY) is one line per hour on stderr
     plain = cli("backfill", "--start", labels[0], "--end", labels[-1])
@@ -435,7 +435,14 @@ def test_check_exits_1_listing_unloaded_keys_and_0_when_all_is_there(
     data = as_json(cli("check", "--hour", hour_label(T13), "--json"))
     assert data == {
         "hours": [
-            {"hour": "2026-11-24T13", "objects": 4, "loaded": 3, "quarantined": 1, "unloaded": 0}
+            {
+                "hour": "2026-11-24T13",
+                "objects": 4,
+                "loaded": 3,
+                "quarantined": 1,
+                "unloaded": 0,
+                "state": "reconciled",
+            }
         ],
         "unloaded_keys": [],
     }
@@ -450,7 +457,7 @@ def test_check_exits_1_listing_unloaded_keys_and_0_when_all_is_there(
     # WHEN check THEN exit 1 and that key is listed, by --hour and by range
     data = as_json(cli("check", "--hour", hour_label(T13), "--json", code=1))
     assert data["unloaded_keys"] == [victim]
-    assert data["hours"][0]["unloaded"] == 1
+    assert (data["hours"][0]["unloaded"], data["hours"][0]["state"]) == (1, "unloaded")
     ranged = as_json(
         cli("check", "--start", hour_label(T12), "--end", hour_label(T13), "--json", code=1)
     )
