@@ -152,10 +152,10 @@ class HourLoader:
     def _report_retired(self, report: Report) -> None:
         """A retired hour's answer: nothing listed, loaded or written (no ledger row either)."""
         report.state = "retired"
-        assert self._retention is not None
+        retention = self._retention.describe(datetime.now(UTC)) if self._retention else None
         log.info(
             "hour past retention: nothing listed, loaded or recorded",
-            extra={"retention": self._retention.describe(datetime.now(UTC))},
+            extra={"retention": retention},
         )
 
     def _load_locked(self, job: HourJob, report: Report, remaining_ms: RemainingMs | None) -> None:
