@@ -188,9 +188,11 @@ def tree_from_dir(path: Path) -> Tree:
     head = _git(path, "rev-parse", "--short", "HEAD")
     if not head:
         return Tree(path.name, path, f"{path} (not a git checkout)")
+    last = _git(path, "log", "-1", "--format=%h", "--", "loader", "migrations")
     dirty = _git(path, "status", "--porcelain", "--", "loader", "migrations")
     changed = ", ".join(line[3:] for line in dirty.splitlines())
-    code = f"commit {head}" + (f" + uncommitted changes in {changed}" if changed else "")
+    code = f"commit {head} (loader/ and migrations/ as of {last})"
+    code += f" + uncommitted changes in {changed}" if changed else ""
     return Tree(f"{path.name}@{head}", path, code)
 
 
@@ -1097,14 +1099,21 @@ def _side_by_side(trees: dict[str, Any]) -> list[str]:
     header += " | ".join(f"{o} ÷ {first}" for o in others) + " |"
     lines += [header, "|---|---|" + "---:|" * (len(labels) + len(others))]
     metrics = (
-        ("WAL B/event", lambda r: r["wal_bytes_per_event"]),
-        ("PG CPU ms/event", lambda r: r["pg_cpu_ms_per_event"]),
-        ("7-day statement s", lambda r: r["dashboard"]["q1_raw"]["median_s"]),
+        ("WAL B/event", ("wal_bytes_per_event",)),
+        ("PG CPU ms/event", ("pg_cpu_ms_per_event",)),
+        ("7-day statement s", ("dashboard", "q1_raw", "median_s")),
     )
+
+    def get(row: dict[str, Any], path: tuple[str, ...]) -> float:
+        value: Any = row
+        for key in path:
+            value = value[key]
+        return float(value)
+
     for size_key in trees[first]["sizes"]:
-        for name, get in metrics:
+        for name, path in metrics:
             values = [
-                get(trees[t]["sizes"][size_key]) if size_key in trees[t]["sizes"] else None
+                get(trees[t]["sizes"][size_key], path) if size_key in trees[t]["sizes"] else None
                 for t in labels
             ]
             cells = [f"{v:,.3f}" if v is not None else "—" for v in values]
@@ -1315,4 +1324,4 @@ def _servers(count: int) -> Iterator[list[LocalPostgres]]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
