@@ -388,6 +388,13 @@ def table_activity(conn: Any) -> dict[str, dict[str, int]]:
         return {name: {"autovacuum": av, "autoanalyze": aa} for name, av, aa in cur.fetchall()}
 
 
+def checkpoints(conn: Any) -> int:
+    """Checkpoints started so far (timed and requested): one during the load would make it
+    write the pages it touches again whole."""
+    scalar(conn, "SELECT pg_stat_clear_snapshot()")
+    return int(scalar(conn, "SELECT num_timed + num_requested FROM pg_stat_checkpointer"))
+
+
 def relation_sizes_mb(conn: Any) -> dict[str, float]:
     """pg_total_relation_size (heap, TOAST, indexes) of each table, partitions included."""
     out = {}
@@ -895,12 +902,14 @@ def measure_size(run: TreeRun, size: int, label: str, hour_info: dict[str, Any])
         step = Prefill(hour, size - run.rows, run.template["rows"], salt=label)
         result["prefill"] = prefill(run.fill, step)
         run.rows = size
-    result["vacuum_checkpoint_s"] = vacuum_and_checkpoint(conn)
     found = counts(conn)
     if found[EVENTS] != size or found[META] != size:
         raise RuntimeError(f"{run.tree.label}: {found} rows before the load, expected {size:,}")
+    # Last before the load: the run starts a whole checkpoint_timeout away from the next one.
+    result["vacuum_checkpoint_s"] = vacuum_and_checkpoint(conn)
     result["relation_sizes_mb"] = relation_sizes_mb(conn)
     ours = client_pids(conn)
+    checkpoints0 = checkpoints(conn)
     activity0 = table_activity(conn)
     wal0 = wal_stats(conn)
     cpu0 = pg_cpu_seconds(run.pg.server.get_pid())
@@ -912,6 +921,7 @@ def measure_size(run: TreeRun, size: int, label: str, hour_info: dict[str, Any])
     cpu1 = pg_cpu_seconds(run.pg.server.get_pid())
     wal1 = wal_stats(conn)
     activity1 = table_activity(conn)
+    checkpoints1 = checkpoints(conn)
     report = load["report"]
     expected = (hour_info["events"], hour_info["malformed"], "complete")
     got = (report["inserted"], report["malformed"]["count"], report["state"])
@@ -941,6 +951,7 @@ def measure_size(run: TreeRun, size: int, label: str, hour_info: dict[str, Any])
                 for t, a in activity1.items()
                 if a != activity0.get(t)
             },
+            "checkpoints_during_load": checkpoints1 - checkpoints0,
             "loadavg": _loadavg(),
         }
     )
@@ -1057,7 +1068,7 @@ def _tree_table(label: str, block: dict[str, Any]) -> list[str]:
     lines += [
         "| rows already | pre-fill s | VACUUM+CHECKPOINT s | loader wall s | loader CPU "
         "ms/event | WAL records/event | events+indexes MB | meta MB | loaded_objects MB | "
-        "autovacuum during the load |",
+        "autovacuum or checkpoints during the load |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for size_key, row in sizes.items():
@@ -1067,6 +1078,9 @@ def _tree_table(label: str, block: dict[str, Any]) -> list[str]:
             for t, a in row["autovacuum_during_load"].items()
             if any(a.values())
         )
+        if row.get("checkpoints_during_load"):
+            autovac = f"{autovac}; " if autovac else ""
+            autovac += f"{row['checkpoints_during_load']} checkpoint(s) started"
         lines.append(
             f"| {size_key} | {row.get('prefill', {}).get('seconds', 0):,.0f} "
             f"| {row['vacuum_checkpoint_s']:,.0f} | {row['loader_wall_s']:.1f} "
