@@ -14,7 +14,7 @@ UV_VERSION  := 0.13.8
 PIP_VERSION := 26.3
 PIP    := $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -c constraints.txt
 
-.PHONY: demo test lint unit integration package bench bench-quick soak clean lock
+.PHONY: demo test lint unit integration package bench bench-quick bench-growth soak clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,12 @@ bench: $(VENV)/.dev-installed
 ## bench-quick: the same cases on one 5k hour (a few minutes): run it before and after a change
 bench-quick: $(VENV)/.dev-installed
 	$(BIN)/python bench/run.py --quick --name quick $(ARGS)
+
+## bench-growth: the loader into warehouses of 0, 2M, 8M, 16M rows (issue 22): WAL and PostgreSQL
+## CPU per event, the dashboard's 7-day statement; ARGS="--quick" for 0,1M, "--ref main --tree ."
+## for before/after in one run. Results in bench/results/growth_<name>.md
+bench-growth: $(VENV)/.dev-installed
+	$(BIN)/python bench/growth.py $(ARGS)
 
 ## soak: the long fault/soak tests (not in the default run)
 soak: $(VENV)/.dev-installed
