@@ -99,6 +99,8 @@ DATABASE = "growth"
 TEMPLATE_DATABASE = "growth_template"
 TEMPLATE_SCHEMA = "bench_growth"
 EVENTS, META = "clickstream_events", "clickstream_ingest_meta"
+#: Revision 0006's claims: filled when the table exists (empty column list otherwise).
+CLAIMS = "clickstream_event_claims"
 LOADED, RUNS, QUARANTINE = (
     "clickstream_loaded_objects",
     "clickstream_load_runs",
@@ -676,6 +678,17 @@ def prefill(conn: Any, step: Prefill) -> dict[str, Any]:
                 "ORDER BY c.ts",
                 params,
             )
+            if columns(conn, CLAIMS):
+                # Both claims of every event (revision 0006), as the loader leaves them.
+                timed(
+                    CLAIMS,
+                    f"INSERT INTO {CLAIMS} (window_start, event_id, event_timestamp) "
+                    "SELECT date_bin('2 hours', c.ts, g.origin), c.event_id, c.ts "
+                    "FROM growth_chunk c CROSS JOIN (VALUES "
+                    "(TIMESTAMPTZ '2000-01-01 00:00:00+00'), "
+                    "(TIMESTAMPTZ '2000-01-01 01:00:00+00')) g(origin) ORDER BY 1, 2",
+                    params,
+                )
             if loaded_cols:
                 timed(
                     LOADED,
