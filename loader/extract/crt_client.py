@@ -138,11 +138,7 @@ class CrtSource:
         self._shutdown: threading.Event = self._client.shutdown_event
         bucket_path = self.address.bucket_path()
         self._lister = S3Lister(
-            self._list_page,
-            bucket_path,
-            self.bucket,
-            self.max_attempts,
-            backoff_base_s=backoff_base_s,
+            self._list_page, bucket_path, self.bucket, self.max_attempts, page_size, backoff_base_s
         )
 
     def list_objects(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectRef]:
