@@ -39,13 +39,11 @@ class Boto3Source:
         settings: Settings,
         *,
         page_size: int = PAGE_SIZE,
-        backoff_base_s: float = 0.25,
         request_timeout_s: float = 30.0,
     ) -> None:
         self.bucket = settings.raw_bucket
         self._settings = settings
         self._page_size = page_size
-        self._backoff_base_s = backoff_base_s
         self._max_attempts = max(1, settings.s3_max_attempts)
         config = Config(
             retries={"max_attempts": self._max_attempts},
@@ -64,13 +62,12 @@ class Boto3Source:
         attempts = Attempts("list", f"s3://{self.bucket}/{prefix}", self._max_attempts)
         resume = start_after
         while True:
-            args = {
-                "Bucket": self.bucket,
-                "Prefix": prefix,
-                **({"StartAfter": resume} if resume else {}),
-            }
+            more = {"StartAfter": resume} if resume else {}
             pages = self._client.get_paginator("list_objects_v2").paginate(
-                **args, PaginationConfig={"PageSize": self._page_size}
+                Bucket=self.bucket,
+                Prefix=prefix,
+                PaginationConfig={"PageSize": self._page_size},
+                **more,
             )
             try:
                 for page in pages:
@@ -114,11 +111,8 @@ class Boto3Source:
                 raise judged from None
             return FetchedObject(ref, None, *judged, attempts.spent + _retries(exc))
         sent = response["ResponseMetadata"].get("RetryAttempts", 0)
-        retries, body, length = (
-            attempts.spent + sent,
-            response["Body"],
-            response.get("ContentLength"),
-        )
+        retries, body = attempts.spent + sent, response["Body"]
+        length = response.get("ContentLength")
         try:
             if length is not None and length > cap:  # grown since it was listed: left unread
                 return too_large(ref, length, cap, retries)
@@ -136,14 +130,10 @@ class Boto3Source:
     def _judge(self, exc: Exception, attempts: Attempts) -> Terminal | Retry:
         """The shared classifier's verdict on what botocore raised."""
         if isinstance(exc, ClientError):
-            meta = exc.response.get("ResponseMetadata", {})
-            status, code = (
-                meta.get("HTTPStatusCode", 0),
-                exc.response.get("Error", {}).get("Code", ""),
-            )
-            requests = _retries(exc) + 1
+            meta, error = exc.response.get("ResponseMetadata", {}), exc.response.get("Error", {})
+            status, code = meta.get("HTTPStatusCode", 0), error.get("Code", "")
             headers = meta.get("HTTPHeaders", {}).items()
-            return judge(status, code, headers, attempts.action, attempts.where, requests)
+            return judge(status, code, headers, attempts.action, attempts.where, _retries(exc) + 1)
         # No response after botocore's own retries (refused, reset, timed out, TLS): give up.
         return Retry(str(exc) or type(exc).__name__, requests=self._max_attempts)
 

@@ -2,15 +2,15 @@
 client CPU per GET against boto3's 1.5 (bench/results/s3_client_cost.json).
 
 botocore decides where requests go (`loader.extract.address`); the CRT does the HTTP, the
-connection pool, SigV4 with its own default credential chain (environment, profiles, container
-and instance credentials; cached, and refreshed before they expire) and the check of every body
-against the checksum S3 stored. Each GET is one CRT request whose `finished_future` says when it
-is done; `close()` lets the client go, and the CRT shuts it down once no request holds it.
+connection pool, SigV4 with its own credential chain (environment, profiles, container and
+instance credentials, refreshed before they expire) and the check of each body against the
+checksum S3 stored. Each GET is one CRT request, done when its `finished_future` is; `close()`
+lets the client go, and the CRT shuts it down once no request holds it.
 
 Retries are ours (S3RetryMode.NONE), judged by the classifier both clients share: the CRT's own
 strategy mends throttling, 5xx, resets and cut bodies, but fails a checksum mismatch or an
-expired token at once, waits on a stalled response for ever (it has no response timeout),
-ignores Retry-After and reports no retry count for the run's report (bench/crt_retries.py).
+expired token at once, waits on a stalled response for ever, ignores Retry-After and reports no
+retry count for the run's report (bench/results/crt_library.json).
 
 FETCH_CONCURRENCY x 4 GETs are in flight, over as many connections: a CRT request needs no
 thread of ours, and a deep window rides out S3's latency.
@@ -46,8 +46,8 @@ from loader.extract.body import fetched, in_order, too_large
 from loader.extract.errors import Attempts, Retry, Terminal, error_code, judge
 from loader.extract.listing import PAGE_SIZE, S3Lister
 
-#: The CRT sizes its connection pool from a throughput target (~25 connections at its default
-#: 10 Gbps); ours is capped at the window instead, with a target high enough not to bind.
+#: At its default throughput target the CRT keeps 25 requests in flight whatever the connection
+#: cap; at this one the cap (the window) binds: 128 (bench/results/crt_library.json).
 _THROUGHPUT_TARGET_GBPS = 100.0
 _CONNECT_TIMEOUT_MS = 5_000
 
@@ -80,9 +80,7 @@ def tls_options(address: S3Address) -> TlsConnectionOptions | None:
     return connection
 
 
-def _wait(
-    request: Any, timeout_s: float, deadline: float, until: float | None
-) -> BaseException | None:
+def _wait(request: Any, deadline: float, until: float | None) -> BaseException | None:
     """The finished request's error, None for a response in full. A request still running at
     `deadline` is cancelled and ends in a TimeoutError; TimeoutError is raised if `until` comes
     first. `.exception()`, never `.result()`: raising the stored error would tie the frame to
@@ -93,10 +91,15 @@ def _wait(
     except TimeoutError:
         if end < deadline:
             raise
+    _cancel(request)
+    return TimeoutError("no complete response within the request timeout")
+
+
+def _cancel(request: Any) -> None:
+    """Cancel a request and let the CRT finish with it (bounded)."""
     request.cancel()
     with suppress(TimeoutError):
         request.finished_future.exception(timeout=5.0)
-    return TimeoutError(f"no complete response in {timeout_s} s")
 
 
 class CrtSource:
@@ -117,16 +120,15 @@ class CrtSource:
         self.max_attempts = max(1, settings.s3_max_attempts)
         self.timeout_s, self.backoff_base_s = request_timeout_s, backoff_base_s
         self.address = resolve(self.bucket, endpoint_url, region)
-        self.region = self.address.region
         self._window = max(1, settings.fetch_concurrency * 4)
         self._checksum = (
             S3ChecksumConfig(validate_response=True) if self.address.checksums else None
         )
         signing = create_default_s3_signing_config(
-            region=self.region, credential_provider=credentials_provider()
+            region=self.address.region, credential_provider=credentials_provider()
         )
         self._client: S3Client | None = S3Client(
-            region=self.region,
+            region=self.address.region,
             signing_config=signing,
             tls_mode=S3RequestTlsMode.ENABLED if self.address.tls else S3RequestTlsMode.DISABLED,
             tls_connection_options=tls_options(self.address),
@@ -183,7 +185,7 @@ class CrtSource:
 
         deadline = time.monotonic() + self.timeout_s
         request = self.send("ListObjectsV2", path_and_query, on_body=on_body)
-        error = _wait(request, self.timeout_s, deadline, None)
+        error = _wait(request, deadline, None)
         del request  # a traceback that outlives this frame must not hold the client
         if error is None:
             return b"".join(chunks)
@@ -227,7 +229,7 @@ class _Get:
 
     def _send(self) -> None:
         self.chunks: list[bytes] = []
-        self.size, self.length, self.encoding = 0, -1, ""
+        self.size, self.encoding = 0, ""
         self.deadline = time.monotonic() + self.source.timeout_s
         path = self.source.address.object_path(self.ref.key)
         self.request = self.source.send(
@@ -237,10 +239,8 @@ class _Get:
     def _on_headers(self, status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
         for name, value in headers:
             lname = name.lower()
-            if lname == "content-length" and 200 <= status_code < 300:
-                self.length = int(value)
-                if self.length > self.cap:
-                    raise _TooLarge
+            if lname == "content-length" and 200 <= status_code < 300 and int(value) > self.cap:
+                raise _TooLarge
             elif lname == "content-encoding":
                 self.encoding = value
 
@@ -256,13 +256,12 @@ class _Get:
         until = None if timeout is None else time.monotonic() + timeout
         while self.done is None:
             if self.request is None:  # backing off
-                wait = self.not_before - time.monotonic()
                 if until is not None and self.not_before > until:
                     time.sleep(max(0.0, until - time.monotonic()))
                     raise TimeoutError
-                time.sleep(max(0.0, wait))
+                time.sleep(max(0.0, self.not_before - time.monotonic()))
                 self._send()
-            error = _wait(self.request, self.source.timeout_s, self.deadline, until)
+            error = _wait(self.request, self.deadline, until)
             self.request = None
             self._settle(error)
         return self.done
@@ -270,12 +269,10 @@ class _Get:
     def _settle(self, error: BaseException | None) -> None:
         retries, decompressed = self.attempts.spent, self.source.settings.max_decompressed_bytes
         if error is None:
-            data, self.chunks = b"".join(self.chunks), []
+            data = b"".join(self.chunks)
             self.done = fetched(self.ref, data, self.encoding, decompressed, retries)
         elif isinstance(error, _TooLarge):  # grown since it was listed
-            self.done = too_large(
-                self.ref, self.length if self.length > 0 else None, self.cap, retries
-            )
+            self.done = too_large(self.ref, None, self.cap, retries)
         else:
             judged = self.source.judged(error, "read", self.attempts.where)
             if isinstance(judged, Terminal):
@@ -284,9 +281,6 @@ class _Get:
                 self.not_before = time.monotonic() + self.attempts.failed(judged)
 
     def cancel(self) -> None:
-        """Cancel the request in flight and let the CRT finish with it (bounded)."""
         request, self.request = self.request, None
         if request is not None:
-            request.cancel()
-            with suppress(TimeoutError):
-                request.finished_future.exception(timeout=5.0)
+            _cancel(request)

@@ -143,12 +143,21 @@ class Attempts:
         self.spent = 0  # requests that failed so far
 
     def failed(self, retry: Retry) -> float:
-        """Count a failed attempt; the seconds to wait before the next one. Raises `give_up`'s
-        error once every attempt is spent."""
+        """Count a failed attempt; the seconds to wait before the next one. Once every attempt
+        is spent, raises: an expired token that stays expired is a configuration problem;
+        anything else fails the invocation so that it is retried."""
         self.spent += retry.requests
-        if self.spent >= self.max_attempts:
-            raise give_up(self.action, self.where, self.spent, retry) from None
-        return backoff_delay(self.spent, self.backoff_base_s, retry_after=retry.retry_after)
+        action, where, spent = self.action, self.where, self.spent
+        if spent >= self.max_attempts and retry.expired:
+            raise S3AccessError(
+                f"cannot {action} {where}: ExpiredToken on all {spent} attempts (the credential "
+                "provider keeps handing out an expired session token)"
+            ) from None
+        if spent >= self.max_attempts:
+            raise S3TransientError(
+                f"{action} {where} failed after {spent} attempts: {retry.reason}"
+            ) from None
+        return backoff_delay(spent, self.backoff_base_s, retry_after=retry.retry_after)
 
 
 def retrying(call: Callable[[], T], attempts: Attempts) -> T:
@@ -158,19 +167,6 @@ def retrying(call: Callable[[], T], attempts: Attempts) -> T:
             return call()
         except Retry as retry:
             time.sleep(attempts.failed(retry))
-
-
-def give_up(
-    action: str, where: str, attempts: int, last: Retry
-) -> S3AccessError | S3TransientError:
-    """The error once every attempt is spent: an expired token that stays expired is a
-    configuration problem; anything else fails the invocation so that it is retried."""
-    if last.expired:
-        return S3AccessError(
-            f"cannot {action} {where}: ExpiredToken on all {attempts} attempts (the credential "
-            "provider keeps handing out an expired session token)"
-        )
-    return S3TransientError(f"{action} {where} failed after {attempts} attempts: {last.reason}")
 
 
 def access_error(

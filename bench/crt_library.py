@@ -1,13 +1,16 @@
-"""What the CRT's own retry strategy does with each fault the fault suite injects.
+"""What the CRT's own machinery does, where loader/extract/crt_client.py keeps its own.
 
-    .venv/bin/python bench/crt_retries.py [--out bench/results/crt_retries.json]
+    .venv/bin/python bench/crt_library.py [--out bench/results/crt_library.json]
 
-One awscrt `S3Client` with `S3RetryConfig(STANDARD, max_retries=3)` (what the CRT path would
-use if it handed its retries to the library), GETs of one 64 KB object (stored with its CRC32)
-through the tests' fault proxy in front of moto, one fault at a time: whether the GET succeeded,
-how many requests reached the proxy, how long it took, what error came back, and how many body
-bytes `on_body` delivered (more than the object: a failed attempt's bytes reached the caller).
-It is the measurement behind `loader/extract/crt_client.py`'s note on what it keeps for itself.
+1. `retries`: one awscrt `S3Client` with `S3RetryConfig(STANDARD, max_retries=3)` (what the CRT
+   path would use if it handed its retries to the library), GETs of one 64 KB object (stored
+   with its CRC32) through the tests' fault proxy in front of moto, one fault at a time: whether
+   the GET succeeded, how many requests reached the proxy, how long it took, what error came
+   back, and how many body bytes `on_body` delivered (more than the object: a failed attempt's
+   bytes reached the caller).
+2. `in_flight`: 256 GETs started at once with `max_active_connections_override=128`, against a
+   server that answers each after 1 s (its own process), at the CRT's default throughput target
+   and at the client's 100 Gbps: the most requests the server saw at once, and the wall time.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +109,83 @@ def probe(client: S3Client, proxy: FaultProxy, name: str, host: str) -> dict[str
     return out
 
 
+#: A server answering every GET after one second, counting the requests it holds at once.
+SLOW_SERVER = """
+import sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+lock, state = threading.Lock(), {"now": 0, "max": 0}
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/stats":
+            body = str(state["max"]).encode()
+        else:
+            with lock:
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+            time.sleep(1.0)
+            with lock:
+                state["now"] -= 1
+            body = b"{}"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(ThreadingHTTPServer):
+    request_queue_size, daemon_threads = 512, True
+Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def in_flight(target_gbps: float | None, port: int) -> dict[str, Any]:
+    server = subprocess.Popen([sys.executable, "-c", SLOW_SERVER, str(port)])
+    try:
+        time.sleep(1.0)
+        host = f"127.0.0.1:{port}"
+        provider = AwsCredentialsProvider.new_default_chain()
+        client = S3Client(
+            region="us-east-1",
+            signing_config=create_default_s3_signing_config(
+                region="us-east-1", credential_provider=provider
+            ),
+            tls_mode=S3RequestTlsMode.DISABLED,
+            throughput_target_gbps=target_gbps,
+            max_active_connections_override=128,
+            retry_config=S3RetryConfig(retry_mode=S3RetryMode.NONE),
+        )
+        started = time.monotonic()
+        requests = [
+            client.make_request(
+                type=S3RequestType.DEFAULT,
+                operation_name="GetObject",
+                request=HttpRequest("GET", f"/bkt/k{i}", HttpHeaders([("Host", host)])),
+            )
+            for i in range(256)
+        ]
+        errors = sum(r.finished_future.exception(timeout=120) is not None for r in requests)
+        wall = time.monotonic() - started
+        most = int(urllib.request.urlopen(f"http://{host}/stats").read())
+        del requests, client
+        return {"errors": errors, "wall_s": round(wall, 1), "most_in_flight": most}
+    finally:
+        server.kill()
+        server.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/crt_retries.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/crt_library.json")
     args = parser.parse_args()
     for name, value in DUMMY_AWS_ENV.items():
         os.environ.setdefault(name, value)
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"retries": {}, "in_flight": {}}
+    for port, (name, target) in enumerate(
+        [("crt_default_target", None), ("target_100_gbps", 100.0)], start=18771
+    ):
+        results["in_flight"][name] = in_flight(target, port)
+        print(name, results["in_flight"][name], flush=True)
     with moto_s3_server() as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
@@ -128,8 +203,8 @@ def main() -> None:
                 retry_config=S3RetryConfig(retry_mode=S3RetryMode.STANDARD, max_retries=3),
             )
             for name in FAULTS:
-                results[name] = probe(client, proxy, name, host)
-                print(name, results[name], flush=True)
+                results["retries"][name] = probe(client, proxy, name, host)
+                print(name, results["retries"][name], flush=True)
             shutdown: threading.Event = client.shutdown_event
             del client
             proxy.stop()
