@@ -139,12 +139,12 @@ class CrtSource:
         )
         self._shutdown: threading.Event = self._client.shutdown_event
         bucket_path = self.address.bucket_path()
-        self._lister = S3Lister(
+        self.lister = S3Lister(
             self._list_page, bucket_path, self.bucket, self.max_attempts, page_size, backoff_base_s
         )
 
     def list_objects(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectRef]:
-        return self._lister.list_objects(prefix, start_after)
+        return self.lister.list_objects(prefix, start_after)
 
     def fetch_many(
         self, refs: Iterable[ObjectRef], stop: threading.Event | None = None
