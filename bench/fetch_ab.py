@@ -8,8 +8,8 @@ objects of ~800 B written straight into its store; then, `--pairs` times, a fres
 each tree (its `loader` first on sys.path, the client pinned to the first CPU) lists and fetches
 them all through the tree's own source (`CrtSource` or `Boto3Source`, FETCH_CONCURRENCY=32),
 after one unmeasured warm-up pass, and reports `time.process_time()` (every thread, the CRT's
-included) and wall time. Prints the medians and the median of the paired ratios, and writes
-bench/results/fetch_ab_<client>.json.
+included), wall time and the cyclic garbage collector's share. Prints the medians and the
+median of the paired ratios, and writes bench/results/fetch_ab_<client>.json.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+os.environ.update(
+    AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER", AWS_DEFAULT_REGION="us-east-1"
+)
+os.environ["BOTO_DISABLE_CRT"] = "true"
+os.environ.pop("AWS_PROFILE", None)
 
 from servers import ensure_s3rver, s3rver_server, write_objects  # noqa: E402
 
@@ -31,7 +36,7 @@ BUCKET = "bench-fetch-ab"
 
 #: Run in a fresh interpreter with the tree under test first on sys.path.
 CHILD = """
-import json, os, sys, time
+import gc, json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 from loader.config import DatabaseSettings, Settings
 settings = Settings(raw_bucket=sys.argv[2], db=DatabaseSettings(), fetch_concurrency=32)
@@ -43,11 +48,21 @@ source = Source(settings)
 def run():
     return sum(f.body is not None for f in source.fetch_many(source.list_objects("events/")))
 run()
+collector = {"gc_s": 0.0, "full_collections": 0, "started": 0.0}
+def count(phase, info):
+    if phase == "start":
+        collector["started"] = time.thread_time()
+        return
+    collector["gc_s"] += time.thread_time() - collector["started"]
+    collector["full_collections"] += info["generation"] == 2
+gc.callbacks.append(count)
 cpu, wall = time.process_time(), time.perf_counter()
 fetched = run()
 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+gc.callbacks.remove(count)
 source.close()
-print(json.dumps({"fetched": fetched, "cpu_s": cpu, "wall_s": wall}))
+del collector["started"]
+print(json.dumps({"fetched": fetched, "cpu_s": cpu, "wall_s": wall, **collector}))
 """
 
 
@@ -73,15 +88,7 @@ def main() -> None:
             for i in range(args.objects)
         )
         write_objects(server.data_dir, BUCKET, items)
-        env = {
-            **os.environ,
-            "AWS_ENDPOINT_URL": server.endpoint,
-            "AWS_ACCESS_KEY_ID": "S3RVER",
-            "AWS_SECRET_ACCESS_KEY": "S3RVER",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "BOTO_DISABLE_CRT": "true",
-        }
-        env.pop("AWS_PROFILE", None)
+        env = {**os.environ, "AWS_ENDPOINT_URL": server.endpoint}
         for _ in range(args.pairs):
             for name, tree in trees.items():
                 done = subprocess.run(

@@ -216,8 +216,7 @@ class _Get:
 
     def __init__(self, source: CrtSource, ref: ObjectRef) -> None:
         self.source, self.ref = source, ref
-        where = f"s3://{source.bucket}/{ref.key}"
-        self.attempts = Attempts("read", where, source.max_attempts, source.backoff_base_s)
+        self.attempts: Attempts | None = None  # made on the first failure
         self.cap = source.settings.max_object_bytes
         self.request: Any = None
         self.done: FetchedObject | None = None
@@ -267,18 +266,22 @@ class _Get:
         return self.done
 
     def _settle(self, error: BaseException | None) -> None:
-        retries, decompressed = self.attempts.spent, self.source.settings.max_decompressed_bytes
+        retries = self.attempts.spent if self.attempts else 0
+        decompressed = self.source.settings.max_decompressed_bytes
         if error is None:
             data = b"".join(self.chunks)
             self.done = fetched(self.ref, data, self.encoding, decompressed, retries)
         elif isinstance(error, _TooLarge):  # grown since it was listed
             self.done = too_large(self.ref, None, self.cap, retries)
         else:
-            judged = self.source.judged(error, "read", self.attempts.where)
+            source, where = self.source, f"s3://{self.source.bucket}/{self.ref.key}"
+            judged = source.judged(error, "read", where)
             if isinstance(judged, Terminal):
                 self.done = FetchedObject(self.ref, None, *judged, retries)
-            else:
-                self.not_before = time.monotonic() + self.attempts.failed(judged)
+                return
+            if self.attempts is None:
+                self.attempts = Attempts("read", where, source.max_attempts, source.backoff_base_s)
+            self.not_before = time.monotonic() + self.attempts.failed(judged)
 
     def cancel(self) -> None:
         request, self.request = self.request, None
