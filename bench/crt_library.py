@@ -8,7 +8,10 @@
    the GET succeeded, how many requests reached the proxy, how long it took, what error came
    back, and how many body bytes `on_body` delivered (more than the object: a failed attempt's
    bytes reached the caller).
-2. `in_flight`: 256 GETs started at once with `max_active_connections_override=128`, against a
+2. `without_retries`: the same client with `S3RetryMode.NONE` (what crt_client.py uses), one
+   throttled, failed or refused GET each: what the caller is told (the error, its status, whether
+   the response's headers, and so a `Retry-After`, reach it; whether `on_headers` was called).
+3. `in_flight`: 256 GETs started at once with `max_active_connections_override=128`, against a
    server that answers each after 1 s (its own process), at the CRT's default throughput target
    and at the client's 100 Gbps: the most requests the server saw at once, and the wall time.
 """
@@ -65,7 +68,17 @@ FAULTS: dict[str, Any] = {
     ),
     "stalled_8s_x1": lambda: Fault.delay(8.0, first=1, match=OBJECT_GETS),
     "listing_slow_down_x1": lambda: Fault.slow_down(first=1, match=LISTINGS),
+    "too_many_requests_429_x1": lambda: Fault.error(
+        429, "SlowDown", first=1, match=OBJECT_GETS, headers={"Retry-After": "2"}
+    ),
 }
+#: The faults asked of the client without retries.
+WITHOUT_RETRIES = (
+    "slow_down_retry_after_2s_x1",
+    "too_many_requests_429_x1",
+    "internal_error_500_x2",
+    "expired_token_403_x1",
+)
 
 
 def probe(client: S3Client, proxy: FaultProxy, name: str, host: str) -> dict[str, Any]:
@@ -105,6 +118,7 @@ def probe(client: S3Client, proxy: FaultProxy, name: str, host: str) -> dict[str
         out["error"] = getattr(error, "name", type(error).__name__)
         if isinstance(error, S3ResponseError):
             out["status"] = error.status_code
+            out["retry_after_header"] = any(k.lower() == "retry-after" for k, _ in error.headers)
     proxy.stats.clear()
     return out
 
@@ -180,7 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     for name, value in DUMMY_AWS_ENV.items():
         os.environ.setdefault(name, value)
-    results: dict[str, Any] = {"retries": {}, "in_flight": {}}
+    results: dict[str, Any] = {"retries": {}, "without_retries": {}, "in_flight": {}}
     for port, (name, target) in enumerate(
         [("crt_default_target", None), ("target_100_gbps", 100.0)], start=18771
     ):
@@ -193,22 +207,26 @@ def main() -> None:
         s3.put_object(Bucket=BUCKET, Key=KEY, Body=body, ChecksumAlgorithm="CRC32")
         with FaultProxy(endpoint) as proxy:
             host = proxy.url.split("//", 1)[1]
-            provider = AwsCredentialsProvider.new_default_chain()
-            client = S3Client(
-                region="us-east-1",
-                signing_config=create_default_s3_signing_config(
-                    region="us-east-1", credential_provider=provider
-                ),
-                tls_mode=S3RequestTlsMode.DISABLED,
-                retry_config=S3RetryConfig(retry_mode=S3RetryMode.STANDARD, max_retries=3),
-            )
-            for name in FAULTS:
-                results["retries"][name] = probe(client, proxy, name, host)
-                print(name, results["retries"][name], flush=True)
-            shutdown: threading.Event = client.shutdown_event
-            del client
+            for section, mode, faults in (
+                ("retries", S3RetryMode.STANDARD, list(FAULTS)),
+                ("without_retries", S3RetryMode.NONE, WITHOUT_RETRIES),
+            ):
+                client = S3Client(
+                    region="us-east-1",
+                    signing_config=create_default_s3_signing_config(
+                        region="us-east-1",
+                        credential_provider=AwsCredentialsProvider.new_default_chain(),
+                    ),
+                    tls_mode=S3RequestTlsMode.DISABLED,
+                    retry_config=S3RetryConfig(retry_mode=mode, max_retries=3),
+                )
+                for name in faults:
+                    results[section][name] = probe(client, proxy, name, host)
+                    print(section, name, results[section][name], flush=True)
+                shutdown: threading.Event = client.shutdown_event
+                del client
+                shutdown.wait(10)
             proxy.stop()
-            shutdown.wait(10)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -9,8 +9,8 @@ lets the client go, and the CRT shuts it down once no request holds it.
 
 Retries are ours (S3RetryMode.NONE), judged by the classifier both clients share: the CRT's own
 strategy mends throttling, 5xx, resets and cut bodies, but fails a checksum mismatch or an
-expired token at once, waits on a stalled response for ever, ignores Retry-After and reports no
-retry count for the run's report (bench/results/crt_library.json).
+expired token at once, waits on a stalled response for ever, and reports no retry count for the
+run's report (bench/results/crt_library.json).
 
 FETCH_CONCURRENCY x 4 GETs are in flight, over as many connections: a CRT request needs no
 thread of ours, and a deep window rides out S3's latency.

@@ -10,7 +10,9 @@ that reaches us gets one of five verdicts:
   PermanentRedirect, 307, AuthorizationHeaderMalformed naming another region): the same request
   would reach the same wrong endpoint.
 - `retry`: throttling, a 5xx, no response, a body cut short or failing its checksum: another
-  attempt, with full-jitter backoff (never sooner than a `Retry-After` asks, capped).
+  attempt, with full-jitter backoff. Neither client can wait for a `Retry-After`: botocore
+  reads only `x-amz-retry-after`, and the CRT reports a throttled or 5xx response without its
+  headers (AWS_ERROR_S3_SLOW_DOWN, bench/results/crt_library.json).
 - `expired`: the session token expired under the request (ExpiredToken). The credential chains
   refresh before expiry, so the next attempt signs with new ones; a provider that keeps handing
   out the expired token ends in `S3AccessError`, since no rerun would mend it.
@@ -63,25 +65,15 @@ RETRYABLE_CODES: Final = frozenset(
 RETRYABLE_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
 #: The session token expired between signing and S3 reading the request.
 EXPIRED_CODES: Final = frozenset({"ExpiredToken", "TokenRefreshRequired"})
-#: Longest wait a Retry-After header may ask for.
-RETRY_AFTER_CAP_S: Final = 20.0
 
 
 class Retry(Exception):
     """An attempt that failed in a way another attempt may mend. `requests`: how many requests
     it spent (botocore's own retries included)."""
 
-    def __init__(
-        self,
-        reason: str,
-        *,
-        expired: bool = False,
-        retry_after: float | None = None,
-        requests: int = 1,
-    ) -> None:
+    def __init__(self, reason: str, *, expired: bool = False, requests: int = 1) -> None:
         super().__init__(reason)
-        self.reason, self.expired, self.retry_after = reason, expired, retry_after
-        self.requests = requests
+        self.reason, self.expired, self.requests = reason, expired, requests
 
 
 def classify(status: int, code: str) -> Verdict:
@@ -127,9 +119,7 @@ def judge(
         raise access_error(action, where, status, code, header(headers, "x-amz-bucket-region"))
     if verdict in ("fail", "terminal"):
         raise S3TransientError(f"{action} {where} failed: {status} {code}".strip())
-    retry_after = retry_after_s(header(headers, "retry-after"))
-    reason = f"{status} {code}".strip()
-    return Retry(reason, expired=verdict == "expired", retry_after=retry_after, requests=requests)
+    return Retry(f"{status} {code}".strip(), expired=verdict == "expired", requests=requests)
 
 
 class Attempts:
@@ -157,7 +147,7 @@ class Attempts:
             raise S3TransientError(
                 f"{action} {where} failed after {spent} attempts: {retry.reason}"
             ) from None
-        return backoff_delay(spent, self.backoff_base_s, retry_after=retry.retry_after)
+        return backoff_delay(spent, self.backoff_base_s)
 
 
 def retrying(call: Callable[[], T], attempts: Attempts) -> T:
@@ -188,19 +178,6 @@ def header(headers: Iterable[tuple[str, str]] | None, name: str) -> str | None:
     return None
 
 
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds a Retry-After header asks for (delta-seconds only; S3 sends no HTTP dates)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    if not seconds >= 0.0:  # also refuses nan
-        return None
-    return min(seconds, RETRY_AFTER_CAP_S)
-
-
 def error_code(body: bytes | None) -> str:
     """The <Code> of an S3 error document, or "" when there is none."""
     if not body:
@@ -215,10 +192,6 @@ def error_code(body: bytes | None) -> str:
     return ""
 
 
-def backoff_delay(
-    retry: int, base_s: float = 0.25, cap_s: float = 10.0, retry_after: float | None = None
-) -> float:
-    """Full-jitter exponential backoff before retry number `retry` (1, 2, ...), and never sooner
-    than the response's Retry-After asked."""
-    delay = random.uniform(0.0, min(cap_s, base_s * (2 ** (retry - 1))))
-    return delay if retry_after is None else max(delay, retry_after)
+def backoff_delay(retry: int, base_s: float = 0.25, cap_s: float = 10.0) -> float:
+    """Full-jitter exponential backoff before retry number `retry` (1, 2, ...)."""
+    return random.uniform(0.0, min(cap_s, base_s * (2 ** (retry - 1))))

@@ -364,10 +364,10 @@ def test_an_object_without_a_full_object_checksum_loads(
     assert all(f.error is None and f.retries == 0 for f in fetched.values())
 
 
-# The boto3 client no longer waits as long as a Retry-After asks: botocore retries throttling
-# itself, and its standard mode reads only x-amz-retry-after. The CRT client's retries, ours,
-# still do (tests/unit/test_s3_errors.py); test_slow_down_with_retry_after_is_retried below
-# holds for both.
+# test_boto3_waits_as_long_as_retry_after_asks is gone: botocore now retries throttling for the
+# boto3 client, and its standard mode reads only x-amz-retry-after. The CRT client cannot either:
+# it reports a throttled response as AWS_ERROR_S3_SLOW_DOWN, without its headers
+# (bench/crt_library.py). test_slow_down_with_retry_after_is_retried below holds for both.
 
 
 def test_boto3_reads_no_further_than_the_cap_of_a_grown_object(
