@@ -5,10 +5,8 @@
 Why: S3_CLIENT=boto3 (and `auto` without awscrt) must at least keep up with the loop anyone
 writes first: `ThreadPoolExecutor(32).map(s3.get_object)`. This isolates the fetch: the same
 refs, the same s3rver (on the other core), interleaved runs, median CPU and wall per GET.
-Cases: the naive loop (botocore's default legacy retries); `Boto3Source` as shipped (signed
-urllib3 GETs, its own retries); and the GET it made before through botocore's `get_object`
-(`botocore_get`: the client it built then, timestamps kept as text, parameter validation off,
-`standard` retries, 32 threads as Boto3Source's pool), so the change is measured side by side.
+Cases: the naive loop, and `Boto3Source` as shipped (stock `get_object` on FETCH_CONCURRENCY=32
+threads, botocore's retries and checksum validation, in listing order).
 Writes bench/results/boto3_path.json.
 """
 
@@ -34,32 +32,12 @@ os.environ.pop("AWS_PROFILE", None)
 sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
-import botocore.session  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from s3_client_cost import upload  # noqa: E402  (bench/s3_client_cost.py)
 from servers import ensure_s3rver, s3rver  # noqa: E402
 
 from loader.config import DatabaseSettings, Settings  # noqa: E402
 from loader.extract.boto3_client import Boto3Source  # noqa: E402
-
-
-def _botocore_get_client(settings: Settings) -> Any:
-    """The client Boto3Source's GETs went through before they were signed urllib3 requests."""
-    session = botocore.session.get_session()
-    session.get_component("response_parser_factory").set_parser_defaults(
-        timestamp_parser=lambda value: value
-    )
-    return boto3.session.Session(botocore_session=session).client(
-        "s3",
-        config=Config(
-            retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
-            max_pool_connections=settings.fetch_concurrency,
-            connect_timeout=5,
-            read_timeout=30,
-            tcp_keepalive=True,
-            parameter_validation=False,
-        ),
-    )
 
 
 def _measure(run: Callable[[], int]) -> tuple[float, float, int]:
@@ -93,21 +71,11 @@ def main() -> None:
 
             return sum(1 for _ in pool.map(get, [r.key for r in refs]))
 
-        old_client = _botocore_get_client(settings)
-        old_pool = ThreadPoolExecutor(settings.fetch_concurrency)
-
-        def botocore_get() -> int:
-            def get(key: str) -> bytes:
-                return old_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-            return sum(1 for _ in old_pool.map(get, [r.key for r in refs]))
-
         cases = {
             "naive: ThreadPoolExecutor(32) get_object": naive,
             "Boto3Source (shipped)": lambda: sum(
                 1 for f in shipped.fetch_many(refs) if f.body is not None
             ),
-            "botocore get_object, as Boto3Source before": botocore_get,
         }
         for run in cases.values():
             run()  # warm-up
@@ -117,7 +85,6 @@ def main() -> None:
                 samples[name].append(_measure(run))
         shipped.close()
         pool.shutdown()
-        old_pool.shutdown()
     rows: list[dict[str, Any]] = []
     for name, runs in samples.items():
         items = runs[0][2]

@@ -329,22 +329,20 @@ def verify_fast_listing(s3: S3rver, spec: HourSpec) -> dict[str, Any]:
     """List the hour page by page from the patched server and from a stock s3rver serving the same
     directory: every ListObjectsV2 response must be byte-for-byte the same (but for the
     continuation tokens, which s3rver encrypts with a random IV)."""
-    import boto3
-
-    from loader.extract.listing import lister_for_boto3_client
+    from loader.config import Settings
+    from loader.extract.crt_client import CrtSource
 
     def pages(endpoint: str) -> list[bytes]:
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        lister = lister_for_boto3_client(client, BUCKET)
-        fetch, bodies = lister.fetch, []
+        settings = Settings(raw_bucket=BUCKET, db=DatabaseSettings())
+        with CrtSource(settings, endpoint_url=endpoint) as source:
+            fetch, bodies = source.lister.fetch, []
 
-        def capture(path_and_query: str) -> tuple[int, bytes, Any]:
-            status, body, headers = fetch(path_and_query)
-            bodies.append(body)
-            return status, body, headers
+            def capture(path_and_query: str) -> bytes:
+                bodies.append(fetch(path_and_query))
+                return bodies[-1]
 
-        lister.fetch = capture
-        sum(1 for _ in lister.list_objects(spec.prefix))
+            source.lister.fetch = capture
+            sum(1 for _ in source.list_objects(spec.prefix))
         return bodies
 
     patched = pages(s3.endpoint)
@@ -383,14 +381,14 @@ def write_hour(s3: S3rver, spec: HourSpec) -> dict[str, Any]:
 
 
 def warm_listing(s3: S3rver, spec: HourSpec) -> int:
-    """List the hour once (lean lister, not measured): warms s3rver and the page cache, and
-    checks every object is there."""
-    import boto3
+    """List the hour once (the CRT client's lister, not measured): warms s3rver and the page
+    cache, and checks every object is there."""
+    from loader.config import Settings
+    from loader.extract.crt_client import CrtSource
 
-    from loader.extract.listing import lister_for_boto3_client
-
-    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1")
-    return sum(1 for _ in lister_for_boto3_client(client, BUCKET).list_objects(spec.prefix))
+    settings = Settings(raw_bucket=BUCKET, db=DatabaseSettings())
+    with CrtSource(settings, endpoint_url=s3.endpoint) as source:
+        return sum(1 for _ in source.list_objects(spec.prefix))
 
 
 def warm_gets(s3: S3rver, spec: HourSpec, count: int = 5000) -> int:

@@ -2,15 +2,15 @@
 
     .venv/bin/python bench/s3_client_cost.py [--objects 5000] [--repeats 5]
 
-Starts s3rver (npm; installed under bench/.work/ on first use, run with node's
---openssl-legacy-provider so listings past 1,000 keys work), uploads N objects of ~850 B, then
-fetches them all through the loader's real sources (`Boto3Source`, `CrtSource`) and lists them
-through boto3's paginator and the lean ListObjectsV2 of `loader.extract.listing`. This process is
-pinned to one core (like a 1-vCPU Lambda) and s3rver to the other, so `time.process_time()` - every
-thread of this process, the CRT's event loops included - is the client's own CPU. Each number
-is the median of --repeats runs after a warm-up. Prints a markdown table and writes
-bench/results/s3_client_cost.json. Falls back to moto (numbers then only comparable as ratios)
-when s3rver cannot be installed.
+Starts s3rver (npm; installed under bench/.work/ on first use, run with node's --openssl-legacy-
+provider so listings past 1,000 keys work), uploads N objects of ~850 B, then fetches them all
+through the loader's real sources (`Boto3Source`, `CrtSource`) and lists them through each:
+boto3's paginator, and the CRT client's lean ListObjectsV2 (`loader.extract.listing`). This
+process is pinned to one core (like a 1-vCPU Lambda) and s3rver to the other, so
+`time.process_time()` - every thread of this process, the CRT's event loops included - is the
+client's own CPU. Each number is the median of --repeats runs after a warm-up. Prints a markdown
+table and writes bench/results/s3_client_cost.json. Falls back to moto (numbers then only
+comparable as ratios) when s3rver cannot be installed.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from loader.common import ObjectRef  # noqa: E402
 from loader.config import DatabaseSettings, Settings  # noqa: E402
 from loader.extract.boto3_client import Boto3Source  # noqa: E402
 from loader.extract.crt_client import CrtSource  # noqa: E402
-from loader.extract.listing import lister_for_boto3_client  # noqa: E402
 
 CLIENT_CPU = 0
 SERVER_CPU = 1
@@ -135,9 +134,6 @@ def main() -> None:
         )
         boto_source = Boto3Source(settings)
         crt_source = CrtSource(settings)
-        lean_boto = lister_for_boto3_client(
-            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1"), bucket
-        )
         prefix = "events/"
         refs = list(crt_source.list_objects(prefix))
         assert len(refs) == args.objects, (len(refs), args.objects)
@@ -153,10 +149,6 @@ def main() -> None:
             "LIST lean, CRT transport (CrtSource)": (
                 "list",
                 list_all(lambda: crt_source.list_objects(prefix)),
-            ),
-            "LIST lean, urllib3 + botocore signer": (
-                "list",
-                list_all(lambda: lean_boto.list_objects(prefix)),
             ),
         }
         samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in cases}

@@ -2,15 +2,15 @@
 
     .venv/bin/python bench/shard_listing.py [--keys 20000] [--counts 1,4,16]
 
-Starts s3rver (indexed listing, `bench/s3rver_fastlist.js`; binary search for start-after, as
-S3 serves it), writes an hour of `--keys` uuid keys straight into its store, then lists the hour
+Starts s3rver (indexed listing, `bench/s3rver_fastlist.js`; binary search for start-after, as S3
+serves it), writes an hour of `--keys` uuid keys straight into its store, then lists the hour
 once per shard for every shard count and both schemes, exactly as the hour job does
-(`JobKeys.list_after` → `list_objects` → `JobKeys.select`; no GETs), with the lister
-`Boto3Source` uses (`lister_for_boto3_client`: one signed urllib3 request per page; `CrtSource`
-runs the same `S3Lister` over its own transport, so it makes the same requests). Requests are
+(`JobKeys.list_after` → `list_objects` → `JobKeys.select`; no GETs), with the lister `CrtSource`
+uses (`S3Lister`: one request per page; boto3's paginator asks for the same pages). Requests are
 counted at the lister's page fetcher, every attempt included (s3rver's log lines proved too
 unreliable to attribute to one shard on a loaded machine); CPU is `time.process_time()` of this
-process while a shard lists. Prints a markdown table and writes bench/results/shard_listing.json.
+process while a shard lists. Prints a markdown table and writes
+bench/results/shard_listing.json.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 from servers import ensure_s3rver, s3rver_server, write_objects  # noqa: E402  (bench/servers.py)
 
-from loader.extract.listing import S3Lister, lister_for_boto3_client  # noqa: E402
+from loader.config import DatabaseSettings, Settings  # noqa: E402
+from loader.extract.crt_client import CrtSource  # noqa: E402
+from loader.extract.listing import S3Lister  # noqa: E402
 from loader.pipeline.job import HourJob, JobKeys  # noqa: E402
 from loader.window import Shard, hour_prefix  # noqa: E402
 
@@ -64,7 +66,7 @@ class CountingLister:
         self.requests = 0
         fetch = lister.fetch
 
-        def counted(path_and_query: str) -> tuple[int, bytes, Any]:
+        def counted(path_and_query: str) -> bytes:
             self.requests += 1
             return fetch(path_and_query)
 
@@ -107,13 +109,13 @@ def main() -> None:
         bucket = "bench-shard-listing"
         boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket=bucket)
         write_objects(server.data_dir, bucket, ((key, b"{}", None) for key in keys))
-        client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1")
-        counting = CountingLister(lister_for_boto3_client(client, bucket))
+        source = CrtSource(Settings(raw_bucket=bucket, db=DatabaseSettings()))
+        counting = CountingLister(source.lister)
         list_shard(counting.lister, Shard(0, 1))  # warm-up: connections, imports
         for by, count in plan:
             shards = [measure(counting, Shard(i, count, by)) for i in range(count)]
             assert sum(s["keys"] for s in shards) == len(keys), (by, count)
-            rows.append({"client": "boto3 lister", "by": by, "count": count, "shards": shards})
+            rows.append({"client": "CRT lister", "by": by, "count": count, "shards": shards})
             print(f"{by} {count}: done", file=sys.stderr)
 
     print(f"{args.keys:,} keys, s3rver (indexed listing), {platform.node()}\n")

@@ -346,13 +346,18 @@ class Settings:
     )
     fetch_concurrency: int = field(
         default=32,
-        metadata=from_env("FETCH_CONCURRENCY", "concurrent S3 GETs", integer(minimum=1)),
+        metadata=from_env(
+            "FETCH_CONCURRENCY",
+            "S3 GETs in flight with the boto3 client (its threads); the CRT client keeps 4× as "
+            "many (a request costs it no thread)",
+            integer(minimum=1),
+        ),
     )
     s3_client: S3ClientKind = field(
         default="auto",
         metadata=from_env(
             "S3_CLIENT",
-            "`auto`: the AWS Common Runtime client (`crt`, ~5× less CPU per GET, no botocore "
+            "`auto`: the AWS Common Runtime client (`crt`, ~6× less CPU per GET, no boto3 "
             "imported) when `awscrt` imports, else `boto3` with one warning saying so; or "
             "`crt` / `boto3` explicitly",
             one_of("auto", "boto3", "crt"),

@@ -1,36 +1,38 @@
-"""How an S3 failure is classified: one decision for both clients, their GETs and their listings.
+"""How an S3 failure is judged: one decision for both clients, their GETs and their listings.
 
-Every failed request ends in one of five verdicts:
+Each client's library retries what it retries on its own (botocore: throttling, 5xx, broken
+connections; the CRT client asks its library for no retries, see crt_client.py). Every failure
+that reaches us gets one of five verdicts:
 - `terminal`: this object can never be read (deleted since it was listed, archived). It is
   reported with a reason code and the run goes on.
 - `access`: the bucket, the credentials, the policy or the region is wrong: a configuration
-  problem that no retry can mend. It raises `S3AccessError` at once.
-- `retry`: throttling, a 5xx, a timeout: worth another attempt with backoff; once the attempts
-  are spent, `S3TransientError` fails the invocation so Lambda retries it.
-- `expired`: the session token expired under the request (403 ExpiredToken). The credential
-  provider (both chains refresh before expiry) has new ones by the next attempt, so it is
-  retried like `retry`; a provider that keeps handing out the expired token ends in
-  `S3AccessError` once the attempts are spent, since no rerun would mend it.
+  problem that no retry can mend. It raises `S3AccessError` at once. A redirect is one too (301
+  PermanentRedirect, 307, AuthorizationHeaderMalformed naming another region): the same request
+  would reach the same wrong endpoint.
+- `retry`: throttling, a 5xx, no response, a body cut short or failing its checksum: another
+  attempt, with full-jitter backoff. Neither client can wait for a `Retry-After`: botocore
+  reads only `x-amz-retry-after`, and the CRT reports a throttled or 5xx response without its
+  headers (AWS_ERROR_S3_SLOW_DOWN, bench/results/crt_library.json).
+- `expired`: the session token expired under the request (ExpiredToken). The credential chains
+  refresh before expiry, so the next attempt signs with new ones; a provider that keeps handing
+  out the expired token ends in `S3AccessError`, since no rerun would mend it.
 - `fail`: any other refusal: `S3TransientError` at once.
 
-A `retry` waits for full-jitter backoff, or for the response's `Retry-After` when S3 asks for
-longer (capped, so a bad header cannot stall the hour).
-
-A redirect is `access`: S3 answers PermanentRedirect (301) or a 307, or AuthorizationHeaderMalformed
-naming another region, when the bucket lives in another region than the client addresses, and
-sending the same request again reaches the same wrong endpoint.
+Every request counts against one budget, S3_MAX_ATTEMPTS, whoever sent it: once spent,
+`S3TransientError` fails the invocation so Lambda retries it.
 """
 
 from __future__ import annotations
 
 import random
+import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final, Literal
+from collections.abc import Callable, Iterable
+from typing import Final, Literal, NamedTuple, TypeVar
 
 from loader.common import S3AccessError, S3TransientError
 
+T = TypeVar("T")
 Verdict = Literal["terminal", "access", "retry", "expired", "fail"]
 
 #: Object-level refusals, and the reason code each is reported under.
@@ -63,12 +65,15 @@ RETRYABLE_CODES: Final = frozenset(
 RETRYABLE_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
 #: The session token expired between signing and S3 reading the request.
 EXPIRED_CODES: Final = frozenset({"ExpiredToken", "TokenRefreshRequired"})
-#: Longest wait a Retry-After header may ask for.
-RETRY_AFTER_CAP_S: Final = 20.0
 
 
-class TransportError(Exception):
-    """The request got no HTTP response (connection refused or reset, timeout): retryable."""
+class Retry(Exception):
+    """An attempt that failed in a way another attempt may mend. `requests`: how many requests
+    it spent (botocore's own retries included)."""
+
+    def __init__(self, reason: str, *, expired: bool = False, requests: int = 1) -> None:
+        super().__init__(reason)
+        self.reason, self.expired, self.requests = reason, expired, requests
 
 
 def classify(status: int, code: str) -> Verdict:
@@ -89,6 +94,71 @@ def terminal_reason(code: str) -> str:
     return TERMINAL_CODES.get(code, "not_found")
 
 
+class Terminal(NamedTuple):
+    """An object that can never be read: the reason code it is reported under, and S3's word."""
+
+    reason: str
+    detail: str
+
+
+def judge(
+    status: int,
+    code: str,
+    headers: Iterable[tuple[str, str]] | None,
+    action: str,
+    where: str,
+    requests: int = 1,
+) -> Terminal | Retry:
+    """The one decision on an error response, for both clients: `Terminal` when the object can
+    never be read, else a `Retry` to raise. Raises what no retry mends: `S3AccessError` (naming
+    the bucket's region on a redirect) or `S3TransientError`."""
+    verdict = classify(status, code)
+    if verdict == "terminal" and action == "read":
+        return Terminal(terminal_reason(code), code or str(status))
+    if verdict == "access":
+        raise access_error(action, where, status, code, header(headers, "x-amz-bucket-region"))
+    if verdict in ("fail", "terminal"):
+        raise S3TransientError(f"{action} {where} failed: {status} {code}".strip())
+    return Retry(f"{status} {code}".strip(), expired=verdict == "expired", requests=requests)
+
+
+class Attempts:
+    """The S3_MAX_ATTEMPTS requests one GET or one listing may spend, whoever sends them."""
+
+    def __init__(
+        self, action: str, where: str, max_attempts: int, backoff_base_s: float = 0.25
+    ) -> None:
+        self.action, self.where, self.max_attempts = action, where, max(1, max_attempts)
+        self.backoff_base_s = backoff_base_s
+        self.spent = 0  # requests that failed so far
+
+    def failed(self, retry: Retry) -> float:
+        """Count a failed attempt; the seconds to wait before the next one. Once every attempt
+        is spent, raises: an expired token that stays expired is a configuration problem;
+        anything else fails the invocation so that it is retried."""
+        self.spent += retry.requests
+        action, where, spent = self.action, self.where, self.spent
+        if spent >= self.max_attempts and retry.expired:
+            raise S3AccessError(
+                f"cannot {action} {where}: ExpiredToken on all {spent} attempts (the credential "
+                "provider keeps handing out an expired session token)"
+            ) from None
+        if spent >= self.max_attempts:
+            raise S3TransientError(
+                f"{action} {where} failed after {spent} attempts: {retry.reason}"
+            ) from None
+        return backoff_delay(spent, self.backoff_base_s)
+
+
+def retrying(call: Callable[[], T], attempts: Attempts) -> T:
+    """`call()` until it returns, backing off after each `Retry` it raises."""
+    while True:
+        try:
+            return call()
+        except Retry as retry:
+            time.sleep(attempts.failed(retry))
+
+
 def access_error(
     action: str, where: str, status: int, code: str, bucket_region: str | None = None
 ) -> S3AccessError:
@@ -99,13 +169,6 @@ def access_error(
     return S3AccessError(f"cannot {action} {where}: {code or status}{hint}")
 
 
-def expired_error(action: str, where: str, attempts: int) -> S3AccessError:
-    return S3AccessError(
-        f"cannot {action} {where}: ExpiredToken on all {attempts} attempts (the credential "
-        "provider keeps handing out an expired session token)"
-    )
-
-
 def header(headers: Iterable[tuple[str, str]] | None, name: str) -> str | None:
     """A response header's value, whatever its case."""
     wanted = name.lower()
@@ -113,23 +176,6 @@ def header(headers: Iterable[tuple[str, str]] | None, name: str) -> str | None:
         if key.lower() == wanted:
             return value
     return None
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds a Retry-After header asks for (delta-seconds only; S3 sends no HTTP dates)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    if not seconds >= 0.0:  # also refuses nan
-        return None
-    return min(seconds, RETRY_AFTER_CAP_S)
-
-
-def transient_error(action: str, where: str, status: int, code: str) -> S3TransientError:
-    return S3TransientError(f"{action} {where} failed: {status} {code}".strip())
 
 
 def error_code(body: bytes | None) -> str:
@@ -146,36 +192,6 @@ def error_code(body: bytes | None) -> str:
     return ""
 
 
-def backoff_delay(
-    retry: int, base_s: float = 0.25, cap_s: float = 10.0, retry_after: float | None = None
-) -> float:
-    """Full-jitter exponential backoff before retry number `retry` (1, 2, ...), and never sooner
-    than the response's Retry-After asked."""
-    delay = random.uniform(0.0, min(cap_s, base_s * (2 ** (retry - 1))))
-    return delay if retry_after is None else max(delay, retry_after)
-
-
-@dataclass(frozen=True, slots=True)
-class GetRefusal:
-    """A GET that S3 answered with an error, when the answer does not end the run: either the
-    object can never be read (`terminal_reason`), or the GET is worth another attempt."""
-
-    terminal_reason: str | None
-    retry_after: float | None = None
-    expired: bool = False
-
-
-def judge_get_refusal(
-    status: int, code: str, headers: Iterable[tuple[str, str]] | None, where: str
-) -> GetRefusal:
-    """The one decision on a refused GET, shared by both clients. Raises what no retry mends:
-    `S3AccessError` (a redirect too: 301, 307, the bucket is in another region) or
-    `S3TransientError`."""
-    verdict = classify(status, code)
-    if verdict == "terminal":
-        return GetRefusal(terminal_reason(code))
-    if verdict == "access":
-        raise access_error("read", where, status, code, header(headers, "x-amz-bucket-region"))
-    if verdict == "fail":
-        raise transient_error("GET", where, status, code)
-    return GetRefusal(None, retry_after_s(header(headers, "retry-after")), verdict == "expired")
+def backoff_delay(retry: int, base_s: float = 0.25, cap_s: float = 10.0) -> float:
+    """Full-jitter exponential backoff before retry number `retry` (1, 2, ...)."""
+    return random.uniform(0.0, min(cap_s, base_s * (2 ** (retry - 1))))

@@ -4,7 +4,6 @@ a fan-out planned before range shards (crc32, whole-hour listings) still finishe
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import threading
@@ -15,13 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import boto3
 import pytest
 import sqlalchemy as sa
 from support.http_fault_proxy import LISTINGS, FaultProxy
 
 import lambda_function
-from loader.extract.listing import lister_for_boto3_client
+from loader.config import DatabaseSettings, Settings
+from loader.extract.crt_client import CrtSource
 from loader.pipeline.job import HourJob, JobKeys
 from loader.window import Shard, hour_prefix
 from tools.demo.traffic import generate_hour, upload
@@ -90,9 +89,9 @@ def test_each_range_shard_lists_only_its_range(
     put_keys(
         s3, bucket, [*hour_keys, "events/2026/11/24/12/event-x.json", "events/2026/11/24/14/a"]
     )
-    # AND the sources' own lister, with pages of 50 keys instead of 1,000 (a small hour, many pages)
-    client = boto3.session.Session().client("s3")
-    lister = dataclasses.replace(lister_for_boto3_client(client, bucket), page_size=PAGE)
+    # AND the default source's own lister, with pages of 50 keys instead of 1,000 (a small hour,
+    # many pages)
+    lister = CrtSource(Settings(raw_bucket=bucket, db=DatabaseSettings()), page_size=PAGE)
     per_count: dict[tuple[str, int], list[int]] = {}
     for by, count in [("range", 1), ("range", 2), ("range", 4), ("range", 16), ("crc32", 4)]:
         selected: list[str] = []

@@ -1,49 +1,61 @@
-"""The AWS settings the CRT client reads without botocore give botocore's answers."""
+"""The CRT client takes its AWS settings from botocore itself (loader/extract/address.py): the
+same variables and config file, botocore's answers, and botocore's errors for a bad value."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import InvalidChecksumConfigError
 
-from loader.extract.address import checksum_validation_from_env, region_from_env
+from loader.extract.address import resolve
 
 
-def test_response_checksums_are_checked_unless_when_required(tmp_path: Path) -> None:
-    no_file = {"AWS_CONFIG_FILE": str(tmp_path / "absent")}
+@pytest.fixture(autouse=True)
+def _plain_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_RESPONSE_CHECKSUM_VALIDATION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "absent"))
+
+
+def test_response_checksums_are_checked_unless_when_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # botocore's default: when_supported
-    assert checksum_validation_from_env(no_file) is True
-    assert checksum_validation_from_env({**no_file, "AWS_RESPONSE_CHECKSUM_VALIDATION": ""})
-    on = {**no_file, "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_supported"}
-    assert checksum_validation_from_env(on) is True
-    # botocore lower-cases the value before it compares
-    off = {**no_file, "AWS_RESPONSE_CHECKSUM_VALIDATION": " WHEN_REQUIRED "}
-    assert checksum_validation_from_env(off) is False
+    assert resolve("bkt").checksums is True
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_supported")
+    assert resolve("bkt").checksums is True
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "WHEN_REQUIRED")
+    assert resolve("bkt").checksums is False
 
 
-def test_response_checksum_validation_from_the_profile(tmp_path: Path) -> None:
+def test_settings_from_the_profile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "config"
     config.write_text(
         "[default]\nregion = eu-west-1\n\n"
         "[profile store]\nresponse_checksum_validation = when_required\n"
-        "region = eu-central-1\n"
+        f"region = eu-central-1\nca_bundle = {tmp_path / 'ca.pem'}\n"
     )
-    env = {"AWS_CONFIG_FILE": str(config)}
-    assert checksum_validation_from_env(env) is True  # the default profile leaves it unset
-    assert checksum_validation_from_env({**env, "AWS_PROFILE": "store"}) is False
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    default = resolve("bkt")
+    assert (default.checksums, default.region, default.host) == (
+        True,
+        "eu-west-1",
+        "bkt.s3.eu-west-1.amazonaws.com",
+    )
+    monkeypatch.setenv("AWS_PROFILE", "store")
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    store = resolve("bkt")
+    assert (store.checksums, store.region) == (False, "eu-central-1")
+    assert store.ca_bundle == str(tmp_path / "ca.pem")
     # the variable wins over the profile, as in botocore
-    assert checksum_validation_from_env(
-        {**env, "AWS_PROFILE": "store", "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_supported"}
-    )
-    # the region comes from the same profile reader
-    assert region_from_env(env) == "eu-west-1"
-    assert region_from_env({**env, "AWS_PROFILE": "store"}) == "eu-central-1"
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_supported")
+    assert resolve("bkt").checksums is True
 
 
-def test_an_unknown_checksum_validation_value_is_a_clear_error(tmp_path: Path) -> None:
-    env = {
-        "AWS_CONFIG_FILE": str(tmp_path / "absent"),
-        "AWS_RESPONSE_CHECKSUM_VALIDATION": "always",
-    }
-    with pytest.raises(ValueError, match="when_supported, when_required, got 'always'"):
-        checksum_validation_from_env(env)
+def test_an_unknown_checksum_validation_value_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "always")
+    with pytest.raises(InvalidChecksumConfigError, match=r"when_supported.*but got always"):
+        resolve("bkt")

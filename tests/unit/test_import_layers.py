@@ -68,18 +68,14 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("loader.config", "loader.secrets"): "boto3's Secrets Manager client only when "
     "DW_PG_SECRET_ARN is set (Alembic's env.py reads the settings too)",
     ("loader.app", "loader.extract.crt_client"): "the S3 client S3_CLIENT picks: awscrt may be "
-    "absent (S3_CLIENT=auto then falls back to boto3), and the CRT path must not load boto3",
+    "absent (S3_CLIENT=auto then falls back to boto3), and the CRT path loads no boto3 "
+    "(botocore only, for its addressing)",
     ("loader.app", "loader.extract.boto3_client"): "the S3 client S3_CLIENT picks: boto3 and "
     "botocore (~0.3 s of a cold start) only when the boto3 client serves",
     ("loader.secrets", "boto3"): "Secrets Manager only when DW_PG_SECRET_ARN is set: the CRT "
     "path imports no boto3 otherwise",
     ("loader.secrets", "botocore.config"): "as boto3 above",
     ("loader.secrets", "botocore.exceptions"): "as boto3 above",
-    ("loader.extract.listing", "boto3"): "the boto3 client's listing signer: only "
-    "Boto3Source builds it, so the CRT path never loads botocore",
-    ("loader.extract.listing", "botocore.auth"): "as boto3 above",
-    ("loader.extract.listing", "botocore.awsrequest"): "as boto3 above",
-    ("loader.extract.listing", "urllib3"): "as boto3 above (botocore's own HTTP library)",
 }
 
 

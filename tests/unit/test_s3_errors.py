@@ -4,21 +4,19 @@ tests/integration/test_source.py."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import zlib
-
 import pytest
 
-from loader.extract.boto3_client import checksum_problem
+from loader.common import S3AccessError, S3TransientError
 from loader.extract.errors import (
-    RETRY_AFTER_CAP_S,
+    Attempts,
+    Retry,
+    Terminal,
     access_error,
     backoff_delay,
     classify,
     error_code,
     header,
-    retry_after_s,
+    judge,
     terminal_reason,
 )
 
@@ -77,37 +75,20 @@ def test_error_code_whatever_the_namespace() -> None:
     assert error_code(None) == ""
 
 
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [
-        ("0", 0.0),
-        ("3", 3.0),
-        (" 1.5 ", 1.5),
-        ("3600", RETRY_AFTER_CAP_S),
-        ("-1", None),
-        ("nan", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
-        (None, None),
-    ],
-)
-def test_retry_after_is_honoured_within_a_cap(value: str | None, seconds: float | None) -> None:
-    assert retry_after_s(value) == seconds
-
-
-def test_backoff_never_retries_sooner_than_retry_after() -> None:
-    # GIVEN a first retry, whose jittered backoff is at most 0.25 s
-    # WHEN S3 asked for 2 s THEN the wait is those 2 s; without the header, the backoff
-    assert all(backoff_delay(1, 0.25, 10.0, retry_after=2.0) == 2.0 for _ in range(50))
+def test_backoff_is_full_jitter_within_its_cap() -> None:
     assert all(0.0 <= backoff_delay(1, 0.25, 10.0) <= 0.25 for _ in range(50))
-    assert backoff_delay(6, 1.0, 10.0, retry_after=0.0) <= 10.0
+    assert all(0.0 <= backoff_delay(3, 0.25, 10.0) <= 1.0 for _ in range(50))
+    assert all(backoff_delay(12, 1.0, 10.0) <= 10.0 for _ in range(50))
 
 
 def test_headers_are_read_whatever_their_case() -> None:
-    headers = [("Retry-After", "2"), ("x-amz-bucket-region", "eu-west-1")]
-    assert header(headers, "retry-after") == "2"
+    headers = [
+        ("Location", "https://b.s3.eu-west-1.amazonaws.com/"),
+        ("x-amz-bucket-region", "eu-west-1"),
+    ]
     assert header(headers, "X-Amz-Bucket-Region") == "eu-west-1"
-    assert header(headers, "location") is None
-    assert header(None, "retry-after") is None
+    assert header(headers, "retry-after") is None
+    assert header(None, "x-amz-bucket-region") is None
 
 
 def test_a_redirect_names_the_region_to_set() -> None:
@@ -119,26 +100,33 @@ def test_a_redirect_names_the_region_to_set() -> None:
     assert str(access_error("list", "s3://b/", 403, "")) == "cannot list s3://b/: 403"
 
 
-# ------------------------------------------------------------------ the boto3 client's checksum
+# ------------------------------------------------------------------ one decision, one budget
 
 
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
+def test_judge_turns_a_response_into_a_result_a_retry_or_an_error() -> None:
+    gone = judge(404, "NoSuchKey", [], "read", "s3://b/k")
+    assert gone == Terminal("not_found", "NoSuchKey")
+    slow = judge(503, "SlowDown", [], "read", "s3://b/k", requests=4)
+    assert isinstance(slow, Retry)
+    assert (slow.reason, slow.requests, slow.expired) == ("503 SlowDown", 4, False)
+    expired = judge(400, "ExpiredToken", None, "list", "s3://b/")
+    assert isinstance(expired, Retry) and expired.expired
+    with pytest.raises(S3AccessError, match="AWS_REGION=eu-west-1"):
+        judge(301, "PermanentRedirect", [("x-amz-bucket-region", "eu-west-1")], "list", "s3://b/")
+    with pytest.raises(S3TransientError, match="409"):
+        judge(409, "", None, "read", "s3://b/k")
+    with pytest.raises(S3TransientError):  # a listing that is not there is no object to skip
+        judge(404, "", None, "list", "s3://b/")
 
 
-def test_a_body_is_checked_against_the_full_object_checksum_s3_sent() -> None:
-    body = b'{"event": "page_view"}'
-    crc32 = _b64(zlib.crc32(body).to_bytes(4, "big"))
-    sha256 = _b64(hashlib.sha256(body).digest())
-    assert checksum_problem(body, {"x-amz-checksum-crc32": crc32}) is None
-    assert checksum_problem(body, {"x-amz-checksum-sha256": sha256}) is None
-    assert checksum_problem(body, {}) is None  # S3 sent none: nothing to check
-    problem = checksum_problem(body + b" ", {"x-amz-checksum-crc32": crc32})
-    assert problem is not None and problem.startswith("crc32 checksum mismatch")
-    wrong = _b64(hashlib.sha256(b"other").digest())
-    assert checksum_problem(body, {"x-amz-checksum-sha256": wrong}) is not None
-
-
-def test_a_composite_checksum_of_a_multipart_upload_is_not_checked() -> None:
-    # "<base64 of the parts' checksums>-<parts>": no read of the whole body can reproduce it
-    assert checksum_problem(b"{}", {"x-amz-checksum-crc32": "AAAAAA==-3"}) is None
+def test_every_request_counts_against_one_budget() -> None:
+    attempts = Attempts("read", "s3://b/k", max_attempts=5, backoff_base_s=0.25)
+    # the backoff doubles with each request spent; botocore's own retries spend the budget too
+    assert 0.0 <= attempts.failed(Retry("503 SlowDown")) <= 0.25
+    assert 0.0 <= attempts.failed(Retry("500 InternalError", requests=3)) <= 2.0
+    assert attempts.spent == 4
+    with pytest.raises(S3TransientError, match="after 5 attempts: body read failed"):
+        attempts.failed(Retry("body read failed"))
+    stale = Attempts("list", "s3://b/", max_attempts=1)
+    with pytest.raises(S3AccessError, match="ExpiredToken on all 1 attempts"):
+        stale.failed(Retry("403 ExpiredToken", expired=True))
