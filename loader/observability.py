@@ -21,7 +21,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from loader.config import LOG_LEVEL, METRICS_NAMESPACE, SERVICE_NAME
-from loader.report import Report
+from loader.report import COUNTERS, Report
 
 SERVICE: Final = SERVICE_NAME.read()
 NAMESPACE: Final = METRICS_NAMESPACE.read()
@@ -63,18 +63,11 @@ def emf_metrics(report: Report, now: datetime) -> dict[str, Any]:
     """The run's metrics as one EMF document (also what `emit_metrics` prints)."""
     metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
     metrics.clear_metrics()
-    counts = {
-        "EventsInserted": report.inserted,
-        "Duplicates": report.duplicates,
-        "DuplicatesConflicting": report.duplicate_conflicting,
-        "Malformed": report.malformed.count,
-        "Invalid": report.invalid.count,
-        "Quarantined": report.quarantined.count,
-        "Retries": report.retries,
-        "ObjectsListed": report.objects_listed,
-    }
-    for name, value in counts.items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    for counter in COUNTERS:
+        if counter.metric:
+            metrics.add_metric(
+                name=counter.metric, unit=MetricUnit.Count, value=report.count_of(counter)
+            )
     metrics.add_metric(name="DurationSeconds", unit=MetricUnit.Seconds, value=report.seconds)
     if report.newest_event_at:
         lag = (now - datetime.fromisoformat(report.newest_event_at)).total_seconds()

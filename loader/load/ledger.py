@@ -17,30 +17,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 
 from loader.load.tables import Tables
-from loader.report import Report
+from loader.report import LEDGER_COUNTERS, Report
 from loader.window import SHARD_SCHEMES, Shard
 
 #: Triggers whose runs load only some keys of an hour: never proof that the hour is complete.
 SOME_KEYS_TRIGGERS: Final = ("reprocess", "event")
-
-_COUNT_COLUMNS = (
-    "objects_listed",
-    "events_read",
-    "inserted",
-    "duplicate_exact",
-    "duplicate_conflicting",
-    "sanitised",
-    "truncated",
-    "retries",
-)
-
-
-def _counts(report: Report) -> dict[str, Any]:
-    values: dict[str, Any] = {name: getattr(report, name) for name in _COUNT_COLUMNS}
-    values["malformed"] = report.malformed.count
-    values["invalid"] = report.invalid.count
-    values["quarantined"] = report.quarantined.count
-    return values
 
 
 def start_run(
@@ -86,7 +67,7 @@ def finish_run(engine: sa.Engine, tables: Tables, report: Report, finished_at: d
                     else None
                 ),
                 error_summary=report.error,
-                **_counts(report),
+                **report.counts(LEDGER_COUNTERS),
             )
         )
 
@@ -256,24 +237,18 @@ def _report_finalized(
     report: Report, run_id: uuid.UUID, totals: dict[str, int], newest: datetime | None
 ) -> None:
     report.run_id = str(run_id)
-    report.inserted = totals["inserted"]
-    report.objects_listed = totals["objects_listed"]
-    report.events_read = totals["events_read"]
-    report.duplicate_exact = totals["duplicate_exact"]
-    report.duplicate_conflicting = totals["duplicate_conflicting"]
+    for counter in LEDGER_COUNTERS:
+        report.set_count(counter, totals[counter.name])
     report.duplicates = report.duplicate_exact + report.duplicate_conflicting
-    report.retries = totals["retries"]
     report.state = "complete"
     report.newest_event_at = newest.isoformat() if newest else None
 
 
 def _shard_totals(passes: list[dict[str, Any]], every_run: list[dict[str, Any]]) -> dict[str, int]:
     """The finalize row's counts: summed over the passes that listed each shard once, except
-    `inserted` and `retries`, summed over every run (an event is inserted by exactly one)."""
-    totals: dict[str, int] = {
-        name: sum(int(run[name]) for run in passes)
-        for name in (*_COUNT_COLUMNS, "malformed", "invalid", "quarantined")
+    those counted by exactly one run of the hour (`inserted`, `retries`), summed over every
+    run."""
+    return {
+        c.name: sum(int(run[c.name]) for run in (every_run if c.every_run else passes))
+        for c in LEDGER_COUNTERS
     }
-    for name in ("inserted", "retries"):
-        totals[name] = sum(int(run[name]) for run in every_run)
-    return totals

@@ -46,7 +46,7 @@ from loader.notifications import BatchPlan, Ignored, Wanted, percentile
 from loader.observability import log
 from loader.pipeline.hour import HourLoader
 from loader.pipeline.job import HourJob, RemainingMs
-from loader.report import KeyList, Report
+from loader.report import COUNTERS, KeyList, Report
 from loader.window import hour_label
 
 Clock = Callable[[], datetime]
@@ -286,18 +286,10 @@ def _settled(report: Report, keys: list[str]) -> set[str]:
 
 
 def _hour_summary(report: Report) -> dict[str, Any]:
-    return {
-        "hour": report.hour,
-        "run_id": report.run_id,
-        "state": report.state,
-        "objects": report.objects_listed,
-        "inserted": report.inserted,
-        "duplicates": report.duplicates,
-        "malformed": report.malformed.count,
-        "invalid": report.invalid.count,
-        "quarantined": report.quarantined.count,
-        "retries": report.retries,
-    }
+    """An hour of the batch's response: its run and the counts loader/report.py marks so."""
+    summary: dict[str, Any] = {"hour": report.hour, "run_id": report.run_id, "state": report.state}
+    summary.update({c.summary: report.count_of(c) for c in COUNTERS if c.summary})
+    return summary
 
 
 def _round(value: float | None) -> float | None:

@@ -26,7 +26,7 @@ from loader.load.locks import hour_lock
 from loader.observability import log
 from loader.pipeline.hour import HourLoader
 from loader.pipeline.job import HourJob, RemainingMs
-from loader.report import KeyList, Report
+from loader.report import COUNTERS, KeyList, Report
 from loader.window import HOUR, Trigger, hour_label, hour_prefix
 
 
@@ -187,28 +187,18 @@ class HoursResult:
         return "complete" if done and not self.not_started else "partial"
 
     def to_dict(self) -> dict[str, Any]:
-        totals = (
-            "objects_listed",
-            "objects_skipped_loaded",
-            "events_read",
-            "inserted",
-            "duplicates",
-            "duplicate_exact",
-            "duplicate_conflicting",
-            "sanitised",
-            "truncated",
-            "batches",
-            "retries",
-        )
         out: dict[str, Any] = {
             "day": self.trigger.day.isoformat() if self.trigger.day else None,
             "prefix": self.prefix,
             "trigger": self.trigger.kind,
             "state": self.state,
         }
-        out.update({name: sum(getattr(r, name) for r in self.reports) for name in totals})
-        for name in ("conflicting", "malformed", "invalid", "quarantined"):
-            out[name] = _merged_keys([getattr(r, name) for r in self.reports], self.key_cap)
+        for counter in COUNTERS:
+            if counter.keys:
+                lists = [getattr(r, counter.name) for r in self.reports]
+                out[counter.name] = _merged_keys(lists, self.key_cap)
+            else:
+                out[counter.name] = sum(r.count_of(counter) for r in self.reports)
         out["seconds"] = round(sum(r.seconds for r in self.reports), 3)
         out["hours_not_started"] = list(self.not_started)
         out["hours_in_future"] = [hour_label(h) for h in self.trigger.future_hours()]
