@@ -3,7 +3,7 @@
 Alembic revisions own the DDL (a DBA reviews them); this module describes the head state so the
 loader builds its statements from it and `alembic check` / pytest-alembic can prove the two agree.
 Every column carries a comment: `\\d+` in psql is the data dictionary. The text caps the
-loader truncates to live with the transform (loader/transform/caps.py).
+loader truncates to live with the transform (loader/transform/fields.py).
 """
 
 from __future__ import annotations
