@@ -207,7 +207,7 @@ def test_absent_json_is_sql_null_not_json_null(dw_engine: sa.Engine, writer: Bat
 def test_completion_records_keep_any_key_and_count_the_keys_meta_rows(
     dw_engine: sa.Engine,
 ) -> None:
-    """The objects travel as array literals: every character a key may hold comes back as
+    """The objects travel as arrays: every character a key may hold comes back as
     it was, and `meta_rows` counts the rows naming each key in the same transaction."""
     odd = [
         'events/2026/11/24/13/quote"and\\backslash.json',
