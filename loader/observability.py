@@ -22,6 +22,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from loader.config import LOG_LEVEL, METRICS_NAMESPACE, SERVICE_NAME
 from loader.report import COUNTERS, Report
+from loader.schema import TriggerKind
 
 SERVICE: Final = SERVICE_NAME.read()
 NAMESPACE: Final = METRICS_NAMESPACE.read()
@@ -103,7 +104,7 @@ def emf_batch_metrics(
         seconds = lag.get(key)
         if seconds is not None:
             metrics.add_metric(name=name, unit=MetricUnit.Seconds, value=max(seconds, 0.0))
-    metrics.add_metadata(key="trigger", value="event")
+    metrics.add_metadata(key="trigger", value=TriggerKind.EVENT)
     metrics.add_metadata(key="hours", value=list(hours))
     document = dict(metrics.serialize_metric_set())
     metrics.clear_metrics()

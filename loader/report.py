@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+from loader.schema import RunState, TriggerKind
+
 
 @dataclass
 class KeyList:
@@ -78,10 +80,10 @@ def key_list(
 class Report:
     hour: str
     prefix: str
-    trigger: str
+    trigger: TriggerKind
     run_id: str
     shard: str | None = None
-    state: str = "running"
+    state: RunState = RunState.RUNNING
     dry_run: bool = False
     objects_listed: int = count(ledger=True, metric="ObjectsListed", summary="objects")
     objects_skipped_loaded: int = count()
@@ -115,7 +117,7 @@ class Report:
         cls,
         hour: str,
         prefix: str,
-        trigger: str,
+        trigger: TriggerKind,
         run_id: str,
         key_cap: int,
         shard: str | None = None,

@@ -18,10 +18,11 @@ from sqlalchemy.dialects.postgresql import distinct_on, insert
 
 from loader.load.tables import Tables
 from loader.report import LEDGER_COUNTERS, Report
+from loader.schema import RunState, TriggerKind
 from loader.window import SHARD_SCHEMES, Shard
 
 #: Triggers whose runs load only some keys of an hour: never proof that the hour is complete.
-SOME_KEYS_TRIGGERS: Final = ("reprocess", "event")
+SOME_KEYS_TRIGGERS: Final = (TriggerKind.REPROCESS, TriggerKind.EVENT)
 
 
 def start_run(
@@ -43,7 +44,7 @@ def start_run(
                 trigger=report.trigger,
                 shard=report.shard,
                 started_at=started_at,
-                state="running",
+                state=RunState.RUNNING,
                 loader_version=loader_version,
                 db_revision=report.db_revision,
             )
@@ -103,7 +104,7 @@ def hour_records(
     )
     completed = set(
         conn.execute(
-            sa.select(runs.c.hour).where(whole_hour, runs.c.state == "complete").distinct()
+            sa.select(runs.c.hour).where(whole_hour, runs.c.state == RunState.COMPLETE).distinct()
         ).scalars()
     )
     out: dict[datetime, HourRecord] = {}
@@ -127,7 +128,7 @@ def event_loaded_hours(
             sa.func.coalesce(sa.func.sum(runs.c.inserted), 0).label("inserted"),
             sa.func.max(runs.c.finished_at).label("last_finished_at"),
         )
-        .where(runs.c.hour.between(start, end), runs.c.trigger == "event")
+        .where(runs.c.hour.between(start, end), runs.c.trigger == TriggerKind.EVENT)
         .group_by(runs.c.hour)
     ).mappings()
     return {row["hour"]: dict(row) for row in rows}
@@ -142,12 +143,12 @@ def finalize_run_id(hour_label: str, shard_count: int) -> uuid.UUID:
 def _covering_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """A shard's runs, oldest first → its newest complete run and the partial passes it
     resumed from (the passes that together listed the shard once); None if none completed."""
-    complete = [i for i, run in enumerate(runs) if run["state"] == "complete"]
+    complete = [i for i, run in enumerate(runs) if run["state"] == RunState.COMPLETE]
     if not complete:
         return None
     end = complete[-1]
     start = end
-    while start > 0 and runs[start - 1]["state"] == "partial":
+    while start > 0 and runs[start - 1]["state"] == RunState.PARTIAL:
         start -= 1
     return runs[start : end + 1]
 
@@ -218,7 +219,7 @@ def finalize_sharded_hour(
         values: dict[str, Any] = {
             "started_at": min(run["started_at"] for run in passes),
             "finished_at": datetime.now(UTC),
-            "state": "complete",
+            "state": RunState.COMPLETE,
             "newest_event_at": newest,
             "loader_version": loader_version,
             "db_revision": report.db_revision,
@@ -240,7 +241,7 @@ def _report_finalized(
     for counter in LEDGER_COUNTERS:
         report.set_count(counter, totals[counter.name])
     report.duplicates = report.duplicate_exact + report.duplicate_conflicting
-    report.state = "complete"
+    report.state = RunState.COMPLETE
     report.newest_event_at = newest.isoformat() if newest else None
 
 

@@ -47,6 +47,7 @@ from loader.observability import log
 from loader.pipeline.hour import HourLoader
 from loader.pipeline.job import HourJob, RemainingMs
 from loader.report import COUNTERS, KeyList, Report
+from loader.schema import RunState, TriggerKind
 from loader.window import hour_label
 
 Clock = Callable[[], datetime]
@@ -166,7 +167,7 @@ class BatchResult:
             ignored.add(f"{item.reason}: {item.detail}")
             by_reason[item.reason] = by_reason.get(item.reason, 0) + 1
         return {
-            "trigger": "event",
+            "trigger": TriggerKind.EVENT,
             "messages": self.messages,
             "messages_failed": failed.to_dict(),
             "objects_named": len(self.committed) + len(self.failed_keys),
@@ -251,7 +252,7 @@ class EventLoader:
         clock: Clock,
     ) -> None:
         """One hour's named keys as one `event` run, settled into `result`."""
-        job = HourJob(hour, "event", only_keys=frozenset(keys), locks_hour=False)
+        job = HourJob(hour, TriggerKind.EVENT, only_keys=frozenset(keys), locks_hour=False)
         gone_before = len(self.named.gone)
         try:
             report = self.loader.load(job, remaining_ms)
@@ -278,9 +279,9 @@ class EventLoader:
 def _settled(report: Report, keys: list[str]) -> set[str]:
     """The keys this run settled: all of them when it completed; when it stopped early (time
     running out), those up to the last one it committed, in the order it read them."""
-    if report.state == "complete":
+    if report.state == RunState.COMPLETE:
         return set(keys)
-    if report.state == "partial" and report.resume_after is not None:
+    if report.state == RunState.PARTIAL and report.resume_after is not None:
         return {k for k in keys if k <= report.resume_after}
     return set()
 

@@ -27,6 +27,7 @@ from loader.observability import log
 from loader.pipeline.hour import HourLoader
 from loader.pipeline.job import HourJob, RemainingMs
 from loader.report import COUNTERS, KeyList, Report
+from loader.schema import RunState, TriggerKind
 from loader.window import HOUR, Trigger, hour_label, hour_prefix
 
 
@@ -56,12 +57,12 @@ def run_trigger(
     the scheduled run is its reconciliation sweep: it lists the whole hour but fetches only the
     objects with no completion record, and its `complete` is what proves the hour complete."""
     job = HourJob(trigger.hour, trigger.kind, trigger.shard, dry_run=dry_run)
-    if trigger.kind == "schedule" and trigger.shard is None:
+    if trigger.kind == TriggerKind.SCHEDULE and trigger.shard is None:
         job.skip_loaded_keys = _notified(loader, trigger.hour, remaining_ms)
     report = loader.load(job, remaining_ms)
-    if trigger.kind != "schedule" or trigger.shard is not None or dry_run:
+    if trigger.kind != TriggerKind.SCHEDULE or trigger.shard is not None or dry_run:
         return report
-    if report.state not in ("complete", "already_running"):
+    if report.state not in (RunState.COMPLETE, RunState.ALREADY_RUNNING):
         return report
     look_back(loader, trigger.hour, report, remaining_ms)
     return report
@@ -83,7 +84,7 @@ def finalize_fanned_out_hour(
     report = Report.new(
         label,
         hour_prefix(hour, loader.settings.events_prefix),
-        "schedule",
+        TriggerKind.SCHEDULE,
         str(finalize_run_id(label, shard_count)),
         loader.settings.key_list_cap,
     )
@@ -135,7 +136,8 @@ def look_back(
             if _has_objects(loader, each_hour):
                 report.missing_hours.append(hour_label(each_hour))
             continue
-        late = loader.load(HourJob(each_hour, "lookback", skip_loaded_keys=True), remaining_ms)
+        job = HourJob(each_hour, TriggerKind.LOOKBACK, skip_loaded_keys=True)
+        late = loader.load(job, remaining_ms)
         report.lookback.append(
             {
                 "hour": late.hour,
@@ -181,10 +183,10 @@ class HoursResult:
     not_started: list[str] = field(default_factory=list)
 
     @property
-    def state(self) -> str:
+    def state(self) -> RunState:
         """`complete` once every hour that has begun is; `partial` means rerun the payload."""
-        done = all(r.state == "complete" for r in self.reports)
-        return "complete" if done and not self.not_started else "partial"
+        done = all(r.state == RunState.COMPLETE for r in self.reports)
+        return RunState.COMPLETE if done and not self.not_started else RunState.PARTIAL
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -257,7 +259,7 @@ def run_hours(
         result.reports.append(report)
         if on_report is not None:
             on_report(report)
-        if report.state == "partial":
+        if report.state == RunState.PARTIAL:
             result.not_started = [hour_label(h) for h in trigger.hours[index + 1 :]]
             break
     return result
