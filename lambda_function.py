@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loader.app import LoaderFactory
-from loader.load.db import sqlstate
+from loader.errors import sqlstate
 from loader.notifications import is_sqs_event, parse_sqs_event, plan_batch
 from loader.observability import emit_batch_metrics, emit_metrics, log
 from loader.pipeline.runs import finalize_fanned_out_hour, run_hours, run_trigger

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from loader.errors import TerminalError
 from loader.schema import TriggerKind
 
 HOUR = timedelta(hours=1)
@@ -37,7 +38,7 @@ _ACCEPTED = (
 )
 
 
-class TriggerError(ValueError):
+class TriggerError(TerminalError):
     """The invocation event is not one the loader understands."""
 
 

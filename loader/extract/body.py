@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import zlib
 
+from loader.errors import TerminalError
+
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-class BodyError(ValueError):
+class BodyError(TerminalError):
     """A body that can never parse (terminal): reported as malformed, never retried."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from loader.common import S3AccessError, S3TransientError
+from loader.errors import TransientError
 
 Verdict = Literal["terminal", "access", "retry", "expired", "fail"]
 
@@ -67,7 +68,7 @@ EXPIRED_CODES: Final = frozenset({"ExpiredToken", "TokenRefreshRequired"})
 RETRY_AFTER_CAP_S: Final = 20.0
 
 
-class TransportError(Exception):
+class TransportError(TransientError):
     """The request got no HTTP response (connection refused or reset, timeout): retryable."""
 
 

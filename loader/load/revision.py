@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Final
 
 import sqlalchemy as sa
 
-from loader.load.db import sqlstate
+from loader.errors import TerminalError, sqlstate
 from loader.schema import HEAD_REVISION, KNOWN_REVISIONS
 
 if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
 
-class SchemaRevisionError(RuntimeError):
+class SchemaRevisionError(TerminalError):
     """The warehouse is not at the revision this loader was built for."""
 
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from loader import __version__
+from loader.errors import LoaderError, TransientError
 from loader.load.db import error_summary
 from loader.load.ledger import (
     event_loaded_hours,
@@ -35,7 +36,7 @@ def lookback_hours(hour: datetime, count: int) -> list[datetime]:
     return [hour - HOUR * i for i in range(1, count + 1)]
 
 
-class HourNotFinalized(RuntimeError):
+class HourNotFinalized(TransientError):
     """A fanned-out hour cannot be recorded complete (yet): a shard has no complete run, or a
     run of the hour still holds it. Step Functions retries FinalizeHour on this."""
 
@@ -208,8 +209,9 @@ class HoursResult:
         return out
 
 
-class HoursFailed(RuntimeError):
-    """An hour of a day run raised; its message says what was loaded and what was not."""
+class HoursFailed(LoaderError):
+    """An hour of a day run raised (its `__cause__`, which says whether a rerun can help); its
+    message says what was loaded and what was not."""
 
     def __init__(self, message: str, result: HoursResult) -> None:
         super().__init__(message)

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from loader.common import EventRecord, SourceObject
-from loader.config import DatabaseSettings, Settings
+from loader.config import ConfigError, DatabaseSettings, Settings
 from loader.load.batch import write_isolating_poison
 from loader.load.completion import Completion, record_completed
 from loader.load.copy import write_batch_copy
@@ -184,7 +184,7 @@ def test_settings_default_to_copy() -> None:
     assert (
         load_settings({"RAW_BUCKET_NAME": "b", "WRITE_METHOD": "insert"}).write_method == "insert"
     )
-    with pytest.raises(ValueError, match="WRITE_METHOD"):
+    with pytest.raises(ConfigError, match="WRITE_METHOD"):
         load_settings({"RAW_BUCKET_NAME": "b", "WRITE_METHOD": "fast"})
 
 

@@ -105,10 +105,6 @@ def test_good_values_are_read(
     assert loaded == expected
 
 
-def test_config_errors_are_value_errors() -> None:
-    assert issubclass(ConfigError, ValueError)
-
-
 # --- DW_PG_SSL ---------------------------------------------------------------------------------
 
 
