@@ -315,9 +315,6 @@ class DatabaseSettings:
             query=query,
         )
 
-    def safe_url(self) -> str:
-        return self.url().render_as_string(hide_password=True)
-
 
 @dataclass(frozen=True)
 class Settings:

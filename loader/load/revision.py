@@ -38,11 +38,6 @@ def code_revisions() -> CodeRevisions:
     return CodeRevisions(HEAD_REVISION, frozenset(KNOWN_REVISIONS))
 
 
-def code_head_revision() -> str:
-    """The Alembic head this code expects."""
-    return HEAD_REVISION
-
-
 # --- expand/contract: which loaders may load into a newer warehouse ------------------------------
 #
 # A loader knows only the revisions shipped with it, so it cannot read the file of a newer one.

@@ -7,20 +7,12 @@ sibling tables in the same schema) is decided once, here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.sql.schema import RETAIN_SCHEMA
 
 from loader import schema
 from loader.config import Settings
-
-#: The columns the transform fills; any other column (loaded_at, one a DBA added) gets its
-#: default, whichever write method runs.
-EVENT_COLUMNS: Final = tuple(c.name for c in schema.clickstream_events.c if c.name != "loaded_at")
-META_COLUMNS: Final = tuple(
-    c.name for c in schema.clickstream_ingest_meta.c if c.name != "loaded_at"
-)
 
 
 @dataclass(frozen=True)
