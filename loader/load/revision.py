@@ -1,4 +1,4 @@
-"""The revision guard: the loader refuses a warehouse it was not built for, and never runs DDL.
+"""The revision guard: the loader refuses a warehouse it was not built for; it never migrates.
 
 The code's side is the Alembic history it was built for (loader.schema's KNOWN_REVISIONS, which
 a test keeps equal to migrations/versions, so neither Alembic nor migrations/ ships with it);
@@ -122,7 +122,7 @@ def database_revision(conn: sa.Connection) -> WarehouseRevision:
 
 
 def check_revision(conn: sa.Connection, code: CodeRevisions) -> str:
-    """Refuse to load into a warehouse this loader was not built for; the loader never runs DDL.
+    """Refuse to load into a warehouse this loader was not built for; the loader never migrates.
 
     Loads when the warehouse is at the loader's head, or ahead of it by revisions that all
     declare themselves loader-compatible (expand/contract: the DBA applies the additive step,
