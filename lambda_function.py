@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loader.app import LoaderFactory
-from loader.load.db import sqlstate
+from loader.errors import sqlstate
 from loader.maintenance import maintain_warehouse, options_from_event
 from loader.notifications import is_sqs_event, parse_sqs_event, plan_batch
 from loader.observability import emit_batch_metrics, emit_metrics, log

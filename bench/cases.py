@@ -632,7 +632,11 @@ def case_db_ceiling(size: int) -> dict[str, Any]:
     from loader.config import load_settings
     from loader.load.copy import _copy_rows
     from loader.load.db import make_engine
-    from loader.load.tables import EVENT_COLUMNS, META_COLUMNS
+    from loader.schema import clickstream_events, clickstream_ingest_meta
+
+    # The columns the transform fills: all but the one PostgreSQL stamps.
+    EVENT_COLUMNS = tuple(c.name for c in clickstream_events.c if c.name != "loaded_at")
+    META_COLUMNS = tuple(c.name for c in clickstream_ingest_meta.c if c.name != "loaded_at")
     from loader.transform.mapping import transform_object
 
     settings = load_settings()

@@ -29,12 +29,16 @@ from loader.config import DatabaseSettings, Settings
 from loader.load.copy import _copy_rows, write_batch_copy
 from loader.load.db import make_engine
 from loader.load.sink import write_batch
-from loader.load.tables import EVENT_COLUMNS, META_COLUMNS, tables_for
+from loader.load.tables import tables_for
+from loader.schema import clickstream_events, clickstream_ingest_meta
 from loader.transform.mapping import transform_object
 from tools.demo.traffic import generate_hour
 from tools.servers import start_embedded_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The columns the transform fills: all but the one PostgreSQL stamps.
+EVENT_COLUMNS = tuple(c.name for c in clickstream_events.c if c.name != "loaded_at")
+META_COLUMNS = tuple(c.name for c in clickstream_ingest_meta.c if c.name != "loaded_at")
 HOUR = datetime(2026, 11, 24, 13, tzinfo=UTC)
 
 

@@ -34,7 +34,7 @@ from loader.operations import reprocess as do_reprocess
 from loader.operations import status as do_status
 from loader.pipeline.runs import run_trigger
 from loader.report import Report
-from loader.schema import DAY_PARTITIONED
+from loader.schema import DAY_PARTITIONED, RunState, TriggerKind
 from loader.window import Trigger, TriggerError, hours_between, parse_hour
 
 app = typer.Typer(
@@ -126,11 +126,11 @@ def run(
     """Load one hour, in full, inserting only what is missing (the Lambda's code path)."""
     _setup()
     with open_loader() as loader:
-        report = run_trigger(loader, Trigger(_hour(hour), "manual"), dry_run=dry_run)
-        if report.state == "retired" and loader.retention is not None:
+        report = run_trigger(loader, Trigger(_hour(hour), TriggerKind.MANUAL), dry_run=dry_run)
+        if report.state == RunState.RETIRED and loader.retention is not None:
             err.print(loader.retention.describe(datetime.now(UTC)), highlight=False)
     _emit(report.to_dict(), as_json, lambda d: _report_table([d]))
-    if report.state == "already_running":
+    if report.state == RunState.ALREADY_RUNNING:
         raise typer.Exit(3)
 
 

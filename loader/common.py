@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from loader.errors import TerminalError, TransientError
+
 # --- S3 objects: extract → pipeline --------------------------------------------------------
 
 
@@ -67,11 +69,11 @@ class ObjectSource(Protocol):
     def close(self) -> None: ...
 
 
-class S3TransientError(RuntimeError):
+class S3TransientError(TransientError):
     """S3 kept failing after every retry: fail the invocation so it is retried as a whole."""
 
 
-class S3AccessError(RuntimeError):
+class S3AccessError(TerminalError):
     """S3 refused access: a configuration problem (bucket, IAM policy, region), not bad data."""
 
 

@@ -22,6 +22,8 @@ from typing import Any, Final, Generic, Literal, TypeVar, cast
 
 from sqlalchemy.engine import URL
 
+from loader.errors import TerminalError
+
 S3ClientKind = Literal["auto", "boto3", "crt"]
 WriteMethod = Literal["copy", "insert"]
 T = TypeVar("T")
@@ -34,7 +36,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 Parse = Callable[[str, str], Any]
 
 
-class ConfigError(ValueError):
+class ConfigError(TerminalError):
     """A setting is missing or invalid; the message names the environment variable."""
 
 
@@ -312,9 +314,6 @@ class DatabaseSettings:
             database=self.database,
             query=query,
         )
-
-    def safe_url(self) -> str:
-        return self.url().render_as_string(hide_password=True)
 
 
 @dataclass(frozen=True)

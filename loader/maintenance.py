@@ -35,7 +35,8 @@ from sqlalchemy.dialects.postgresql import insert
 from tenacity import RetryCallState
 
 from loader.config import load_database_settings
-from loader.load.db import make_engine, retrying, sqlstate
+from loader.errors import sqlstate
+from loader.load.db import make_engine, retrying
 from loader.load.locks import lock_key
 from loader.load.retention import Retention, day_start, read_retention
 from loader.observability import log

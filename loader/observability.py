@@ -21,7 +21,8 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from loader.config import LOG_LEVEL, METRICS_NAMESPACE, SERVICE_NAME
-from loader.report import Report
+from loader.report import COUNTERS, Report
+from loader.schema import TriggerKind
 
 SERVICE: Final = SERVICE_NAME.read()
 NAMESPACE: Final = METRICS_NAMESPACE.read()
@@ -63,18 +64,11 @@ def emf_metrics(report: Report, now: datetime) -> dict[str, Any]:
     """The run's metrics as one EMF document (also what `emit_metrics` prints)."""
     metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
     metrics.clear_metrics()
-    counts = {
-        "EventsInserted": report.inserted,
-        "Duplicates": report.duplicates,
-        "DuplicatesConflicting": report.duplicate_conflicting,
-        "Malformed": report.malformed.count,
-        "Invalid": report.invalid.count,
-        "Quarantined": report.quarantined.count,
-        "Retries": report.retries,
-        "ObjectsListed": report.objects_listed,
-    }
-    for name, value in counts.items():
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    for counter in COUNTERS:
+        if counter.metric:
+            metrics.add_metric(
+                name=counter.metric, unit=MetricUnit.Count, value=report.count_of(counter)
+            )
     metrics.add_metric(name="DurationSeconds", unit=MetricUnit.Seconds, value=report.seconds)
     if report.newest_event_at:
         lag = (now - datetime.fromisoformat(report.newest_event_at)).total_seconds()
@@ -110,7 +104,7 @@ def emf_batch_metrics(
         seconds = lag.get(key)
         if seconds is not None:
             metrics.add_metric(name=name, unit=MetricUnit.Seconds, value=max(seconds, 0.0))
-    metrics.add_metadata(key="trigger", value="event")
+    metrics.add_metadata(key="trigger", value=TriggerKind.EVENT)
     metrics.add_metadata(key="hours", value=list(hours))
     document = dict(metrics.serialize_metric_set())
     metrics.clear_metrics()

@@ -23,6 +23,7 @@ from loader.load.ledger import event_loaded_hours, hour_records
 from loader.pipeline.hour import HourLoader
 from loader.pipeline.job import HourJob
 from loader.report import Report
+from loader.schema import RunState, TriggerKind
 from loader.window import HOUR, floor_hour, hour_label, hour_of_key, hour_prefix, hours_between
 
 Progress = Callable[[str, Report | None], None]
@@ -37,7 +38,7 @@ class BackfillResult:
         return {
             "hours": [r.to_dict() for r in self.reports],
             "skipped_complete": self.skipped_complete,
-            "retired": [r.hour for r in self.reports if r.state == "retired"],
+            "retired": [r.hour for r in self.reports if r.state == RunState.RETIRED],
             "inserted": sum(r.inserted for r in self.reports),
         }
 
@@ -66,7 +67,7 @@ def backfill(
             if progress:
                 progress(hour_label(hour), None)
             continue
-        report = loader.load(HourJob(hour, "backfill", dry_run=dry_run))
+        report = loader.load(HourJob(hour, TriggerKind.BACKFILL, dry_run=dry_run))
         result.reports.append(report)
         if progress:
             progress(hour_label(hour), report)
@@ -112,7 +113,7 @@ def reprocess(
     for each_hour in sorted(h for h in by_hour if by_hour[h]):
         job = HourJob(
             each_hour,
-            "reprocess",
+            TriggerKind.REPROCESS,
             only_keys=frozenset(by_hour[each_hour]),
             resolve_quarantine=True,
         )
@@ -228,7 +229,7 @@ def _awaiting_sweep(hour: datetime, events: dict[str, Any], counts: _HourCounts)
     last = events["last_finished_at"]
     return {
         "state": "awaiting_sweep",
-        "trigger": "event",
+        "trigger": TriggerKind.EVENT,
         "objects_loaded": int(counts.loaded.get(hour, 0)),
         "inserted": int(counts.inserted.get(hour, 0)),
         "event_runs": int(events["runs"]),
@@ -241,10 +242,10 @@ def _run_entry(
 ) -> dict[str, Any]:
     """What the ledger says of an hour that ran: its newest run, with the hour's totals."""
     state = run["state"]
-    if state == "running" and run["finished_at"] is None and run["started_at"] < now - HOUR:
-        state = "failed"  # a run that never finished (killed): say so
-    if state in ("failed", "running") and ever_complete:
-        state = "complete"
+    if state == RunState.RUNNING and run["finished_at"] is None and run["started_at"] < now - HOUR:
+        state = RunState.FAILED  # a run that never finished (killed): say so
+    if state in (RunState.FAILED, RunState.RUNNING) and ever_complete:
+        state = RunState.COMPLETE
     return {
         "state": state,
         "trigger": run["trigger"],

@@ -3,11 +3,12 @@
 Alembic revisions own the DDL (a DBA reviews them); this module describes the head state so the
 loader builds its statements from it and `alembic check` / pytest-alembic can prove the two agree.
 Every column carries a comment: `\\d+` in psql is the data dictionary. The text caps the
-loader truncates to live with the transform (loader/transform/caps.py).
+loader truncates to live with the transform (loader/transform/fields.py).
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
 
 from sqlalchemy import (
@@ -292,8 +293,36 @@ clickstream_ingest_meta = Table(
 # Reconciliation (`check`) asks "which keys of this hour are loaded": a prefix scan.
 Index("ix_clickstream_ingest_meta_s3_key", clickstream_ingest_meta.c.s3_key)
 
-RUN_TRIGGERS: Final = ("schedule", "manual", "backfill", "reprocess", "lookback", "event")
-RUN_STATES: Final = ("running", "complete", "partial", "failed")
+
+class TriggerKind(StrEnum):
+    """Why a run ran: the ledger's `trigger`. Whole-hour runs, then those that read some keys."""
+
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+    BACKFILL = "backfill"
+    REPROCESS = "reprocess"
+    LOOKBACK = "lookback"
+    EVENT = "event"
+
+
+class RunState(StrEnum):
+    """Where a run is or how it ended: the ledger's `state`."""
+
+    RUNNING = "running"
+    COMPLETE = "complete"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    #: Reported only: another run held the hour's lock, so this one wrote no ledger row.
+    ALREADY_RUNNING = "already_running"
+    #: Reported only: the hour is past the recorded retention; nothing is read or written.
+    RETIRED = "retired"
+
+
+#: Reported only, never in the ledger.
+_REPORTED_ONLY: Final = (RunState.ALREADY_RUNNING, RunState.RETIRED)
+#: The values the ledger's CHECK constraints allow (the revisions spell the same lists out).
+RUN_TRIGGERS: Final = tuple(kind.value for kind in TriggerKind)
+RUN_STATES: Final = tuple(state.value for state in RunState if state not in _REPORTED_ONLY)
 
 clickstream_load_runs = Table(
     LOAD_RUNS_TABLE,

@@ -31,6 +31,8 @@ import threading
 from collections.abc import Mapping
 from typing import Final
 
+from loader.errors import TerminalError
+
 SECRET_ARN_VAR: Final = "DW_PG_SECRET_ARN"  # noqa: S105 - a variable name, not a secret
 
 #: Secret JSON key -> the DW_PG_* variable it supplies.
@@ -54,7 +56,7 @@ _cache: dict[str, dict[str, str]] = {}
 _cache_lock = threading.Lock()
 
 
-class DatabaseSecretError(RuntimeError):
+class DatabaseSecretError(TerminalError):
     """The secret named by DW_PG_SECRET_ARN cannot be read or is not a PostgreSQL secret."""
 
 

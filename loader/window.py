@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from loader.errors import TerminalError
+from loader.schema import TriggerKind
+
 HOUR = timedelta(hours=1)
 _HOUR_FORMAT = "%Y-%m-%dT%H"
 _HOUR_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}$")
@@ -35,7 +38,7 @@ _ACCEPTED = (
 )
 
 
-class TriggerError(ValueError):
+class TriggerError(TerminalError):
     """The invocation event is not one the loader understands."""
 
 
@@ -196,7 +199,7 @@ class Trigger:
     """
 
     hour: datetime
-    kind: str
+    kind: TriggerKind
     shard: Shard | None = None
     day: date | None = None
     hours: tuple[datetime, ...] = ()
@@ -247,7 +250,7 @@ def parse_trigger(
     if "hour" in event:
         if not isinstance(event["hour"], str):
             raise TriggerError(f"hour must be a string like 2026-11-24T13, got {event['hour']!r}")
-        return Trigger(parse_hour(event["hour"]), "manual", shard)
+        return Trigger(parse_hour(event["hour"]), TriggerKind.MANUAL, shard)
     if chosen or "scope" in event:
         key = chosen[0] if chosen else "hoursBack"
         current = floor_hour(now if now is not None else datetime.now(UTC))
@@ -262,7 +265,7 @@ def parse_trigger(
             raise TriggerError(f"scheduled event 'time' is not ISO-8601: {time!r}") from None
         if instant.tzinfo is None:
             instant = instant.replace(tzinfo=UTC)
-        return Trigger(previous_hour(instant), "schedule", shard)
+        return Trigger(previous_hour(instant), TriggerKind.SCHEDULE, shard)
     raise TriggerError(f"expected {_ACCEPTED}; got keys {sorted(str(k) for k in event)[:10]}")
 
 
@@ -290,7 +293,7 @@ def _parse_etl_payload(
         return _whole_day("hoursBack", hour.date(), current, shard)
     if scope != "hour":
         raise TriggerError(f"scope must be 'hour' or 'day', got {scope!r}")
-    return Trigger(hour, "manual", shard)
+    return Trigger(hour, TriggerKind.MANUAL, shard)
 
 
 def _single_hour(key: str, hour: datetime, current: datetime, shard: Shard | None) -> Trigger:
@@ -298,7 +301,7 @@ def _single_hour(key: str, hour: datetime, current: datetime, shard: Shard | Non
         raise TriggerError(
             f"{key} names {hour_label(hour)}, which has not begun yet (now {hour_label(current)})"
         )
-    return Trigger(hour, "manual", shard)
+    return Trigger(hour, TriggerKind.MANUAL, shard)
 
 
 def _whole_day(key: str, day: date, current: datetime, shard: Shard | None) -> Trigger:
@@ -307,7 +310,7 @@ def _whole_day(key: str, day: date, current: datetime, shard: Shard | None) -> T
         raise TriggerError(
             f"{key} names {day.isoformat()}, which has not begun yet (now {hour_label(current)})"
         )
-    return Trigger(hours[0], "manual", shard, day=day, hours=hours)
+    return Trigger(hours[0], TriggerKind.MANUAL, shard, day=day, hours=hours)
 
 
 def parse_instant(value: Any, key: str = "targetUtcHour") -> datetime:

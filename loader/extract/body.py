@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from loader.common import STOP_POLL_S, FetchedObject, ObjectRef
+from loader.errors import TerminalError
 
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-class BodyError(ValueError):
+class BodyError(TerminalError):
     """A body that can never parse (terminal): reported as malformed, never retried."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -18,10 +18,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from loader.common import EventRecord, Rejection
+from loader.errors import is_data_error, sqlstate
 from loader.load.adoption import AdoptedRange, adopted_duplicates
 from loader.load.completion import Completion, record_completed
 from loader.load.copy import write_batch_copy
-from loader.load.db import describe_error, is_data_error, sqlstate
+from loader.load.db import describe_error
 from loader.load.partitions import batch_days, ensure_partitions, forget_partitions
 from loader.load.quarantine import quarantine, rejection_row, resolve_quarantined
 from loader.load.sink import BatchOutcome, BatchWriter, write_batch

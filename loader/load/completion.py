@@ -8,8 +8,6 @@ and records how many clickstream_ingest_meta rows the object had then.
 
 from __future__ import annotations
 
-import functools
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,25 +18,6 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 
 from loader.load.tables import Tables
-
-# PostgreSQL array literals (`{"a","b"}`), sent as one text parameter each and cast by the
-# server: psycopg2 adapts a Python list element by element, several times the CPU per batch.
-_ARRAY_ESCAPE = re.compile(r'["\\]').search
-
-
-def _text_array(values: Sequence[str]) -> str:
-    quoted = (
-        v.replace("\\", "\\\\").replace('"', '\\"') if _ARRAY_ESCAPE(v) else v for v in values
-    )
-    return '{"' + '","'.join(quoted) + '"}'
-
-
-def _int_array(values: Sequence[int]) -> str:
-    return "{" + ",".join(map(str, values)) + "}"
-
-
-def _timestamp_array(values: Sequence[datetime | None]) -> str:
-    return "{" + ",".join("NULL" if v is None else v.isoformat() for v in values) + "}"
 
 
 @dataclass(frozen=True)
@@ -76,12 +55,12 @@ def record_completed(
     conn.execute(
         _completion_statement(tables.loaded_objects, tables.meta, refresh),
         {
-            "keys": _text_array([c.key for c in completions]),
-            "events": _int_array([c.events for c in completions]),
-            "quarantined": _int_array([c.quarantined for c in completions]),
-            "modified": _timestamp_array([c.last_modified for c in completions]),
-            "first": _timestamp_array([c.first_event_at for c in completions]),
-            "last": _timestamp_array([c.last_event_at for c in completions]),
+            "keys": [c.key for c in completions],
+            "events": [c.events for c in completions],
+            "quarantined": [c.quarantined for c in completions],
+            "modified": [c.last_modified for c in completions],
+            "first": [c.first_event_at for c in completions],
+            "last": [c.last_event_at for c in completions],
             "bucket": bucket,
             "hour": hour,
             "run_id": run_id,
@@ -89,17 +68,16 @@ def record_completed(
     )
 
 
-@functools.cache
 def _completion_statement(done: sa.Table, meta: sa.Table, refresh: bool) -> sa.Insert:
-    """INSERT ... SELECT FROM unnest(arrays): built once per table, like a prepared statement."""
+    """INSERT ... SELECT FROM unnest(arrays)."""
     objects = (
         sa.func.unnest(
-            sa.cast(sa.bindparam("keys"), ARRAY(sa.Text)),
-            sa.cast(sa.bindparam("events"), ARRAY(sa.Integer)),
-            sa.cast(sa.bindparam("quarantined"), ARRAY(sa.Integer)),
-            sa.cast(sa.bindparam("modified"), ARRAY(sa.DateTime(timezone=True))),
-            sa.cast(sa.bindparam("first"), ARRAY(sa.DateTime(timezone=True))),
-            sa.cast(sa.bindparam("last"), ARRAY(sa.DateTime(timezone=True))),
+            sa.bindparam("keys", type_=ARRAY(sa.Text)),
+            sa.bindparam("events", type_=ARRAY(sa.Integer)),
+            sa.bindparam("quarantined", type_=ARRAY(sa.Integer)),
+            sa.bindparam("modified", type_=ARRAY(sa.DateTime(timezone=True))),
+            sa.bindparam("first", type_=ARRAY(sa.DateTime(timezone=True))),
+            sa.bindparam("last", type_=ARRAY(sa.DateTime(timezone=True))),
         )
         .table_valued("s3_key", "events", "quarantined", "s3_last_modified", "first", "last")
         .render_derived()

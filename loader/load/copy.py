@@ -9,14 +9,12 @@ Temporary tables need the TEMPORARY privilege on the database (see deploy/grants
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from operator import itemgetter
 from typing import Any, Final
 
 import psycopg2
@@ -49,65 +47,39 @@ def _copy_field(value: Any) -> str:
     return str(value)
 
 
-# The hot loop formats a batch column by column: a column's values mostly share one type (text or
-# NULL, a timestamp, a UUID), so its formatting is chosen once per column, not looked up per value,
-# and a text column is searched for the four characters COPY escapes in one pass over all of its
-# values. Same text as `_copy_field` for every value (tests/unit/test_copy_text.py), about half
-# the CPU of a per-value type dispatch (bench "Where the CPU goes": the writer thread).
+# Hand-tuned, kept because measured: formatting a column at a time saves ~20 µs per event
+# (~5.5% of the default path's CPU) over `_copy_field` per value (bench/results/copy_format.md).
+# A column's values mostly share one type, so its formatting is chosen once per column, and a
+# text column is searched for the characters COPY escapes in one pass over all of its values.
+# tests/unit/test_copy_text.py holds it equal to `_copy_field`.
 _NEEDS_ESCAPE = re.compile(r"[\\\n\r\t]").search
 _NULL: Final = "\\N"
-_NONE_TYPE: Final = type(None)
-_TEXT_OR_NULL: Final = frozenset({str, _NONE_TYPE})
-_AS_STR: Final = frozenset({uuid.UUID, Decimal, int})
-_AS_JSON: Final = frozenset({dict, list})
-
-
-def _copy_text(value: str) -> str:
-    return value.translate(_COPY_ESCAPES) if _NEEDS_ESCAPE(value) else value
 
 
 def _text_column(values: Sequence[str | None]) -> list[str]:
-    # `filter(None, ...)` drops NULLs (and empty strings, which need no escaping): one search
-    # over the column's text tells whether any value needs escaping at all.
     if _NEEDS_ESCAPE("".join(filter(None, values))) is None:
         return [_NULL if v is None else v for v in values]
-    return [_NULL if v is None else _copy_text(v) for v in values]
+    return [_NULL if v is None else v.translate(_COPY_ESCAPES) for v in values]
 
 
 def _copy_column(values: Sequence[Any]) -> list[str]:
     """One column of a batch in COPY's text format: what `_copy_field` gives for each value."""
-    kinds = set(map(type, values))
-    if kinds <= _TEXT_OR_NULL:
+    kinds = set(map(type, values)) - {type(None)}
+    if kinds <= {str}:
         return _text_column(values)
-    kinds.discard(_NONE_TYPE)
     kind = kinds.pop() if len(kinds) == 1 else None
     if kind is datetime:
         return [_NULL if v is None else v.isoformat() for v in values]
-    if kind in _AS_STR:
+    if kind in (uuid.UUID, Decimal, int):
         return [_NULL if v is None else str(v) for v in values]
-    if kind in _AS_JSON:
+    if kind in (dict, list):
         return _text_column([None if v is None else dumps_json(v) for v in values])
-    if kind is bool:
-        return [_NULL if v is None else ("t" if v else "f") for v in values]
-    if kind is bytes:
-        return [_NULL if v is None else "\\\\x" + v.hex() for v in values]
-    return [_copy_field(v) for v in values]  # mixed types, or a subclass: value by value
-
-
-def _by_column(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[Sequence[Any]]:
-    """Each column's values across the rows, None where a row lacks the column."""
-    if len(columns) > 1:  # itemgetter of one key returns the value, not a 1-tuple
-        try:
-            # One C call per row (the transform's rows have every column), then transposed.
-            return list(zip(*map(itemgetter(*columns), rows), strict=True))
-        except KeyError:
-            pass
-    return [[row.get(c) for row in rows] for c in columns]
+    return [_copy_field(v) for v in values]  # mixed types, bool, bytes, a subclass
 
 
 def _copy_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> io.StringIO:
     """The rows as COPY text, the columns in `columns` order (a row lacking one writes NULL)."""
-    formatted = [_copy_column(values) for values in _by_column(rows, columns)]
+    formatted = [_copy_column([row.get(c) for row in rows]) for c in columns]
     buffer = io.StringIO()
     buffer.writelines(line + "\n" for line in map("\t".join, zip(*formatted, strict=True)))
     buffer.seek(0)
@@ -123,7 +95,6 @@ def _written_columns(table: sa.Table, rows: Sequence[dict[str, Any]]) -> list[st
     return [c.name for c in table.c if c.name in first]
 
 
-@functools.lru_cache(maxsize=64)
 def _stage(table: sa.Table) -> sa.TableClause:
     return sa.table(f"stage_{table.name}", *(sa.column(c.name) for c in table.c), schema="pg_temp")
 
@@ -190,18 +161,11 @@ def _copy_into(
         cursor.close()
 
 
-@functools.lru_cache(maxsize=64)  # bounded: each TARGET_TABLE's copy is a Table of its own
-def _move_statement(table: sa.Table, columns: tuple[str, ...], returning: bool) -> sa.Insert:
-    """INSERT ... SELECT FROM the stage table ... ON CONFLICT DO NOTHING, built once per table and
-    column list, like a prepared statement: building it and its cache key anew for every batch
-    was a measurable part of the writer's CPU."""
+def _move_statement(table: sa.Table, columns: list[str]) -> sa.Insert:
+    """INSERT ... SELECT FROM the stage table ... ON CONFLICT DO NOTHING, in key order."""
     stage = _stage(table)
     select = sa.select(*(stage.c[c] for c in columns)).order_by(*(stage.c[c] for c in KEY))
-    statement = (
-        insert(table).from_select(list(columns), select).on_conflict_do_nothing(index_elements=KEY)
-    )
-    # As text: most batches insert all of their events or none, and then no id needs parsing.
-    return statement.returning(sa.cast(table.c.event_id, sa.Text)) if returning else statement
+    return insert(table).from_select(columns, select).on_conflict_do_nothing(index_elements=KEY)
 
 
 def _insert_via_copy(
@@ -213,20 +177,14 @@ def _insert_via_copy(
         event_rows = [r.event for r in events]
         event_columns = _written_columns(tables.events, event_rows)
         _copy_into(conn, _stage(tables.events), event_rows, event_columns)
-        moved = _move_statement(tables.events, tuple(event_columns), returning=True)
-        returned = conn.execute(moved).scalars().all()
-        if len(returned) == len(events):
-            inserted = {r.event_id for r in events}
-        else:
-            inserted = {uuid.UUID(text) for text in returned}
+        moved = _move_statement(tables.events, event_columns)
+        inserted = set(conn.execute(moved.returning(tables.events.c.event_id)).scalars())
     if not metas:
         return inserted, 0
     meta_rows = [r.meta for r in metas]
     meta_columns = _written_columns(tables.meta, meta_rows)
     _copy_into(conn, _stage(tables.meta), meta_rows, meta_columns)
-    # Only the count of new meta rows is needed: the rowcount, not 500 ids turned into UUIDs.
-    meta = _move_statement(tables.meta, tuple(meta_columns), returning=False)
-    return inserted, conn.execute(meta).rowcount
+    return inserted, conn.execute(_move_statement(tables.meta, meta_columns)).rowcount
 
 
 def write_batch_copy(

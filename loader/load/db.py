@@ -1,9 +1,8 @@
-"""The warehouse connection: a small engine, failure classes by SQLSTATE, and the retry policy.
+"""The warehouse connection: a small engine, the retry policy, and error text safe to log.
 
-PostgreSQL tells us what went wrong with a SQLSTATE; the Python exception class says much less
-(a deadlock and a bad value can both arrive as a plain DBAPIError). Retry decisions are taken
-from the code, and error text that may echo row values (DETAIL, "Failing row contains ...")
-never leaves this module: `describe_error` renders only the SQLSTATE, its name and the object
+What is retried is loader/errors.py's decision (`is_transient`: SQLSTATE-based for the
+database). Error text that may echo row values (DETAIL, "Failing row contains ...") never
+leaves this module: `describe_error` renders only the SQLSTATE, its name and the object
 (constraint, column) involved.
 """
 
@@ -12,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -29,63 +28,9 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from loader.config import DatabaseSettings
+from loader.errors import QUERY_CANCELED, QUERY_CANCELED_RETRIES, is_transient, sqlstate
 
 T = TypeVar("T")
-
-#: SQLSTATEs worth a retry: the same statement may well succeed a moment later.
-TRANSIENT_SQLSTATES: Final = frozenset(
-    {
-        "40001",  # serialization_failure
-        "40P01",  # deadlock_detected
-        "55P03",  # lock_not_available (lock_timeout)
-        "57P01",  # admin_shutdown (server restart, pg_terminate_backend)
-        "57P02",  # crash_shutdown
-        "57P03",  # cannot_connect_now (server starting up)
-        "53300",  # too_many_connections
-        "53400",  # configuration_limit_exceeded
-        "25P03",  # idle_in_transaction_session_timeout
-    }
-)
-#: query_canceled: statement_timeout ran out, or a DBA's pg_cancel_backend. A cancel is worth one
-#: more try; a statement that timed out will most likely time out again, and every attempt costs
-#: a whole DW_PG_STATEMENT_TIMEOUT_MS, so it is retried at most this many times per operation.
-QUERY_CANCELED: Final = "57014"
-QUERY_CANCELED_RETRIES: Final = 1
-#: Whole SQLSTATE classes that are transient: 08 connection exception, 53 insufficient resources.
-TRANSIENT_CLASSES: Final = ("08", "53", "58")
-#: Classes where the data itself is at fault: retrying cannot help, bisecting can.
-DATA_ERROR_CLASSES: Final = ("22", "23")
-
-
-def sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE behind a SQLAlchemy/psycopg2 exception, if the server sent one."""
-    orig = getattr(exc, "orig", exc)
-    code = getattr(orig, "pgcode", None)
-    return code if isinstance(code, str) else None
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Connection trouble, lock/serialization conflicts, resource limits, a cancelled
-    statement: try again (a cancelled one only once, see `retrying`)."""
-    code = sqlstate(exc)
-    if code is not None:
-        return (
-            code in TRANSIENT_SQLSTATES
-            or code == QUERY_CANCELED
-            or code.startswith(TRANSIENT_CLASSES)
-        )
-    # No SQLSTATE: the client lost or never had the connection (refused, reset, timed out).
-    if isinstance(exc, sa.exc.DBAPIError):
-        return bool(exc.connection_invalidated) or isinstance(
-            exc, sa.exc.OperationalError | sa.exc.InterfaceError
-        )
-    return isinstance(exc, ConnectionError | TimeoutError)
-
-
-def is_data_error(exc: BaseException) -> bool:
-    """The row is at fault (bad value, constraint): isolate it, do not retry it."""
-    code = sqlstate(exc)
-    return code is not None and code.startswith(DATA_ERROR_CLASSES)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -17,30 +17,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 
 from loader.load.tables import Tables
-from loader.report import Report
+from loader.report import LEDGER_COUNTERS, Report
+from loader.schema import RunState, TriggerKind
 from loader.window import SHARD_SCHEMES, Shard
 
 #: Triggers whose runs load only some keys of an hour: never proof that the hour is complete.
-SOME_KEYS_TRIGGERS: Final = ("reprocess", "event")
-
-_COUNT_COLUMNS = (
-    "objects_listed",
-    "events_read",
-    "inserted",
-    "duplicate_exact",
-    "duplicate_conflicting",
-    "sanitised",
-    "truncated",
-    "retries",
-)
-
-
-def _counts(report: Report) -> dict[str, Any]:
-    values: dict[str, Any] = {name: getattr(report, name) for name in _COUNT_COLUMNS}
-    values["malformed"] = report.malformed.count
-    values["invalid"] = report.invalid.count
-    values["quarantined"] = report.quarantined.count
-    return values
+SOME_KEYS_TRIGGERS: Final = (TriggerKind.REPROCESS, TriggerKind.EVENT)
 
 
 def start_run(
@@ -62,7 +44,7 @@ def start_run(
                 trigger=report.trigger,
                 shard=report.shard,
                 started_at=started_at,
-                state="running",
+                state=RunState.RUNNING,
                 loader_version=loader_version,
                 db_revision=report.db_revision,
             )
@@ -86,7 +68,7 @@ def finish_run(engine: sa.Engine, tables: Tables, report: Report, finished_at: d
                     else None
                 ),
                 error_summary=report.error,
-                **_counts(report),
+                **report.counts(LEDGER_COUNTERS),
             )
         )
 
@@ -122,7 +104,7 @@ def hour_records(
     )
     completed = set(
         conn.execute(
-            sa.select(runs.c.hour).where(whole_hour, runs.c.state == "complete").distinct()
+            sa.select(runs.c.hour).where(whole_hour, runs.c.state == RunState.COMPLETE).distinct()
         ).scalars()
     )
     out: dict[datetime, HourRecord] = {}
@@ -146,7 +128,7 @@ def event_loaded_hours(
             sa.func.coalesce(sa.func.sum(runs.c.inserted), 0).label("inserted"),
             sa.func.max(runs.c.finished_at).label("last_finished_at"),
         )
-        .where(runs.c.hour.between(start, end), runs.c.trigger == "event")
+        .where(runs.c.hour.between(start, end), runs.c.trigger == TriggerKind.EVENT)
         .group_by(runs.c.hour)
     ).mappings()
     return {row["hour"]: dict(row) for row in rows}
@@ -161,12 +143,12 @@ def finalize_run_id(hour_label: str, shard_count: int) -> uuid.UUID:
 def _covering_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """A shard's runs, oldest first → its newest complete run and the partial passes it
     resumed from (the passes that together listed the shard once); None if none completed."""
-    complete = [i for i, run in enumerate(runs) if run["state"] == "complete"]
+    complete = [i for i, run in enumerate(runs) if run["state"] == RunState.COMPLETE]
     if not complete:
         return None
     end = complete[-1]
     start = end
-    while start > 0 and runs[start - 1]["state"] == "partial":
+    while start > 0 and runs[start - 1]["state"] == RunState.PARTIAL:
         start -= 1
     return runs[start : end + 1]
 
@@ -237,7 +219,7 @@ def finalize_sharded_hour(
         values: dict[str, Any] = {
             "started_at": min(run["started_at"] for run in passes),
             "finished_at": datetime.now(UTC),
-            "state": "complete",
+            "state": RunState.COMPLETE,
             "newest_event_at": newest,
             "loader_version": loader_version,
             "db_revision": report.db_revision,
@@ -256,24 +238,18 @@ def _report_finalized(
     report: Report, run_id: uuid.UUID, totals: dict[str, int], newest: datetime | None
 ) -> None:
     report.run_id = str(run_id)
-    report.inserted = totals["inserted"]
-    report.objects_listed = totals["objects_listed"]
-    report.events_read = totals["events_read"]
-    report.duplicate_exact = totals["duplicate_exact"]
-    report.duplicate_conflicting = totals["duplicate_conflicting"]
+    for counter in LEDGER_COUNTERS:
+        report.set_count(counter, totals[counter.name])
     report.duplicates = report.duplicate_exact + report.duplicate_conflicting
-    report.retries = totals["retries"]
-    report.state = "complete"
+    report.state = RunState.COMPLETE
     report.newest_event_at = newest.isoformat() if newest else None
 
 
 def _shard_totals(passes: list[dict[str, Any]], every_run: list[dict[str, Any]]) -> dict[str, int]:
     """The finalize row's counts: summed over the passes that listed each shard once, except
-    `inserted` and `retries`, summed over every run (an event is inserted by exactly one)."""
-    totals: dict[str, int] = {
-        name: sum(int(run[name]) for run in passes)
-        for name in (*_COUNT_COLUMNS, "malformed", "invalid", "quarantined")
+    those counted by exactly one run of the hour (`inserted`, `retries`), summed over every
+    run."""
+    return {
+        c.name: sum(int(run[c.name]) for run in (every_run if c.every_run else passes))
+        for c in LEDGER_COUNTERS
     }
-    for name in ("inserted", "retries"):
-        totals[name] = sum(int(run[name]) for run in every_run)
-    return totals

@@ -18,7 +18,8 @@ from typing import Final
 
 import sqlalchemy as sa
 
-from loader.load.db import describe_error, is_transient
+from loader.errors import is_transient
+from loader.load.db import describe_error
 from loader.load.tables import Tables
 from loader.schema import ENSURE_PARTITIONS_FUNCTION
 

@@ -1,4 +1,4 @@
-"""The revision guard: the loader refuses a warehouse it was not built for, and never runs DDL.
+"""The revision guard: the loader refuses a warehouse it was not built for; it never migrates.
 
 The code's side is the Alembic history it was built for (loader.schema's KNOWN_REVISIONS, which
 a test keeps equal to migrations/versions, so neither Alembic nor migrations/ ships with it);
@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Final
 
 import sqlalchemy as sa
 
-from loader.load.db import sqlstate
+from loader.errors import TerminalError, sqlstate
 from loader.schema import HEAD_REVISION, KNOWN_REVISIONS
 
 if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
 
-class SchemaRevisionError(RuntimeError):
+class SchemaRevisionError(TerminalError):
     """The warehouse is not at the revision this loader was built for."""
 
 
@@ -36,11 +36,6 @@ class CodeRevisions:
 def code_revisions() -> CodeRevisions:
     """From loader.schema's constants, which a test keeps equal to migrations/versions."""
     return CodeRevisions(HEAD_REVISION, frozenset(KNOWN_REVISIONS))
-
-
-def code_head_revision() -> str:
-    """The Alembic head this code expects."""
-    return HEAD_REVISION
 
 
 # --- expand/contract: which loaders may load into a newer warehouse ------------------------------
@@ -127,7 +122,7 @@ def database_revision(conn: sa.Connection) -> WarehouseRevision:
 
 
 def check_revision(conn: sa.Connection, code: CodeRevisions) -> str:
-    """Refuse to load into a warehouse this loader was not built for; the loader never runs DDL.
+    """Refuse to load into a warehouse this loader was not built for; the loader never migrates.
 
     Loads when the warehouse is at the loader's head, or ahead of it by revisions that all
     declare themselves loader-compatible (expand/contract: the DBA applies the additive step,

@@ -15,17 +15,6 @@ from sqlalchemy.sql.schema import RETAIN_SCHEMA
 from loader import schema
 from loader.config import Settings
 
-#: The columns the transform fills; any other column (loaded_at, one a DBA added) gets its
-#: default, whichever write method runs.
-EVENT_COLUMNS: Final = tuple(c.name for c in schema.clickstream_events.c if c.name != "loaded_at")
-#: (clickstream_ingest_meta.event_timestamp, the partition key, is the event's: the load stage
-#: copies it.)
-META_COLUMNS: Final = tuple(
-    c.name
-    for c in schema.clickstream_ingest_meta.c
-    if c.name not in ("loaded_at", "event_timestamp")
-)
-
 
 @dataclass(frozen=True)
 class Tables:

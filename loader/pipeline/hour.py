@@ -42,6 +42,7 @@ from loader.pipeline.job import HourJob, JobKeys, RemainingMs
 from loader.pipeline.prefetch import Prefetch, fewer_collections, prepare
 from loader.pipeline.retries import RetryPolicy
 from loader.report import Report
+from loader.schema import RunState
 from loader.window import hour_label, hour_prefix
 
 
@@ -140,7 +141,7 @@ class HourLoader:
             )
             with lock as held:
                 if not held:
-                    report.state = "already_running"
+                    report.state = RunState.ALREADY_RUNNING
                     log.info("another run holds this hour's lock; exiting without work")
                     return report
                 self._load_locked(job, report, remaining_ms)
@@ -151,7 +152,7 @@ class HourLoader:
 
     def _report_retired(self, report: Report) -> None:
         """A retired hour's answer: nothing listed, loaded or written (no ledger row either)."""
-        report.state = "retired"
+        report.state = RunState.RETIRED
         retention = self._retention.describe(datetime.now(UTC)) if self._retention else None
         log.info(
             "hour past retention: nothing listed, loaded or recorded",
@@ -166,7 +167,7 @@ class HourLoader:
         try:
             self._stream(job, report, remaining_ms, start_after)
         except BaseException as exc:
-            report.state = "failed"
+            report.state = RunState.FAILED
             report.error = error_summary(exc)
             try:
                 finish_run(self.engine, self.tables, report, datetime.now(UTC))
@@ -187,7 +188,7 @@ class HourLoader:
         with self.engine.connect() as conn:
             records = hour_records(conn, self.tables, job.hour, job.hour, report.shard)
         record = records.get(job.hour)
-        if record and record.state == "partial" and record.last_run.get("resume_after"):
+        if record and record.state == RunState.PARTIAL and record.last_run.get("resume_after"):
             resume: str = record.last_run["resume_after"]
             log.info("resuming a partial run", extra={"resume_after": resume})
             return resume
@@ -225,7 +226,7 @@ class HourLoader:
             return
         report.objects_listed += keys.skipped_after
         report.objects_skipped_loaded += keys.skipped_after
-        report.state = "complete"
+        report.state = RunState.COMPLETE
 
     def _produce(
         self, prefix: str, start_after: str | None, keys: JobKeys, stop: threading.Event
@@ -278,7 +279,7 @@ class HourLoader:
         the ledger records where to resume."""
         if remaining_ms is None or remaining_ms() >= self.settings.safety_margin_ms:
             return False
-        report.state = "partial"
+        report.state = RunState.PARTIAL
         log.warning(
             "time is running out: stopping after a committed batch",
             extra={"resume_after": report.resume_after},

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from loader.common import ObjectRef
+from loader.schema import TriggerKind
 from loader.window import Shard
 
 #: The Lambda's `context.get_remaining_time_in_millis`; None outside Lambda.
@@ -25,7 +26,7 @@ class HourJob:
     """One hour to load and how."""
 
     hour: datetime
-    trigger: str
+    trigger: TriggerKind
     shard: Shard | None = None
     dry_run: bool = False
     #: Skip keys recorded as loaded in full (lookback).

@@ -51,7 +51,8 @@ from loader.notifications import BatchPlan, Ignored, Wanted, percentile
 from loader.observability import log
 from loader.pipeline.hour import HourLoader
 from loader.pipeline.job import HourJob, RemainingMs
-from loader.report import KeyList, Report
+from loader.report import COUNTERS, KeyList, Report
+from loader.schema import RunState, TriggerKind
 from loader.window import hour_label
 
 Clock = Callable[[], datetime]
@@ -177,7 +178,7 @@ class BatchResult:
             ignored.add(f"{item.reason}: {item.detail}")
             by_reason[item.reason] = by_reason.get(item.reason, 0) + 1
         return {
-            "trigger": "event",
+            "trigger": TriggerKind.EVENT,
             "messages": self.messages,
             "messages_failed": failed.to_dict(),
             "objects_named": len(self.committed) + len(self.failed_keys) + len(self.retired),
@@ -263,7 +264,7 @@ class EventLoader:
         clock: Clock,
     ) -> None:
         """One hour's named keys as one `event` run, settled into `result`."""
-        job = HourJob(hour, "event", only_keys=frozenset(keys), locks_hour=False)
+        job = HourJob(hour, TriggerKind.EVENT, only_keys=frozenset(keys), locks_hour=False)
         gone_before = len(self.named.gone)
         try:
             report = self.loader.load(job, remaining_ms)
@@ -277,7 +278,7 @@ class EventLoader:
             return
         committed_at = clock()
         result.reports.append(report)
-        if report.state == "retired":
+        if report.state == RunState.RETIRED:
             result.retired.extend(sorted(keys))
             log.warning(
                 "notifications for an hour past retention: acknowledged, not loaded",
@@ -297,26 +298,18 @@ class EventLoader:
 def _settled(report: Report, keys: list[str]) -> set[str]:
     """The keys this run settled: all of them when it completed; when it stopped early (time
     running out), those up to the last one it committed, in the order it read them."""
-    if report.state == "complete":
+    if report.state == RunState.COMPLETE:
         return set(keys)
-    if report.state == "partial" and report.resume_after is not None:
+    if report.state == RunState.PARTIAL and report.resume_after is not None:
         return {k for k in keys if k <= report.resume_after}
     return set()
 
 
 def _hour_summary(report: Report) -> dict[str, Any]:
-    return {
-        "hour": report.hour,
-        "run_id": report.run_id,
-        "state": report.state,
-        "objects": report.objects_listed,
-        "inserted": report.inserted,
-        "duplicates": report.duplicates,
-        "malformed": report.malformed.count,
-        "invalid": report.invalid.count,
-        "quarantined": report.quarantined.count,
-        "retries": report.retries,
-    }
+    """An hour of the batch's response: its run and the counts loader/report.py marks so."""
+    summary: dict[str, Any] = {"hour": report.hour, "run_id": report.run_id, "state": report.state}
+    summary.update({c.summary: report.count_of(c) for c in COUNTERS if c.summary})
+    return summary
 
 
 def _round(value: float | None) -> float | None:

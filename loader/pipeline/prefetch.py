@@ -1,7 +1,7 @@
 """The producer side of an hour: fetch and transform on a thread of its own, ahead of the writer.
 
 The writer and this stage overlap: while a batch commits, the next objects are already being
-fetched and parsed. A bounded buffer between them keeps memory flat, and an error on either side
+fetched and parsed. A bounded queue between them keeps memory flat, and an error on either side
 stops the other. `Prefetch` owns the thread: it never outlives the `with` block, and a writer
 waiting for the next object gives up when the Lambda's time runs out, however long S3 takes.
 """
@@ -9,8 +9,8 @@ waiting for the next object gives up when the Lambda's time runs out, however lo
 from __future__ import annotations
 
 import gc
+import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,21 +28,15 @@ T = TypeVar("T")
 #: a producer waiting for room in the queue looks at the stop signal.
 POLL_S = 0.1
 #: How long an ending invocation waits for its producer thread to see the stop signal. The real
-#: sources stop within STOP_POLL_S; only a source that ignores the signal can use this up.
+#: sources stop within POLL_S; only a source that ignores the signal can use this up.
 PRODUCER_JOIN_S = 30.0
-#: A writer waiting for objects is woken once this many are ready (or the stream ended), not for
-#: every one: each wake-up is a thread switch, which cost more CPU than handing over an object.
-#: Fewer are taken when POLL_S passes first, so a slow stream is never held back longer.
-WAKE_WRITER_AT = 64
 
 
-#: Allocations between two young-generation collections while an hour streams (CPython's
-#: default is 700). The prefetch buffer and the batch being filled keep thousands of young
-#: objects (rows, bodies) alive, so at the default every pass walks them again and moves them to
-#: the older generations, which are walked again in turn: 0.03-0.04 ms per event of a 5k hour
-#: (bench "Where the CPU goes"), about 5% of the loader's CPU. The rows hold no reference
-#: cycles, so reference counting frees them either way; a pass every 50,000 allocations still
-#: collects the cycles other code makes (a retried request's traceback) within the stream.
+# Hand-tuned, kept because measured: at CPython's default threshold (700) the collector took
+# 6% of the default path's CPU (0.019-0.025 of ~0.37 ms per event, bench/results/gc_threshold.md).
+#: Allocations between two young-generation collections while an hour streams. The queue and
+#: the batch keep thousands of young rows alive, which every pass at the default walks and
+#: promotes; the rows hold no reference cycles, so reference counting frees them either way.
 STREAM_GC_THRESHOLD = 50_000
 _gc_lock = threading.Lock()
 _gc_streams = 0
@@ -98,23 +92,18 @@ def prepare(fetched: FetchedObject, bucket: str, *, anonymize: bool) -> Prepared
 
 @dataclass(frozen=True)
 class _Done:
-    """End of the producer's stream, with its error if it failed."""
+    """The end marker: the producer's stream ended, with its error if it failed."""
 
     error: BaseException | None
 
 
 class Prefetch(Generic[T]):
-    """A producer thread, owned by a context manager, handing items over a bounded buffer.
+    """A producer thread, owned by a context manager, handing items over a bounded queue.
 
     `produce(stop)` is iterated on the thread. Its iterator is closed there too, whether it ran
     out, failed or was stopped, so its own clean-up (a source cancelling its in-flight GETs) runs
-    on the thread it ran on. On leaving the block the thread is told to stop and joined.
-
-    The buffer is a deque both sides use without a lock (append and popleft are atomic); the
-    condition is only for sleeping. Each side sleeps only when it must (the writer on an empty
-    buffer, the producer on a full one) and is woken in batches: the writer once WAKE_WRITER_AT
-    items are ready or the stream ended, the producer once half the buffer is free. A wake-up
-    that races past a side about to sleep is caught by the POLL_S timeout of every wait.
+    on the thread it ran on. The stream ends with a `_Done` in the queue. On leaving the block
+    the thread is told to stop and joined.
     """
 
     def __init__(
@@ -126,13 +115,7 @@ class Prefetch(Generic[T]):
         what: str = "",
     ) -> None:
         self._produce = produce
-        self._capacity = max(1, capacity)
-        self._wake_writer_at = min(WAKE_WRITER_AT, self._capacity)
-        self._ready: deque[T] = deque()
-        self._done: _Done | None = None
-        self._wakeup = threading.Condition(threading.Lock())
-        self._writer_waiting = False
-        self._producer_waiting = False
+        self._queue: queue.Queue[T | _Done] = queue.Queue(maxsize=max(1, capacity))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._what = what
@@ -149,9 +132,7 @@ class Prefetch(Generic[T]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        with self._wakeup:
-            self._wakeup.notify_all()  # a producer waiting for room sees the stop at once
+        self._stop.set()  # a producer waiting for room sees it within POLL_S
         self._thread.join(timeout=PRODUCER_JOIN_S)
         if self._thread.is_alive():
             log.error(
@@ -162,61 +143,29 @@ class Prefetch(Generic[T]):
     def items(self, out_of_time: Callable[[], bool]) -> Iterator[T]:
         """The items in order; a producer's error is raised here. Stops early, with `finished`
         still False, when `out_of_time()` says so while the next item is awaited."""
-        ready = self._ready
-        room_at = self._capacity // 2
         while True:
-            while ready:
-                item = ready.popleft()
-                if self._producer_waiting and len(ready) <= room_at:
-                    with self._wakeup:
-                        self._wakeup.notify_all()
-                yield item
-            done = self._done
-            if done is not None and not ready:
-                if done.error is not None:
-                    raise done.error
+            try:
+                item = self._queue.get(timeout=POLL_S)
+            except queue.Empty:
+                if out_of_time():
+                    return
+                continue
+            if isinstance(item, _Done):
+                if item.error is not None:
+                    raise item.error
                 self.finished = True
                 return
-            if not self._await_items() and out_of_time():
-                return
+            yield item
 
-    def _await_items(self) -> bool:
-        """Sleep until enough items are ready, the stream ended, or POLL_S passed; True when
-        there is something to take."""
-        with self._wakeup:
-            self._writer_waiting = True
+    def _put(self, item: T | _Done) -> bool:
+        """Hand one item over, waiting while the queue is full; False once told to stop."""
+        while not self._stop.is_set():
             try:
-                self._wakeup.wait_for(
-                    lambda: len(self._ready) >= self._wake_writer_at or self._done is not None,
-                    timeout=POLL_S,
-                )
-            finally:
-                self._writer_waiting = False
-        return bool(self._ready) or self._done is not None
-
-    def _put(self, item: T) -> bool:
-        """Hand one item over, waiting while the buffer is full; False once told to stop."""
-        ready = self._ready
-        if len(ready) >= self._capacity:
-            with self._wakeup:
-                self._producer_waiting = True
-                try:
-                    while len(ready) >= self._capacity and not self._stop.is_set():
-                        self._wakeup.wait(POLL_S)
-                finally:
-                    self._producer_waiting = False
-        if self._stop.is_set():
-            return False
-        ready.append(item)
-        if self._writer_waiting and len(ready) >= self._wake_writer_at:
-            with self._wakeup:
-                self._wakeup.notify_all()
-        return True
-
-    def _finish(self, error: BaseException | None) -> None:
-        with self._wakeup:
-            self._done = _Done(error)
-            self._wakeup.notify_all()
+                self._queue.put(item, timeout=POLL_S)
+            except queue.Full:
+                continue
+            return True
+        return False
 
     def _run(self) -> None:
         items: Iterator[T] | None = None
@@ -225,10 +174,9 @@ class Prefetch(Generic[T]):
             for item in items:
                 if not self._put(item):
                     return
-            if not self._stop.is_set():
-                self._finish(None)
+            self._put(_Done(None))
         except BaseException as exc:  # handed to the writer, which re-raises it
-            self._finish(exc)
+            self._put(_Done(exc))
         finally:
             close = getattr(items, "close", None)
             if close is not None:

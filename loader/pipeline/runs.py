@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from loader import __version__
+from loader.errors import LoaderError, TransientError
 from loader.load.db import error_summary
 from loader.load.ledger import (
     event_loaded_hours,
@@ -26,7 +27,8 @@ from loader.load.locks import hour_lock
 from loader.observability import log
 from loader.pipeline.hour import HourLoader
 from loader.pipeline.job import HourJob, RemainingMs
-from loader.report import KeyList, Report
+from loader.report import COUNTERS, KeyList, Report
+from loader.schema import RunState, TriggerKind
 from loader.window import HOUR, Trigger, hour_label, hour_prefix
 
 
@@ -34,7 +36,7 @@ def lookback_hours(hour: datetime, count: int) -> list[datetime]:
     return [hour - HOUR * i for i in range(1, count + 1)]
 
 
-class HourNotFinalized(RuntimeError):
+class HourNotFinalized(TransientError):
     """A fanned-out hour cannot be recorded complete (yet): a shard has no complete run, or a
     run of the hour still holds it. Step Functions retries FinalizeHour on this."""
 
@@ -56,12 +58,12 @@ def run_trigger(
     the scheduled run is its reconciliation sweep: it lists the whole hour but fetches only the
     objects with no completion record, and its `complete` is what proves the hour complete."""
     job = HourJob(trigger.hour, trigger.kind, trigger.shard, dry_run=dry_run)
-    if trigger.kind == "schedule" and trigger.shard is None:
+    if trigger.kind == TriggerKind.SCHEDULE and trigger.shard is None:
         job.skip_loaded_keys = _notified(loader, trigger.hour, remaining_ms)
     report = loader.load(job, remaining_ms)
-    if trigger.kind != "schedule" or trigger.shard is not None or dry_run:
+    if trigger.kind != TriggerKind.SCHEDULE or trigger.shard is not None or dry_run:
         return report
-    if report.state not in ("complete", "already_running"):
+    if report.state not in (RunState.COMPLETE, RunState.ALREADY_RUNNING):
         return report
     look_back(loader, trigger.hour, report, remaining_ms)
     return report
@@ -83,14 +85,14 @@ def finalize_fanned_out_hour(
     report = Report.new(
         label,
         hour_prefix(hour, loader.settings.events_prefix),
-        "schedule",
+        TriggerKind.SCHEDULE,
         str(finalize_run_id(label, shard_count)),
         loader.settings.key_list_cap,
     )
     with loader.lambda_clock(remaining_ms):
         report.db_revision = loader.check_schema()
         if loader.retired(hour):
-            report.state = "retired"  # the shards said so too: nothing to record
+            report.state = RunState.RETIRED  # the shards said so too: nothing to record
             return report
         with hour_lock(loader.engine, label, None, loader.settings.lock_wait_s) as held:
             if not held:
@@ -142,7 +144,8 @@ def look_back(
             if _has_objects(loader, each_hour):
                 report.missing_hours.append(hour_label(each_hour))
             continue
-        late = loader.load(HourJob(each_hour, "lookback", skip_loaded_keys=True), remaining_ms)
+        job = HourJob(each_hour, TriggerKind.LOOKBACK, skip_loaded_keys=True)
+        late = loader.load(job, remaining_ms)
         report.lookback.append(
             {
                 "hour": late.hour,
@@ -188,35 +191,25 @@ class HoursResult:
     not_started: list[str] = field(default_factory=list)
 
     @property
-    def state(self) -> str:
+    def state(self) -> RunState:
         """`complete` once every hour that has begun is (a retired hour counts: there is
         nothing left to load); `partial` means rerun the payload."""
-        done = all(r.state in ("complete", "retired") for r in self.reports)
-        return "complete" if done and not self.not_started else "partial"
+        done = all(r.state in (RunState.COMPLETE, RunState.RETIRED) for r in self.reports)
+        return RunState.COMPLETE if done and not self.not_started else RunState.PARTIAL
 
     def to_dict(self) -> dict[str, Any]:
-        totals = (
-            "objects_listed",
-            "objects_skipped_loaded",
-            "events_read",
-            "inserted",
-            "duplicates",
-            "duplicate_exact",
-            "duplicate_conflicting",
-            "sanitised",
-            "truncated",
-            "batches",
-            "retries",
-        )
         out: dict[str, Any] = {
             "day": self.trigger.day.isoformat() if self.trigger.day else None,
             "prefix": self.prefix,
             "trigger": self.trigger.kind,
             "state": self.state,
         }
-        out.update({name: sum(getattr(r, name) for r in self.reports) for name in totals})
-        for name in ("conflicting", "malformed", "invalid", "quarantined"):
-            out[name] = _merged_keys([getattr(r, name) for r in self.reports], self.key_cap)
+        for counter in COUNTERS:
+            if counter.keys:
+                lists = [getattr(r, counter.name) for r in self.reports]
+                out[counter.name] = _merged_keys(lists, self.key_cap)
+            else:
+                out[counter.name] = sum(r.count_of(counter) for r in self.reports)
         out["seconds"] = round(sum(r.seconds for r in self.reports), 3)
         out["hours_not_started"] = list(self.not_started)
         out["hours_in_future"] = [hour_label(h) for h in self.trigger.future_hours()]
@@ -224,8 +217,9 @@ class HoursResult:
         return out
 
 
-class HoursFailed(RuntimeError):
-    """An hour of a day run raised; its message says what was loaded and what was not."""
+class HoursFailed(LoaderError):
+    """An hour of a day run raised (its `__cause__`, which says whether a rerun can help); its
+    message says what was loaded and what was not."""
 
     def __init__(self, message: str, result: HoursResult) -> None:
         super().__init__(message)
@@ -275,7 +269,7 @@ def run_hours(
         result.reports.append(report)
         if on_report is not None:
             on_report(report)
-        if report.state == "partial":
+        if report.state == RunState.PARTIAL:
             result.not_started = [hour_label(h) for h in trigger.hours[index + 1 :]]
             break
     return result

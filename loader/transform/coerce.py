@@ -29,17 +29,6 @@ MAX_PRICE_SCALE: Final = 16383
 #: Nesting beyond this depth in a JSON value is replaced by a marker (and counted as truncated).
 MAX_JSON_DEPTH: Final = 64
 TOO_DEEP_MARKER: Final = "<nested too deep: truncated by clickstream-loader>"
-#: A dotted-quad IPv4 address already in the form `ipaddress` prints (decimal octets 0-255, no
-#: leading zeros, which `ipaddress` refuses anyway): what nearly every sourceIp is. Matching it
-#: is ~20x cheaper than parsing it and gives the same text.
-_CANONICAL_IPV4 = re.compile(
-    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
-    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-)
-#: Tuples, not `dict | list`: a union in an isinstance call is built anew on every call, and
-#: these run for every value of every event.
-_CONTAINERS: Final = (dict, list)
-_NUMBERS: Final = (int, float)
 
 
 @dataclass(slots=True)
@@ -92,9 +81,9 @@ def clean_json(value: Any, repairs: Repairs, depth: int = 0) -> Any:
 
 def to_text(value: Any, cap: int, repairs: Repairs) -> str | None:
     """Text column: strings as they are, other scalars as their JSON text, objects/arrays → None."""
-    if isinstance(value, str):  # first: nearly every value is one
+    if isinstance(value, str):
         text = clean_text(value, repairs)
-    elif value is None or isinstance(value, _CONTAINERS):
+    elif value is None or isinstance(value, dict | list):
         return None
     elif isinstance(value, bool):
         text = "true" if value else "false"
@@ -125,7 +114,7 @@ def to_price(value: Any) -> Decimal | None:
     """Numbers or numeric strings → Decimal; NaN, ±Infinity, junk and |x| >= 1e15 → None."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, _NUMBERS):
+    if isinstance(value, int | float):
         if isinstance(value, float) and not math.isfinite(value):
             return None
         text = repr(value)
@@ -152,11 +141,8 @@ def to_ip(value: Any) -> str | None:
     """A valid IPv4/IPv6 address in canonical form, else None (the raw value stays in JSON)."""
     if not isinstance(value, str) or len(value) > 64:
         return None
-    text = value.strip()
-    if _CANONICAL_IPV4.fullmatch(text):
-        return text
     try:
-        address = ipaddress.ip_address(text)
+        address = ipaddress.ip_address(value.strip())
     except ValueError:
         return None
     # A scoped IPv6 address ("fe80::1%eth0") parses in Python but PostgreSQL's inet refuses it
@@ -197,7 +183,7 @@ def to_instant(value: Any) -> datetime | None:
         return None
     if isinstance(value, datetime):
         return _sane(value)
-    if isinstance(value, _NUMBERS):
+    if isinstance(value, int | float):
         try:
             number = float(value)
         except OverflowError:  # an integer past float range (e.g. 400 digits)

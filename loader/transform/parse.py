@@ -11,19 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
-
-from loader.transform.coerce import MAX_JSON_DEPTH
-
-#: Integers beyond 64 bits: orjson would turn them into floats, the standard library keeps them.
-#: A body holding a run of this many ASCII digits anywhere is read by the standard library.
-_LONG_INTEGER_DIGITS: Final = 19
-#: Every ASCII digit becomes "0" and nothing else does: a run of digits is then a run of "0"s,
-#: found by one substring search (a regular expression took ~30 µs per body, this ~3).
-_DIGITS_AS_ZERO: Final = bytes.maketrans(b"0123456789", b"0" * 10)
-_ZERO_RUN: Final = b"0" * _LONG_INTEGER_DIGITS
 _BOM = b"\xef\xbb\xbf"
-_NUL_ESCAPE: Final = b"\\u0000"
 
 
 def _parse_int(text: str) -> int | float:
@@ -37,57 +25,21 @@ def _parse_int(text: str) -> int | float:
         return float(text)
 
 
-def _stdlib_loads(data: bytes) -> Any:
+def _parse_json(data: bytes) -> Any:
+    """The standard library's JSON, which keeps integers past 64 bits exact and reads what we
+    can repair: lone surrogate escapes, NaN/Infinity literals, numbers past double range."""
     # The caller has checked the body is UTF-8: decode it as that, never as anything else.
     # json.loads(bytes) guesses UTF-16/UTF-32 from NUL bytes, so a BOM-less UTF-16 body (valid
     # UTF-8 when ASCII-only) would load while the same body with a BOM is malformed.
     return json.loads(data.decode("utf-8"), parse_int=_parse_int)
 
 
-def _has_long_integer(data: bytes) -> bool:
-    return _ZERO_RUN in data.translate(_DIGITS_AS_ZERO)
-
-
-def _parse_json(data: bytes) -> tuple[Any, bool]:
-    """The JSON value, and whether orjson read it (else the standard library did)."""
-    if _has_long_integer(data):
-        return _stdlib_loads(data), False
-    try:
-        return orjson.loads(data), True
-    except orjson.JSONDecodeError:
-        # orjson refuses what the standard library reads and we can repair: lone surrogate
-        # escapes, NaN/Infinity literals, numbers past double range. Same JSON grammar otherwise.
-        return _stdlib_loads(data), False
-
-
-def _storable_as_read(data: bytes) -> bool:
-    """True when records orjson read from `data` are already what `clean_json` would make of
-    them, so the transform can skip that walk over every value (most of its time otherwise).
-
-    orjson refuses NaN and ±Infinity (also as numbers past double range), lone surrogate escapes
-    and raw control characters, and the caller has checked the body is UTF-8 (no encoded
-    surrogates): the only text `clean_json` could still change is a NUL written as its escape.
-    Its depth cap can only apply where the body has more brackets than MAX_JSON_DEPTH (a value
-    nested at that depth sits inside that many); counting brackets inside strings too only
-    makes the test stricter."""
-    return _NUL_ESCAPE not in data and data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH
-
-
 @dataclass(frozen=True, slots=True)
 class ParsedBody:
-    """What a body holds: its records, why the rest is malformed, and whether the records are
-    storable as they are (see `_storable_as_read`; else `clean_json` must repair them)."""
+    """What a body holds: its records and why the rest is malformed."""
 
     records: list[tuple[int, dict[str, Any]]]
     bad: list[tuple[int, str]]
-    storable: bool = False
-
-
-def split_records(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
-    """Body → ([(position, record)], [(position, why malformed)]): `parse_body` without the
-    storable flag."""
-    parsed = parse_body(data)
-    return parsed.records, parsed.bad
 
 
 def parse_body(data: bytes) -> ParsedBody:
@@ -105,9 +57,8 @@ def parse_body(data: bytes) -> ParsedBody:
     except UnicodeDecodeError as exc:
         return ParsedBody([], [(0, f"invalid UTF-8 at byte {exc.start}")])
     too_deep = False
-    by_orjson = False
     try:
-        whole, by_orjson = _parse_json(data)
+        whole = _parse_json(data)
     except RecursionError:
         # One over-deep NDJSON line must not lose the good lines after it: parse line by line.
         # A body that is a single document still ends below, as nested too deep.
@@ -115,10 +66,10 @@ def parse_body(data: bytes) -> ParsedBody:
     except ValueError:
         whole = _NOT_JSON
     if isinstance(whole, dict):
-        return ParsedBody([(0, whole)], [], by_orjson and _storable_as_read(data))
+        return ParsedBody([(0, whole)], [])
     if isinstance(whole, list):
         if whole and all(isinstance(item, dict) for item in whole):
-            return ParsedBody(list(enumerate(whole)), [], by_orjson and _storable_as_read(data))
+            return ParsedBody(list(enumerate(whole)), [])
         return ParsedBody([], [(0, "JSON array that is not a list of objects")])
     if whole is not _NOT_JSON:
         return ParsedBody([], [(0, f"JSON {_json_kind(whole)}, not an object")])
@@ -129,12 +80,11 @@ def _parse_lines(data: bytes, too_deep: bool) -> ParsedBody:
     """NDJSON: each non-blank line one JSON object; a bad line costs that line only."""
     records: list[tuple[int, dict[str, Any]]] = []
     bad: list[tuple[int, str]] = []
-    all_by_orjson = True
     for position, line in enumerate(data.split(b"\n")):
         if not line.strip():
             continue
         try:
-            value, by_orjson = _parse_json(line)
+            value = _parse_json(line)
         except RecursionError:
             bad.append((position, "line is JSON nested too deep to parse"))
             continue
@@ -143,14 +93,13 @@ def _parse_lines(data: bytes, too_deep: bool) -> ParsedBody:
             continue
         if isinstance(value, dict):
             records.append((position, value))
-            all_by_orjson = all_by_orjson and by_orjson
         else:
             bad.append((position, f"line is JSON {_json_kind(value)}, not an object"))
     if not records:
         if too_deep:
             return ParsedBody([], [(0, "JSON nested too deep to parse")])
         return ParsedBody([], [(0, "not JSON: no line parses as a JSON object")])
-    return ParsedBody(records, bad, all_by_orjson and _storable_as_read(data))
+    return ParsedBody(records, bad)
 
 
 _NOT_JSON: Final = object()

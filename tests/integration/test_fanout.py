@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 import lambda_function
 from loader.pipeline.job import in_shard
+from loader.pipeline.runs import HourNotFinalized
 from loader.window import Shard
 from tools.demo.traffic import generate_hour, upload
 
@@ -163,7 +164,7 @@ def test_finalize_refuses_an_hour_with_a_missing_shard(
         lambda_function.lambda_handler(
             {"hour": "2026-11-24T13", "shard": {"index": 0, "count": 2}}, None
         )
-        with pytest.raises(RuntimeError, match=r"shards \['1/2'\]"):
+        with pytest.raises(HourNotFinalized, match=r"shards \['1/2'\]"):
             lambda_function.lambda_handler(
                 {"action": "finalize", "hour": "2026-11-24T13", "shard_count": 2}, None
             )

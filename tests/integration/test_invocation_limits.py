@@ -22,7 +22,8 @@ import lambda_function
 from loader.app import make_source, open_loader
 from loader.common import FetchedObject, ObjectRef, ObjectSource
 from loader.config import load_settings
-from loader.load.db import make_engine, sqlstate
+from loader.errors import sqlstate
+from loader.load.db import make_engine
 from loader.pipeline.hour import HourLoader
 from loader.pipeline.job import HourJob
 from loader.pipeline.runs import run_trigger

@@ -13,6 +13,8 @@ import sqlalchemy as sa
 from support.reconcile import fill, from_demo
 
 import lambda_function
+from loader.config import ConfigError
+from loader.window import TriggerError
 from tools.demo.traffic import generate_hour
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
@@ -185,13 +187,13 @@ def test_pagination_gzip_and_small_batches(
 
 
 def test_trigger_errors_name_what_was_expected(handler: Any) -> None:
-    with pytest.raises(ValueError, match="EventBridge scheduled event"):
+    with pytest.raises(TriggerError, match="EventBridge scheduled event"):
         handler({"foo": "bar"}, None)
-    with pytest.raises(ValueError, match="2026-11-24T13"):
+    with pytest.raises(TriggerError, match="2026-11-24T13"):
         handler({"hour": "yesterday"}, None)
 
 
 def test_missing_bucket_variable_is_named(handler: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAW_BUCKET_NAME")
-    with pytest.raises(ValueError, match="RAW_BUCKET_NAME"):
+    with pytest.raises(ConfigError, match="RAW_BUCKET_NAME"):
         handler({"hour": "2026-11-24T13"}, None)

@@ -22,6 +22,7 @@ import lambda_function
 from loader.config import DatabaseSettings, Settings
 from loader.extract.crt_client import CrtSource
 from loader.pipeline.job import HourJob, JobKeys
+from loader.pipeline.runs import HourNotFinalized
 from loader.window import Shard, hour_prefix
 from tools.demo.traffic import generate_hour, upload
 
@@ -175,7 +176,7 @@ def test_a_fan_out_planned_before_range_shards_finishes_as_crc32(
             {"hour": LABEL, "shard": Shard(2, 3, "range").as_payload()}, None
         )
         # THEN no set is complete: finalize names what the closest one lacks
-        with pytest.raises(RuntimeError, match=r"shards \['2/3'\] have no complete run"):
+        with pytest.raises(HourNotFinalized, match=r"shards \['2/3'\] have no complete run"):
             lambda_function.lambda_handler(
                 {"action": "finalize", "hour": LABEL, "shard_count": 3}, None
             )

@@ -20,13 +20,14 @@ from alembic import command
 from alembic.config import Config
 
 import lambda_function
-from loader.load.revision import SchemaRevisionError, code_head_revision
+from loader.load.revision import SchemaRevisionError
+from loader.schema import HEAD_REVISION
 from loader.window import parse_hour
 from tools.demo.traffic import generate_hour, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR = parse_hour("2026-11-24T13")
-LOADER_HEAD = code_head_revision()
+LOADER_HEAD = HEAD_REVISION
 
 REVISION = '''"""Test revision {revision}: {what}.
 

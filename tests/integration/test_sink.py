@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from loader.common import EventRecord, SourceObject
-from loader.config import DatabaseSettings, Settings
+from loader.config import ConfigError, DatabaseSettings, Settings
 from loader.load.batch import write_isolating_poison
 from loader.load.completion import Completion, record_completed
 from loader.load.copy import write_batch_copy
@@ -184,7 +184,7 @@ def test_settings_default_to_copy() -> None:
     assert (
         load_settings({"RAW_BUCKET_NAME": "b", "WRITE_METHOD": "insert"}).write_method == "insert"
     )
-    with pytest.raises(ValueError, match="WRITE_METHOD"):
+    with pytest.raises(ConfigError, match="WRITE_METHOD"):
         load_settings({"RAW_BUCKET_NAME": "b", "WRITE_METHOD": "fast"})
 
 
@@ -207,7 +207,7 @@ def test_absent_json_is_sql_null_not_json_null(dw_engine: sa.Engine, writer: Bat
 def test_completion_records_keep_any_key_and_count_the_keys_meta_rows(
     dw_engine: sa.Engine,
 ) -> None:
-    """The objects travel as array literals: every character a key may hold comes back as
+    """The objects travel as arrays: every character a key may hold comes back as
     it was, and `meta_rows` counts the rows naming each key in the same transaction."""
     odd = [
         'events/2026/11/24/13/quote"and\\backslash.json',

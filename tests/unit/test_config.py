@@ -105,10 +105,6 @@ def test_good_values_are_read(
     assert loaded == expected
 
 
-def test_config_errors_are_value_errors() -> None:
-    assert issubclass(ConfigError, ValueError)
-
-
 # --- DW_PG_SSL ---------------------------------------------------------------------------------
 
 
@@ -209,11 +205,10 @@ def test_the_password_never_shows() -> None:
         repr(loaded.db),
         str(loaded.db.url()),
         repr(loaded.db.url()),
-        loaded.db.safe_url(),
     ):
         assert PASSWORD not in rendered
         assert "s3cr3t" not in rendered
-    assert loaded.db.safe_url().startswith(
+    assert str(loaded.db.url()).startswith(
         "postgresql+psycopg2://loader:***@dw.internal.example:5433/dw?"
     )
 

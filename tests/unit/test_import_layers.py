@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, list[list[str]]]] = [
             [
                 "loader",
                 "loader.common",
+                "loader.errors",
                 "loader.config",
                 "loader.secrets",
                 "loader.schema",

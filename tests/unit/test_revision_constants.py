@@ -15,8 +15,8 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from loader.load.revision import code_head_revision, code_revisions
-from loader.schema import HEAD_REVISION, KNOWN_REVISIONS
+from loader.load.revision import code_revisions
+from loader.schema import HEAD_REVISION, KNOWN_REVISIONS, clickstream_load_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def test_head_revision_is_the_single_alembic_head() -> None:
 def test_the_revision_guard_uses_the_constants() -> None:
     code = code_revisions()
 
-    assert code.head == code_head_revision() == HEAD_REVISION
+    assert code.head == HEAD_REVISION
     assert code.known == frozenset(KNOWN_REVISIONS)
 
 
@@ -71,3 +71,18 @@ def test_the_handler_and_its_revision_guard_never_import_alembic() -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_ledger_checks_rendered_from_the_enums_are_what_the_revisions_created() -> None:
+    """loader/schema.py builds the CHECK constraints from `TriggerKind` and `RunState`; shipped
+    revisions are never edited, so the rendered text must be, to the letter, the newest
+    revision's that sets each constraint."""
+    revisions = sorted((ROOT / "migrations" / "versions").glob("*.py"))
+    for check in clickstream_load_runs.constraints:
+        text = str(getattr(check, "sqltext", ""))
+        if not text:
+            continue
+        column = text.split()[0]
+        setting = [p for p in revisions if f'"{column} IN (' in p.read_text()]
+        assert setting, f"no revision sets the {column} check"
+        assert f'"{text}"' in setting[-1].read_text(), (text, setting[-1].name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,18 +15,20 @@ from typing import Any
 import pytest
 
 from loader.common import EventRecord, Rejection, SourceObject
-from loader.load.tables import EVENT_COLUMNS, META_COLUMNS
-from loader.transform.caps import TEXT_CAPS
+from loader.schema import clickstream_events, clickstream_ingest_meta
 from loader.transform.coerce import REPLACEMENT, TOO_DEEP_MARKER
+from loader.transform.fields import FIELDS, INDEXED_TEXT_CAP, URL_CAP
 from loader.transform.mapping import (
     EVENT_ID_NAMESPACE,
     ObjectResult,
-    derive_event_id,
     payload_digest,
     transform_object,
 )
-from loader.transform.parse import split_records
+from loader.transform.parse import parse_body
 
+#: The columns the transform fills: every column but the one the database stamps.
+EVENT_COLUMNS = {c.name for c in clickstream_events.c} - {"loaded_at"}
+META_COLUMNS = {c.name for c in clickstream_ingest_meta.c} - {"loaded_at"}
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 PREFIX = "events/2026/11/24/13/"
 BUCKET = "raw-clickstream"
@@ -79,7 +82,7 @@ def test_page_view_maps_every_column() -> None:
     [record] = result.events
     payload = json.loads(raw)
     assert (record.event_id, record.key, record.position) == (PAGE_VIEW_ID, src.key, 0)
-    assert set(record.event) == set(EVENT_COLUMNS)
+    assert set(record.event) == EVENT_COLUMNS
     assert record.event == {
         "event_id": PAGE_VIEW_ID,  # no id in the payload: the key's UUID
         "event_name": "page_view",
@@ -103,7 +106,7 @@ def test_page_view_maps_every_column() -> None:
         "element": None,
         "properties": None,  # every field is mapped: nothing left over
     }
-    assert set(record.meta) == set(META_COLUMNS)
+    assert set(record.meta) == META_COLUMNS
     assert record.meta == {
         "event_id": PAGE_VIEW_ID,
         "received_at": datetime(2026, 11, 24, 13, 4, 11, 790000, tzinfo=UTC),
@@ -224,13 +227,14 @@ SOME_UUID = uuid.UUID("3f2504e0-4f89-41d3-9a0c-0305e82c3301")
 )
 def test_payload_id_is_the_event_id(ids: dict[str, Any], expected: uuid.UUID) -> None:
     key = f"{PREFIX}event-{PAGE_VIEW_ID}.json"  # the payload id beats the key's UUID
-    assert derive_event_id({"event_name": "click", **ids}, key, 0) == expected
+    assert only_event({"event_name": "click", **ids}, key).event_id == expected
 
 
 def test_non_uuid_ids_map_deterministically() -> None:
-    first = derive_event_id({"event_id": "order-1"}, PLAIN_KEY, 0)
-    assert derive_event_id({"event_id": "order-1"}, "elsewhere/other.json", 7) == first
-    assert derive_event_id({"event_id": "order-2"}, PLAIN_KEY, 0) != first
+    first = only_event({"event_name": "a", "event_id": "order-1"}).event_id
+    other_key = only_event({"event_name": "a", "event_id": "order-1"}, PREFIX + "other.json")
+    assert other_key.event_id == first
+    assert only_event({"event_name": "a", "event_id": "order-2"}).event_id != first
     assert first.version == 5
 
 
@@ -405,10 +409,10 @@ def test_malformed_objects(data: bytes, detail: str) -> None:
     assert result.malformed == [Rejection(PLAIN_KEY, 0, "malformed", detail)]
 
 
-def test_split_records_positions() -> None:
-    records, bad = split_records(b'{"event_name": "a"}\n\n[1]\n{"event_name": "b"}')
-    assert records == [(0, {"event_name": "a"}), (3, {"event_name": "b"})]
-    assert bad == [(2, "line is JSON array, not an object")]
+def test_record_positions_are_line_numbers() -> None:
+    parsed = parse_body(b'{"event_name": "a"}\n\n[1]\n{"event_name": "b"}')
+    assert parsed.records == [(0, {"event_name": "a"}), (3, {"event_name": "b"})]
+    assert parsed.bad == [(2, "line is JSON array, not an object")]
 
 
 # --- invalid events ----------------------------------------------------------------------------
@@ -448,7 +452,7 @@ def test_one_invalid_line_does_not_reject_its_neighbours() -> None:
 def test_event_name_is_trimmed_and_capped() -> None:
     assert only_event({"event_name": "  click \n"}).event["event_name"] == "click"
     result = transform({"event_name": "n" * 1000})
-    assert result.events[0].event["event_name"] == "n" * TEXT_CAPS["event_name"]
+    assert result.events[0].event["event_name"] == "n" * INDEXED_TEXT_CAP
     assert result.truncated == 1
 
 
@@ -526,8 +530,8 @@ def test_a_huge_string_is_truncated_to_the_cap() -> None:
     huge = "https://shop.example.com/?q=" + "x" * 200_000
     result = transform({"event_name": "page_view", "pageUrl": huge})
     [record] = result.events
-    assert record.event["page_url"] == huge[: TEXT_CAPS["page_url"]]
-    assert len(record.event["page_url"]) == TEXT_CAPS["page_url"] == 4096
+    assert record.event["page_url"] == huge[:URL_CAP]
+    assert len(record.event["page_url"]) == URL_CAP == 4096
     assert result.truncated == 1
     assert record.event["properties"] is None  # truncation is not a failure: no copy kept
 
@@ -688,3 +692,29 @@ def test_anonymize_drops_an_ingest_block_that_is_not_an_object() -> None:
     anonymized = transform_object(SourceObject("b", "k", None), body, anonymize=True).events[0]
     assert "203.0.113.77" not in json.dumps(anonymized.event, default=str)
     assert "203.0.113.77" not in json.dumps(anonymized.meta, default=str)
+
+
+# --- docs/mapping.md describes the table the mapping follows -------------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "mapping.md"
+
+
+def _documented_fields() -> dict[str, tuple[tuple[str, ...], int]]:
+    """docs/mapping.md's column tables: column → (spellings in order, cap or 0)."""
+    rows: dict[str, tuple[tuple[str, ...], int]] = {}
+    for line in DOCS.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith("`"):
+            continue
+        spellings = tuple(
+            name.removeprefix("_ingest.") for name in re.findall(r"`([^`]+)`", cells[2])
+        )
+        cap = re.search(r"cap(?:ped at)? ([\d,]+)", cells[3])
+        rows[cells[0].strip("`")] = (spellings, int(cap.group(1).replace(",", "")) if cap else 0)
+    return rows
+
+
+def test_the_docs_list_every_field_with_its_spellings_and_cap() -> None:
+    documented = _documented_fields()
+    for spec in FIELDS:
+        assert documented.get(spec.column) == (spec.spellings, spec.cap), spec.column

@@ -146,10 +146,6 @@ def test_an_unknown_object_names_both_forms_and_its_keys(event: dict[str, Any]) 
         assert form in str(excinfo.value)
 
 
-def test_trigger_errors_are_value_errors() -> None:
-    assert issubclass(TriggerError, ValueError)
-
-
 # --- shards ------------------------------------------------------------------------------------
 
 

@@ -51,9 +51,9 @@ def _migrate(env: dict[str, str]) -> str:
     config.set_main_option("script_location", str(ROOT / "migrations"))
     config.attributes["configure_logging"] = False  # the demo prints its own steps
     command.upgrade(config, "head")
-    from loader.load.revision import code_head_revision
+    from loader.schema import HEAD_REVISION
 
-    return code_head_revision()
+    return HEAD_REVISION
 
 
 def describe_tables(engine: sa.Engine, console: Console) -> None:

@@ -70,7 +70,6 @@ CATEGORY_SLUGS: Final = (
     "kitchen-appliances",
     "gadget-accessories",
 )
-UNDEFINED_CATEGORY: Final = "undefined"
 
 #: Events the tracker fires (every name wired in its main branch).
 TRACKED_EVENTS: Final = (
