@@ -28,7 +28,8 @@ from loader.transform.parse import parse_body
 
 #: The columns the transform fills: every column but the one the database stamps.
 EVENT_COLUMNS = {c.name for c in clickstream_events.c} - {"loaded_at"}
-META_COLUMNS = {c.name for c in clickstream_ingest_meta.c} - {"loaded_at"}
+# event_timestamp, the partition key, is the event's: the load stage copies it into the meta row.
+META_COLUMNS = {c.name for c in clickstream_ingest_meta.c} - {"loaded_at", "event_timestamp"}
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 PREFIX = "events/2026/11/24/13/"
 BUCKET = "raw-clickstream"
