@@ -72,6 +72,7 @@ def emf_metrics(report: Report, now: datetime) -> dict[str, Any]:
         "Quarantined": report.quarantined.count,
         "Retries": report.retries,
         "ObjectsListed": report.objects_listed,
+        "Suppressed": report.suppressed,
     }
     for name, value in counts.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)

@@ -47,6 +47,8 @@ class Report:
     duplicate_conflicting: int = 0
     #: Of duplicate_exact: events the original ETL had already stored under another id.
     duplicate_adopted: int = 0
+    #: Events the suppression list refused (people erased): not written, objects recorded.
+    suppressed: int = 0
     conflicting: KeyList = field(default_factory=KeyList)
     malformed: KeyList = field(default_factory=KeyList)
     invalid: KeyList = field(default_factory=KeyList)

@@ -87,7 +87,7 @@ def forget_database_secrets() -> None:
         _erasure_keys.clear()
 
 
-ERASURE_KEY_ARN_VAR: Final = "ERASURE_HMAC_KEY_SECRET_ARN"  # noqa: S105 - a variable name
+ERASURE_KEY_ARN_VAR: Final = "ERASURE_HMAC_KEY_SECRET_ARN"
 _erasure_keys: dict[str, str] = {}
 
 

@@ -32,6 +32,7 @@ _COUNT_COLUMNS = (
     "sanitised",
     "truncated",
     "retries",
+    "suppressed",
 )
 
 
@@ -263,6 +264,7 @@ def _report_finalized(
     report.duplicate_conflicting = totals["duplicate_conflicting"]
     report.duplicates = report.duplicate_exact + report.duplicate_conflicting
     report.retries = totals["retries"]
+    report.suppressed = totals["suppressed"]
     report.state = "complete"
     report.newest_event_at = newest.isoformat() if newest else None
 

@@ -33,6 +33,8 @@ class Tables:
     quarantine: sa.Table
     adoptions: sa.Table
     loaded_objects: sa.Table
+    erasure_requests: sa.Table
+    suppressions: sa.Table
 
 
 def tables_for(settings: Settings) -> Tables:
@@ -45,6 +47,8 @@ def tables_for(settings: Settings) -> Tables:
             schema.clickstream_quarantine,
             schema.clickstream_adoptions,
             schema.clickstream_loaded_objects,
+            schema.clickstream_erasure_requests,
+            schema.clickstream_suppressions,
         )
     md = sa.MetaData()
     target = settings.target_schema or RETAIN_SCHEMA
@@ -56,4 +60,6 @@ def tables_for(settings: Settings) -> Tables:
         schema.clickstream_quarantine.to_metadata(md, schema=target),
         schema.clickstream_adoptions.to_metadata(md, schema=target),
         schema.clickstream_loaded_objects.to_metadata(md, schema=target),
+        schema.clickstream_erasure_requests.to_metadata(md, schema=target),
+        schema.clickstream_suppressions.to_metadata(md, schema=target),
     )

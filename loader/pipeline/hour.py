@@ -25,6 +25,7 @@ from tenacity import Retrying
 from loader import __version__
 from loader.common import FetchedObject, ObjectSource, Rejection
 from loader.config import Settings
+from loader.identity import IdentityHasher
 from loader.load.adoption import AdoptedRange, read_adopted_range
 from loader.load.batch import BatchTarget, batch_writer, commit_batch, count_new
 from loader.load.completion import completed_objects
@@ -34,6 +35,7 @@ from loader.load.locks import hour_lock
 from loader.load.quarantine import rejection_row
 from loader.load.revision import check_revision, code_revisions
 from loader.load.sink import BatchOutcome
+from loader.load.suppression import SuppressingWriter, SuppressionList
 from loader.load.tables import Tables, tables_for
 from loader.observability import log
 from loader.pipeline.batching import Batch, Batcher, Prepared, with_slice_refusals
@@ -52,7 +54,10 @@ class HourLoader:
         self.engine = engine
         self.source = source
         self.tables: Tables = tables_for(settings)
-        self.writer = batch_writer(settings.write_method)
+        key = settings.erasure_hmac_key
+        #: Every batch of every load path goes through it: the suppressed events never land.
+        self.suppression = SuppressionList(IdentityHasher(key) if key else None)
+        self.writer = SuppressingWriter(batch_writer(settings.write_method), self.suppression)
         self._policy = RetryPolicy(settings)
         self._db_revision: str | None = None
         self._adopted: AdoptedRange | None = None
@@ -64,13 +69,15 @@ class HourLoader:
         into. One read per invocation: see `expire_schema_check`.
 
         The same read fetches what was adopted from the original ETL: nothing on a warehouse
-        that started empty, and then no batch ever looks for adopted duplicates."""
+        that started empty, and then no batch ever looks for adopted duplicates; and checks
+        that this loader holds the erasure key the suppression list was made with."""
         if self._db_revision is None:
             code = code_revisions()
 
             def read() -> tuple[str, AdoptedRange | None]:
                 with self.engine.connect() as conn:
                     revision = check_revision(conn, code)
+                    self.suppression.check_key(conn, self.tables)
                     return revision, read_adopted_range(conn, self.tables.adoptions)
 
             self._db_revision, self._adopted = self.retrying("connect")(read)
@@ -276,7 +283,12 @@ class HourLoader:
         for rejection in batch.rejections:
             self._report_rejection(report, rejection)
         if job.dry_run:
-            report.would_insert += count_new(self.engine, self.tables, batch.records, self._adopted)
+            with self.engine.connect() as conn:
+                records, suppressed = self.suppression.split(
+                    conn, self.tables, batch.records, lock=False
+                )
+            report.suppressed += suppressed
+            report.would_insert += count_new(self.engine, self.tables, records, self._adopted)
             report.resume_after = batch.last_key or report.resume_after
             return 0
 
@@ -314,6 +326,7 @@ class HourLoader:
         report.duplicate_exact += outcome.duplicate_exact
         report.duplicate_conflicting += outcome.duplicate_conflicting
         report.duplicate_adopted += outcome.duplicate_adopted
+        report.suppressed += outcome.suppressed
         report.duplicates = report.duplicate_exact + report.duplicate_conflicting
         for key, event_id in outcome.conflicting:
             report.conflicting.add(key)

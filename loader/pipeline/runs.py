@@ -199,6 +199,7 @@ class HoursResult:
             "truncated",
             "batches",
             "retries",
+            "suppressed",
         )
         out: dict[str, Any] = {
             "day": self.trigger.day.isoformat() if self.trigger.day else None,

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, list[list[str]]]] = [
                 "loader",
                 "loader.common",
                 "loader.config",
+                "loader.identity",
                 "loader.secrets",
                 "loader.schema",
                 "loader.window",
