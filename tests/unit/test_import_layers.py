@@ -76,6 +76,10 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     "path imports no boto3 otherwise",
     ("loader.secrets", "botocore.config"): "as boto3 above",
     ("loader.secrets", "botocore.exceptions"): "as boto3 above",
+    ("loader.extract.deletion", "boto3"): "erasure's S3 client: only the erasure function "
+    "deletes, and the loaders' CRT path must not load boto3 and botocore",
+    ("loader.extract.deletion", "botocore.config"): "as boto3 above",
+    ("loader.extract.deletion", "botocore.exceptions"): "as boto3 above",
     ("loader.extract.listing", "boto3"): "the boto3 client's listing signer: only "
     "Boto3Source builds it, so the CRT path never loads botocore",
     ("loader.extract.listing", "botocore.auth"): "as boto3 above",
