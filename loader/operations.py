@@ -307,7 +307,11 @@ def erase(loader: HourLoader, request: ErasureRequest) -> dict[str, Any]:
         if request.dry_run
         else ObjectEraser(settings.raw_bucket, max_attempts=settings.s3_max_attempts)
     )
-    return Eraser(loader, objects).erase(request)
+    try:
+        return Eraser(loader, objects).erase(request)
+    finally:
+        if objects is not None:
+            objects.close()
 
 
 def erasures(

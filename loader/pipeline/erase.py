@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -114,6 +115,21 @@ class Plan:
         }
 
 
+class _Steps:
+    """Seconds per step of one run, for its answer and the logs."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[step] = round(time.monotonic() - started, 3)
+
+
 class Eraser:
     """Runs erasure requests with a loader's settings, warehouse and S3 reader, and an
     `ObjectEraser` for the deletes (None for dry runs: they delete nothing)."""
@@ -185,14 +201,22 @@ class Eraser:
         }
 
     def _run(self, request: ErasureRequest, request_id: str, now: datetime) -> dict[str, Any]:
-        record = self.loader.retrying("erasure")(self._suppress, request, request_id, now)
+        clock = _Steps()
+        with clock("suppress"):
+            record = self.loader.retrying("erasure")(self._suppress, request, request_id, now)
         found = record["found"]
         subject = Subject(frozenset(request.user_ids), frozenset(request.client_ids) | found)
         cutoff = None if request.suppress_future else record["requested_at"]
-        plan = self._plan(subject, cutoff)
-        self.loader.retrying("erasure")(self._delete_rows, request_id, subject, cutoff, plan)
-        self._delete_objects(request_id)
-        return self._verify(request_id, subject, cutoff, plan)
+        with clock("plan"):
+            plan = self._plan(subject, cutoff)
+        with clock("warehouse"):
+            self.loader.retrying("erasure")(self._delete_rows, request_id, subject, cutoff, plan)
+        with clock("bucket"):
+            self._delete_objects(request_id)
+        with clock("verify"):
+            result = self._verify(request_id, subject, cutoff, plan)
+        result["step_seconds"] = clock.seconds
+        return result
 
     def _suppress(self, request: ErasureRequest, request_id: str, now: datetime) -> dict[str, Any]:
         """Step 1, one transaction holding the list's lock exclusively."""

@@ -271,6 +271,7 @@ def test_only_the_opt_in_erasure_function_may_delete_and_with_its_own_role(
     assert set(by_action) == {
         "s3:ListBucket",
         "s3:ListBucketVersions",
+        "s3:GetBucketVersioning",
         "s3:GetObject",
         "s3:DeleteObject",
         "s3:DeleteObjectVersion",
