@@ -224,7 +224,12 @@ class HourLoader:
                 close()  # cancels the fetches still in flight
 
     def _transform(self, fetched: FetchedObject) -> Prepared:
-        return prepare(fetched, self.settings.raw_bucket, anonymize=self.settings.anonymize_ip)
+        return prepare(
+            fetched,
+            self.settings.raw_bucket,
+            anonymize=self.settings.anonymize_ip,
+            pseudonymise=self.settings.pseudonymise_user_agent,
+        )
 
     def _write_all(
         self,

@@ -35,6 +35,7 @@ from loader.transform.coerce import (
     to_text,
 )
 from loader.transform.parse import parse_body
+from loader.transform.pseudonymise import pseudonymised_ingest
 
 #: Namespace of every uuid5 the loader derives: changing it would re-key history.
 EVENT_ID_NAMESPACE: Final = uuid.UUID("6b1f3c1e-8f5d-5a4e-9c37-2d0f6a1b7e42")
@@ -239,11 +240,15 @@ def map_record(
     *,
     anonymize: bool = False,
     storable: bool = False,
+    pseudonymise: bool = False,
 ) -> EventRecord | Rejection:
     """One JSON object → an EventRecord, or a Rejection when it has no usable event name.
 
     Values changed on the way (sanitised, truncated) are counted in `repairs`. `storable`: the
-    parser vouches that `clean_json` would change nothing in `record` (`ParsedBody.storable`)."""
+    parser vouches that `clean_json` would change nothing in `record` (`ParsedBody.storable`).
+    `pseudonymise`: the user agent reduced to its families first (loader/transform/pseudonymise)."""
+    if pseudonymise and isinstance(record.get("_ingest"), dict):
+        record = {**record, "_ingest": pseudonymised_ingest(record["_ingest"])}
     record, ingest, odd_ingest = _cleaned(record, repairs, anonymize=anonymize, storable=storable)
     id_source = payload_event_id(record)
     event_id = id_source[1] if id_source else key_event_id(source.key, position)
@@ -436,7 +441,9 @@ def _invalid_name_detail(record: Mapping[str, Any]) -> str:
 _FALLBACK_INSTANT: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def transform_object(source: SourceObject, body: bytes, *, anonymize: bool = False) -> ObjectResult:
+def transform_object(
+    source: SourceObject, body: bytes, *, anonymize: bool = False, pseudonymise: bool = False
+) -> ObjectResult:
     """Everything one object yields: its events, and what was skipped and why."""
     result = ObjectResult(source.key)
     parsed = parse_body(body)
@@ -445,7 +452,13 @@ def transform_object(source: SourceObject, body: bytes, *, anonymize: bool = Fal
     repairs = Repairs()
     for position, record in parsed.records:
         outcome = map_record(
-            record, source, position, repairs, anonymize=anonymize, storable=parsed.storable
+            record,
+            source,
+            position,
+            repairs,
+            anonymize=anonymize,
+            storable=parsed.storable,
+            pseudonymise=pseudonymise,
         )
         if isinstance(outcome, Rejection):
             result.invalid.append(outcome)
