@@ -77,7 +77,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("loader.secrets", "botocore.config"): "as boto3 above",
     ("loader.secrets", "botocore.exceptions"): "as boto3 above",
     ("loader.transform.pseudonymise", "ua_parser"): "the user agent parser and its rules "
-    "(~0.3 s to import, ~1.3 s to compile): only when PSEUDONYMISE_USER_AGENT is on",
+    "(~1 s to import and compile): only when PSEUDONYMISE_USER_AGENT is on",
     ("loader.extract.deletion", "boto3"): "erasure's S3 client: only the erasure function "
     "deletes, and the loaders' CRT path must not load boto3 and botocore",
     ("loader.extract.deletion", "botocore.config"): "as boto3 above",
