@@ -443,6 +443,13 @@ def test_an_erasure_runs_under_the_erasure_role_and_the_loaders_cannot_erase(
                 lambda_function._factory.close()
 
         assert handler({"hour": "2026-11-24T13"})["inserted"] == len(objects)
+        # The hourly function's login cannot erase: its first write is refused, nothing goes.
+        monkeypatch.setenv("DW_PG_USER", roles["l"][1])
+        with open_loader() as loader, pytest.raises(sa.exc.ProgrammingError, match="denied"):
+            erase(loader, ErasureRequest(client_ids=(client,)))
+        with dw_engine.connect() as conn:
+            kept = conn.execute(sa.text("SELECT count(*) FROM clickstream_events")).scalar_one()
+        assert kept == len(objects)
         monkeypatch.setenv("DW_PG_USER", roles["e"][1])
         with open_loader() as loader:
             record = erase(loader, ErasureRequest(client_ids=(client,)))
