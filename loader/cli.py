@@ -225,6 +225,7 @@ def status(
             "dupes",
             "skipped",
             "quarantined",
+            "erased",
             "lag s",
             "error",
         )
@@ -238,6 +239,7 @@ def status(
                 str(h.get("duplicates", "")),
                 str(h.get("skipped", "")),
                 str(h["quarantined"]),
+                str(h.get("erased") or ""),
                 str(h.get("lag_seconds") or ""),
                 (h.get("error") or "")[:60],
             )

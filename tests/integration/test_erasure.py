@@ -224,6 +224,7 @@ def test_erase_a_client_id_takes_only_its_anonymous_events(
     record = invoke({"action": "erase", "client_ids": [C3], "request_id": "ticket-c3"})
 
     assert (record["request_id"], record["state"]) == ("ticket-c3", "complete")
+    assert json.loads(json.dumps(record)) == record  # the Lambda's answer is plain JSON
     assert record["stores"]["clickstream_events"]["deleted"] == 1
     assert (
         count(dw_engine, "SELECT count(*) FROM clickstream_events WHERE client_id = :c", c=C3) == 2
