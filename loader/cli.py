@@ -214,38 +214,38 @@ def status(
         raise typer.BadParameter(str(exc)) from None
     with open_loader() as loader:
         data = do_status(loader, window, start=first, end=last)
+    _emit(data, as_json, _status_table)
 
-    def render(d: dict[str, Any]) -> None:
-        table = Table(
-            "hour",
-            "state",
-            "listed",
-            "inserted",
-            "by events",
-            "dupes",
-            "skipped",
-            "quarantined",
-            "erased",
-            "lag s",
-            "error",
+
+def _status_table(d: dict[str, Any]) -> None:
+    table = Table(
+        "hour",
+        "state",
+        "listed",
+        "inserted",
+        "by events",
+        "dupes",
+        "skipped",
+        "quarantined",
+        "erased",
+        "lag s",
+        "error",
+    )
+    for h in d["hours"]:
+        table.add_row(
+            h["hour"],
+            h["state"],
+            str(h.get("objects_listed", "")),
+            str(h.get("inserted", "")),
+            str(h.get("inserted_by_events", "")),
+            str(h.get("duplicates", "")),
+            str(h.get("skipped", "")),
+            str(h["quarantined"]),
+            str(h.get("erased") or ""),
+            str(h.get("lag_seconds") or ""),
+            (h.get("error") or "")[:60],
         )
-        for h in d["hours"]:
-            table.add_row(
-                h["hour"],
-                h["state"],
-                str(h.get("objects_listed", "")),
-                str(h.get("inserted", "")),
-                str(h.get("inserted_by_events", "")),
-                str(h.get("duplicates", "")),
-                str(h.get("skipped", "")),
-                str(h["quarantined"]),
-                str(h.get("erased") or ""),
-                str(h.get("lag_seconds") or ""),
-                (h.get("error") or "")[:60],
-            )
-        out.print(table)
-
-    _emit(data, as_json, render)
+    out.print(table)
 
 
 @app.command()
