@@ -104,16 +104,16 @@ def delete_subject_rows(
     caller's transaction, and return them (DELETE ... RETURNING). The one place an erasure
     removes events: a rollup that must subtract them hooks in here.
 
-    The subject's events are found once, through the indexes on user_id and client_id, and
-    both deletes go by their primary key (event_timestamp, event_id), which names each row's
+    The subject's events are found once, through the indexes on user_id and client_id (no
+    FOR UPDATE: it needs UPDATE, which the erasure role lacks; the erase holds the suppression
+    list's lock, so no load adds the subject's rows meanwhile), and both deletes go by their
+    primary key (event_timestamp, event_id), which names each row's
     day partition. Revision 0006's trigger on the events deletes their claims (and would delete
     their meta rows: those are gone already, taken first for the keys of their objects)."""
     events, meta = tables.events, tables.meta
     key_names = [c for c in ("event_timestamp", "event_id") if c in meta.c]
     found = conn.execute(
-        sa.select(*(events.c[c] for c in key_names))
-        .where(subject_filter(events, subject, cutoff))
-        .with_for_update()
+        sa.select(*(events.c[c] for c in key_names)).where(subject_filter(events, subject, cutoff))
     ).all()
     deleted = DeletedRows()
     if not found:
