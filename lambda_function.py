@@ -16,6 +16,8 @@ from loader.errors import sqlstate
 from loader.maintenance import maintain_warehouse, options_from_event
 from loader.notifications import is_sqs_event, parse_sqs_event, plan_batch
 from loader.observability import emit_batch_metrics, emit_metrics, log
+from loader.operations import erase
+from loader.pipeline.erase import ErasureInputError, ErasureRequest
 from loader.pipeline.runs import finalize_fanned_out_hour, run_hours, run_trigger
 from loader.secrets import forget_database_secrets
 from loader.window import (
@@ -60,6 +62,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         loader = _factory.get()
         if action == "finalize":
             return _finalize(loader, event, context)
+        if action == "erase":
+            return _erase(loader, event)
         trigger = parse_trigger(event, events_prefix=loader.settings.events_prefix, now=_clock())
         if trigger.day is not None:
             summary = run_hours(
@@ -129,6 +133,46 @@ def _maintain(event: dict[str, Any]) -> dict[str, Any]:
     function and role, whose DW_PG_* / DW_PG_SECRET_ARN are the tables' owner's. The payload:
     {"action": "maintain", "keep_days": D, "ahead_days": N} (optionally "allow_shorter")."""
     return maintain_warehouse(options_from_event(event)).to_dict()  # it logs its summary
+
+
+def _erase(loader: Any, event: dict[str, Any]) -> dict[str, Any]:
+    """The erasure function's payload: `{"action": "erase", "user_ids": [...], "client_ids":
+    [...], "request_id": "...", "suppress_future": false, "dry_run": false}` (loader/pipeline/
+    erase.py). Its record is the answer; the identifiers are never logged."""
+    request = ErasureRequest(
+        _identifiers(event, "user_ids"),
+        _identifiers(event, "client_ids"),
+        _optional_text(event, "request_id"),
+        _flag(event, "suppress_future"),
+        _flag(event, "dry_run"),
+    )
+    result = erase(loader, request)
+    log.info(
+        "erasure request answered",
+        extra={"request_id": result["request_id"], "state": result.get("state")},
+    )
+    return result
+
+
+def _identifiers(event: dict[str, Any], name: str) -> tuple[str, ...]:
+    value = event.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ErasureInputError(f"{name} must be a list of strings")
+    return tuple(value)
+
+
+def _optional_text(event: dict[str, Any], name: str) -> str | None:
+    value = event.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ErasureInputError(f"{name} must be a string")
+    return value
+
+
+def _flag(event: dict[str, Any], name: str) -> bool:
+    value = event.get(name, False)
+    if not isinstance(value, bool):
+        raise ErasureInputError(f"{name} must be true or false")
+    return value
 
 
 def _finalize(loader: Any, event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -6,7 +6,8 @@
 --
 --   psql "host=... dbname=... user=<owner>" -X -v ON_ERROR_STOP=1 \
 --        -v loader_role=clickstream_loader -f deploy/grants.sql
---   (optionally -v schema=<schema>; the default is public)
+--   (optionally -v schema=<schema>; the default is public; and -v erasure_role=<role> to grant
+--   the erasure function's role too: see "The erasure role" below)
 --
 -- `loader_role` is the role that receives the privileges: the NOLOGIN group role made by
 -- deploy/create_loader_role.sql (recommended), or the loader's login itself. Roles are
@@ -70,6 +71,33 @@
 --                                 partitions off; `maintain --ahead-days` then premakes them.
 --                                 Grants on a partitioned table cover its partitions when they
 --                                 are reached through it, which is the only way the loader does.
+--   clickstream_suppressions,     The suppression list: every batch reads it (by keyed hash)
+--   clickstream_erasure_requests  and leaves out the events of people erased; the requests'
+--     SELECT                      key_id tells the loader it holds the right key. Written only
+--                                 by the erasure role.
+--
+-- The erasure role (optional, -v erasure_role=clickstream_eraser; create it and its login with
+-- deploy/create_loader_role.sql, -v loader_role=clickstream_eraser -v
+-- loader_login=clickstream_eraser_lambda). `clickstream-loader erase` and the template's
+-- ErasureFunction connect as it. It may remove a person's rows and nothing else:
+--
+--   clickstream_events,           DELETE (with SELECT, which a DELETE ... WHERE needs): the
+--   clickstream_ingest_meta,      subject's rows and their quarantine rows; the claims go with
+--   clickstream_event_claims,     their events (revision 0006's trigger runs with the erasing
+--   clickstream_quarantine        role's rights). No INSERT or UPDATE: it never writes an event.
+--     SELECT, DELETE
+--   clickstream_loaded_objects    UPDATE of the counts: an erased object's completion record
+--     SELECT, UPDATE              counts the ingest rows it still has, so `check` agrees.
+--   clickstream_erasure_requests  The request record: created, then updated as each store is
+--     SELECT, INSERT, UPDATE      done. No DELETE: it is the proof.
+--   clickstream_suppressions      Its entries. No UPDATE or DELETE: nobody comes off the list
+--     SELECT, INSERT              by accident.
+--   alembic_version,              Read, like the loader: the revision check, the adopted
+--   clickstream_adoptions,        range and the retention.
+--   clickstream_retention
+--     SELECT
+-- It gets no INSERT on the event tables, and the loader role gets no DELETE: neither can do
+-- the other's job.
 --
 -- Deliberately not granted:
 --   - sequences: the only one backs clickstream_quarantine.quarantine_id, an identity column
@@ -113,7 +141,8 @@ SELECT
       AND tablename IN ('clickstream_events', 'clickstream_ingest_meta', 'clickstream_load_runs',
                         'clickstream_quarantine', 'clickstream_loaded_objects',
                         'clickstream_adoptions', 'clickstream_event_claims',
-                        'clickstream_retention', 'alembic_version')
+                        'clickstream_retention', 'clickstream_suppressions',
+                        'clickstream_erasure_requests', 'alembic_version')
       AND pg_has_role(:'loader_role', tableowner, 'MEMBER')
   ) AS loader_role_owns_tables,
   current_database() AS database_name
@@ -129,6 +158,35 @@ SELECT
   DO $$ BEGIN RAISE EXCEPTION 'loader_role must not own the warehouse tables or be a member of their owner'; END $$;
 \endif
 
+\if :{?erasure_role}
+SELECT
+  EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'erasure_role') AS erasure_role_exists,
+  EXISTS (
+    SELECT 1 FROM pg_roles WHERE rolname = :'erasure_role' AND (rolsuper OR rolbypassrls)
+  ) AS erasure_role_too_powerful,
+  EXISTS (
+    SELECT 1 FROM pg_tables
+    WHERE schemaname = :'schema' AND tablename LIKE 'clickstream%'
+      AND pg_has_role(:'erasure_role', tableowner, 'MEMBER')
+  ) AS erasure_role_owns_tables,
+  :'erasure_role' = :'loader_role' AS erasure_role_is_loader_role
+\gset
+\if :erasure_role_exists
+\else
+  \warn 'deploy/grants.sql: the erasure role does not exist; create it first (deploy/create_loader_role.sql)'
+  DO $$ BEGIN RAISE EXCEPTION 'erasure_role does not exist'; END $$;
+\endif
+\if :erasure_role_too_powerful
+  DO $$ BEGIN RAISE EXCEPTION 'erasure_role must not be a superuser or BYPASSRLS'; END $$;
+\endif
+\if :erasure_role_owns_tables
+  DO $$ BEGIN RAISE EXCEPTION 'erasure_role must not own the warehouse tables or be a member of their owner'; END $$;
+\endif
+\if :erasure_role_is_loader_role
+  DO $$ BEGIN RAISE EXCEPTION 'erasure_role must be a role of its own, not loader_role'; END $$;
+\endif
+\endif
+
 BEGIN;
 
 -- Start from nothing on the loader's tables, so the grants below are the whole story.
@@ -141,6 +199,8 @@ REVOKE ALL ON TABLE
   :"schema".clickstream_adoptions,
   :"schema".clickstream_event_claims,
   :"schema".clickstream_retention,
+  :"schema".clickstream_suppressions,
+  :"schema".clickstream_erasure_requests,
   :"schema".alembic_version
 FROM :"loader_role";
 REVOKE ALL ON FUNCTION :"schema".clickstream_ensure_partitions(date, date) FROM :"loader_role";
@@ -175,6 +235,45 @@ TO :"loader_role";
 -- The day partitions a batch needs, made with the owner's rights (see above).
 GRANT EXECUTE ON FUNCTION :"schema".clickstream_ensure_partitions(date, date) TO :"loader_role";
 
+-- The suppression list and the requests' key_id: read-only.
+GRANT SELECT ON TABLE
+  :"schema".clickstream_suppressions,
+  :"schema".clickstream_erasure_requests
+TO :"loader_role";
+
+\if :{?erasure_role}
+REVOKE ALL ON TABLE
+  :"schema".clickstream_events,
+  :"schema".clickstream_ingest_meta,
+  :"schema".clickstream_load_runs,
+  :"schema".clickstream_quarantine,
+  :"schema".clickstream_loaded_objects,
+  :"schema".clickstream_adoptions,
+  :"schema".clickstream_event_claims,
+  :"schema".clickstream_retention,
+  :"schema".clickstream_suppressions,
+  :"schema".clickstream_erasure_requests,
+  :"schema".alembic_version
+FROM :"erasure_role";
+REVOKE CREATE ON SCHEMA :"schema" FROM :"erasure_role";
+GRANT CONNECT ON DATABASE :"database_name" TO :"erasure_role";
+GRANT USAGE ON SCHEMA :"schema" TO :"erasure_role";
+GRANT SELECT, DELETE ON TABLE
+  :"schema".clickstream_events,
+  :"schema".clickstream_ingest_meta,
+  :"schema".clickstream_event_claims,
+  :"schema".clickstream_quarantine
+TO :"erasure_role";
+GRANT SELECT, UPDATE ON TABLE :"schema".clickstream_loaded_objects TO :"erasure_role";
+GRANT SELECT, INSERT, UPDATE ON TABLE :"schema".clickstream_erasure_requests TO :"erasure_role";
+GRANT SELECT, INSERT ON TABLE :"schema".clickstream_suppressions TO :"erasure_role";
+GRANT SELECT ON TABLE
+  :"schema".alembic_version,
+  :"schema".clickstream_adoptions,
+  :"schema".clickstream_retention
+TO :"erasure_role";
+\endif
+
 COMMIT;
 
 -- Warn (do not fail) when PUBLIC still lets every role create objects in the schema.
@@ -195,3 +294,15 @@ FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = :'schema' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
 ORDER BY 1;
+
+\if :{?erasure_role}
+SELECT c.relname AS "table",
+       has_table_privilege(:'erasure_role', c.oid, 'SELECT') AS "erasure select",
+       has_table_privilege(:'erasure_role', c.oid, 'INSERT') AS "erasure insert",
+       has_table_privilege(:'erasure_role', c.oid, 'UPDATE') AS "erasure update",
+       has_table_privilege(:'erasure_role', c.oid, 'DELETE') AS "erasure delete"
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = :'schema' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY 1;
+\endif

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from loader.app import open_loader
 from loader.config import ConfigError
+from loader.identity import ErasureKeyError
 from loader.maintenance import (
     MaintainOptions,
     MaintenanceBusy,
@@ -29,9 +30,12 @@ from loader.maintenance import (
 from loader.observability import set_log_stream
 from loader.operations import backfill as do_backfill
 from loader.operations import check as do_check
+from loader.operations import erase as do_erase
+from loader.operations import erasures as do_erasures
 from loader.operations import parse_since
 from loader.operations import reprocess as do_reprocess
 from loader.operations import status as do_status
+from loader.pipeline.erase import ErasureInputError, ErasureRequest
 from loader.pipeline.runs import run_trigger
 from loader.report import Report
 from loader.schema import DAY_PARTITIONED, RunState, TriggerKind
@@ -227,36 +231,38 @@ def status(
         raise typer.BadParameter(str(exc)) from None
     with open_loader() as loader:
         data = do_status(loader, window, start=first, end=last)
+    _emit(data, as_json, _status_table)
 
-    def render(d: dict[str, Any]) -> None:
-        table = Table(
-            "hour",
-            "state",
-            "listed",
-            "inserted",
-            "by events",
-            "dupes",
-            "skipped",
-            "quarantined",
-            "lag s",
-            "error",
+
+def _status_table(d: dict[str, Any]) -> None:
+    table = Table(
+        "hour",
+        "state",
+        "listed",
+        "inserted",
+        "by events",
+        "dupes",
+        "skipped",
+        "quarantined",
+        "erased",
+        "lag s",
+        "error",
+    )
+    for h in d["hours"]:
+        table.add_row(
+            h["hour"],
+            h["state"],
+            str(h.get("objects_listed", "")),
+            str(h.get("inserted", "")),
+            str(h.get("inserted_by_events", "")),
+            str(h.get("duplicates", "")),
+            str(h.get("skipped", "")),
+            str(h["quarantined"]),
+            str(h.get("erased") or ""),
+            str(h.get("lag_seconds") or ""),
+            (h.get("error") or "")[:60],
         )
-        for h in d["hours"]:
-            table.add_row(
-                h["hour"],
-                h["state"],
-                str(h.get("objects_listed", "")),
-                str(h.get("inserted", "")),
-                str(h.get("inserted_by_events", "")),
-                str(h.get("duplicates", "")),
-                str(h.get("skipped", "")),
-                str(h["quarantined"]),
-                str(h.get("lag_seconds") or ""),
-                (h.get("error") or "")[:60],
-            )
-        out.print(table)
-
-    _emit(data, as_json, render)
+    out.print(table)
 
 
 _CHECK_COUNTS = ("objects", "loaded", "quarantined", "unloaded")
@@ -389,6 +395,101 @@ def _span(parent: str, names: list[str]) -> str:
 
 
 @app.command()
+def erase(
+    user_id: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--user-id",
+            help="A user id to erase: its events and the anonymous "
+            "events of every client id seen with it (repeatable).",
+        ),
+    ] = None,
+    client_id: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--client-id", help="A client id whose anonymous events to erase (repeatable)."
+        ),
+    ] = None,
+    request_id: Annotated[
+        str | None,
+        typer.Option(help="The caller's ticket; rerun with it to continue an open request."),
+    ] = None,
+    suppress_future: Annotated[
+        bool,
+        typer.Option(help="Refuse the subject's later events too (consent withdrawn)."),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be deleted; change nothing.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Erase a person from the warehouse, the quarantine and the raw bucket, and keep them out
+    of every later load (docs/privacy.md). Exit 1 while the request stays open."""
+    _setup()
+    request = ErasureRequest(
+        tuple(user_id or ()), tuple(client_id or ()), request_id, suppress_future, dry_run
+    )
+    try:
+        request.validated()  # bad input fails before any connection
+        with open_loader() as loader:
+            data = do_erase(loader, request)
+    except (ErasureInputError, ErasureKeyError) as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    _emit(data, as_json, _render_erasure)
+    if not dry_run and data["state"] != "complete":
+        raise typer.Exit(1)
+
+
+def _render_erasure(d: dict[str, Any]) -> None:
+    if d.get("dry_run"):
+        table = Table("would delete", "count")
+        for name, value in d["would_delete"].items():
+            table.add_row(name, str(len(value) if isinstance(value, list) else value))
+        out.print(table)
+        return
+    _erasures_table([d])
+    for name, values in d["stores"].items():
+        counts = ", ".join(f"{k} {v}" for k, v in values.items() if k != "finished_at")
+        out.print(f"  {name}: {counts} (finished {values.get('finished_at')})")
+    if d["open_reason"]:
+        out.print(f"  open: {d['open_reason']}")
+
+
+def _erasures_table(requests: list[dict[str, Any]]) -> None:
+    table = Table("request", "state", "requested", "due", "events", "objects", "open because")
+    for r in requests:
+        events = r["stores"].get("clickstream_events", {}).get("deleted", 0)
+        objects = r["stores"].get("bucket", {}).get("objects_deleted", 0)
+        state = "overdue" if r["overdue"] else r["state"]
+        table.add_row(
+            r["request_id"],
+            state,
+            r["requested_at"][:19],
+            r["due_at"][:10],
+            str(events),
+            str(objects),
+            (r["open_reason"] or "")[:80],
+        )
+    out.print(table)
+
+
+@app.command()
+def erasures(
+    open_only: Annotated[bool, typer.Option("--open", help="Only the open requests.")] = False,
+    overdue: Annotated[
+        bool, typer.Option("--overdue", help="Only the open requests past their due date.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """The erasure requests: when, due when, what was deleted, open or complete."""
+    _setup()
+    with open_loader() as loader:
+        data = do_erasures(loader, open_only=open_only, overdue=overdue)
+    _emit(data, as_json, lambda d: _erasures_table(d["requests"]))
+
+
+@app.command()
 def demo(
     events: Annotated[int, typer.Option(help="Objects to generate for the demo hour.")] = 3000,
     serve: Annotated[
@@ -422,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     """The console script; `argv` defaults to the process's arguments."""
     try:
         app(args=argv)
-    except (ConfigError, TriggerError) as exc:
+    except (ConfigError, TriggerError, ErasureInputError, ErasureKeyError) as exc:
         err.print(f"error: {exc}", highlight=False)
         raise SystemExit(2) from None
 

@@ -107,6 +107,21 @@ def _sslmode(variable: str, raw: str) -> str:
     return lowered
 
 
+#: The shortest erasure key accepted: 32 characters (a random 32-byte key in base64 is 44).
+MIN_ERASURE_KEY_CHARS: Final = 32
+
+
+def _erasure_key(variable: str, raw: str) -> str:
+    """A key for HMAC-SHA256: long enough that the hashes cannot be guessed back; the error
+    never shows it."""
+    if len(raw) < MIN_ERASURE_KEY_CHARS:
+        raise ConfigError(
+            f"{variable} must be at least {MIN_ERASURE_KEY_CHARS} characters (got {len(raw)}): "
+            "e.g. `openssl rand -base64 32`"
+        )
+    return raw
+
+
 def _qualified_table(variable: str, raw: str) -> tuple[str | None, str]:
     """`table` or `schema.table`, each a plain identifier: never spliced into SQL unchecked."""
     parts = raw.split(".")
@@ -199,6 +214,15 @@ DATABASE_SECRET_ARN: Final = Variable[str | None](
         "DW_PG_SECRET_ARN",
         "Secrets Manager secret (RDS JSON shape), read once per cold start: it supplies "
         "`DW_PG_USER` and `DW_PG_PASSWORD`, and host, port and database where those are unset",
+    ),
+    None,
+)
+#: Read before the ERASURE_HMAC_KEY field, which the secret supplies.
+ERASURE_KEY_SECRET_ARN: Final = Variable[str | None](
+    Setting(
+        "ERASURE_HMAC_KEY_SECRET_ARN",
+        "Secrets Manager secret holding the erasure key (its SecretString, or the `hmac_key` of "
+        "a JSON object), read once per cold start; wins over `ERASURE_HMAC_KEY`",
     ),
     None,
 )
@@ -456,6 +480,34 @@ class Settings:
         default="events/",
         metadata=from_env("EVENTS_PREFIX", "top-level prefix the ingest Lambda writes under"),
     )
+    erasure_hmac_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata=from_env(
+            "ERASURE_HMAC_KEY",
+            "the key of the suppression list's keyed hashes (HMAC-SHA256), at least 32 "
+            "characters; every loader and the erasure function need the same one once anyone "
+            "was erased (docs/privacy.md). Never logged",
+            _erasure_key,
+            strip=False,
+        ),
+    )
+    erasure_due_days: int = field(
+        default=30,
+        metadata=from_env(
+            "ERASURE_DUE_DAYS",
+            "days an erasure request has before it is overdue (`erasures --overdue`)",
+            integer(minimum=1),
+        ),
+    )
+    pseudonymise_user_agent: bool = field(
+        default=False,
+        metadata=from_env(
+            "PSEUDONYMISE_USER_AGENT",
+            "store only the browser and OS family of `_ingest.userAgent` (docs/privacy.md)",
+            _boolean,
+        ),
+    )
 
 
 def load_database_settings(env: Mapping[str, str] | None = None) -> DatabaseSettings:
@@ -474,6 +526,10 @@ def load_database_settings(env: Mapping[str, str] | None = None) -> DatabaseSett
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise ConfigError naming the first bad variable."""
     env = os.environ if env is None else env
+    if ERASURE_KEY_SECRET_ARN.read(env):
+        from loader.secrets import resolve_erasure_key
+
+        env = {**env, "ERASURE_HMAC_KEY": resolve_erasure_key(env)}
     values = _values_from(Settings, env)
     if "target_table" in values:  # TARGET_TABLE may name the schema too
         values["target_schema"], values["target_table"] = values["target_table"]
@@ -513,12 +569,25 @@ def _documented(cls: type) -> list[DocumentedSetting]:
 def documented_settings() -> list[DocumentedSetting]:
     """Every setting, in the README's order: the bucket, the warehouse, the loader, the logs."""
     bucket, *loader_settings = _documented(Settings)
-    variables = (DATABASE_SECRET_ARN, LOG_LEVEL, SERVICE_NAME, METRICS_NAMESPACE)
-    secret, *logs = [
+    variables = (
+        DATABASE_SECRET_ARN,
+        ERASURE_KEY_SECRET_ARN,
+        LOG_LEVEL,
+        SERVICE_NAME,
+        METRICS_NAMESPACE,
+    )
+    secret, erasure_secret, *logs = [
         DocumentedSetting(v.setting.variable, _shown(v.setting, v.default), v.setting.doc)
         for v in variables
     ]
-    return [bucket, *_documented(DatabaseSettings), secret, *loader_settings, *logs]
+    return [
+        bucket,
+        *_documented(DatabaseSettings),
+        secret,
+        *loader_settings,
+        erasure_secret,
+        *logs,
+    ]
 
 
 def settings_table() -> str:

@@ -1,4 +1,4 @@
-"""The data engineer's half of the job: backfill, reprocess, status, check.
+"""The data engineer's half of the job: backfill, reprocess, status, check, erase, erasures.
 
 Hours past the retention `maintain` recorded are `retired` everywhere: backfill neither loads
 nor lists them, status says `retired`, check neither lists nor counts them as unloaded.
@@ -18,8 +18,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from loader.extract.deletion import ObjectEraser
 from loader.load.completion import completed_objects, incomplete_keys, meta_rows_by_key
+from loader.load.erasure import erased_by_hour, list_requests
 from loader.load.ledger import event_loaded_hours, hour_records
+from loader.pipeline.erase import Eraser, ErasureRequest, request_view
 from loader.pipeline.hour import HourLoader
 from loader.pipeline.job import HourJob
 from loader.report import Report
@@ -162,6 +165,9 @@ def status(
         records = hour_records(conn, loader.tables, first, last)
         counts = _hour_counts(conn, loader, first, last)
         notified = event_loaded_hours(conn, loader.tables, first, last)
+        erased = erased_by_hour(
+            conn, loader.tables, [hour_label(h) for h in hours_between(first, last)]
+        )
     hours = []
     for hour in hours_between(first, last):
         record = records.get(hour)
@@ -182,6 +188,8 @@ def status(
         if events is not None:
             entry["inserted_by_events"] = int(events["inserted"])
         entry["quarantined"] = int(counts.open_quarantine.get(hour, 0))
+        # The ledger's counts stay as the runs loaded them; events erased since are shown here.
+        entry["erased"] = erased.get(hour_label(hour), 0)
         hours.append(entry)
     return {"hours": hours}
 
@@ -255,6 +263,7 @@ def _run_entry(
         "inserted_last_run": run["inserted"],
         "duplicates": run["duplicate_exact"] + run["duplicate_conflicting"],
         "duplicate_conflicting": run["duplicate_conflicting"],
+        "suppressed": run["suppressed"],
         "skipped": run["malformed"] + run["invalid"],
         "finished_at": run["finished_at"].isoformat() if run["finished_at"] else None,
         "lag_seconds": (
@@ -311,3 +320,41 @@ def check(loader: HourLoader, start: datetime, end: datetime) -> dict[str, Any]:
             }
         )
     return {"hours": hours, "unloaded_keys": unloaded}
+
+
+def erase(loader: HourLoader, request: ErasureRequest) -> dict[str, Any]:
+    """One erasure request (loader/pipeline/erase.py): the record it leaves, or for a dry run
+    what it would delete. Deletes from the bucket with the caller's own S3 rights."""
+    settings = loader.settings
+    objects = (
+        None
+        if request.dry_run
+        else ObjectEraser(settings.raw_bucket, max_attempts=settings.s3_max_attempts)
+    )
+    try:
+        return Eraser(loader, objects).erase(request)
+    finally:
+        if objects is not None:
+            objects.close()
+
+
+def erasures(
+    loader: HourLoader,
+    *,
+    open_only: bool = False,
+    overdue: bool = False,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The erasure requests, oldest first: all, the open ones, or those open past their due
+    date."""
+    now = now or datetime.now(UTC)
+    with loader.engine.connect() as conn:
+        rows = list_requests(
+            conn, loader.tables, open_only=open_only, due_by=now if overdue else None
+        )
+    views = [request_view(row, now) for row in rows]
+    return {
+        "requests": views,
+        "open": sum(1 for v in views if v["state"] == "open"),
+        "overdue": sum(1 for v in views if v["overdue"]),
+    }

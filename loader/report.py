@@ -101,6 +101,8 @@ class Report:
     invalid: KeyList = key_list(ledger=True, metric="Invalid", summary="invalid")
     quarantined: KeyList = key_list(ledger=True, metric="Quarantined", summary="quarantined")
     sanitised: int = count(ledger=True)
+    #: Events the suppression list refused (people erased): not written, objects recorded.
+    suppressed: int = count(ledger=True, metric="Suppressed", summary="suppressed")
     truncated: int = count(ledger=True)
     batches: int = count()
     retries: int = count(ledger=True, metric="Retries", summary="retries", every_run=True)

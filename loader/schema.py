@@ -17,6 +17,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -31,7 +32,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import or_ as sa_or
-from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 
 #: Frozen with the first revision: later revisions rely on these names to alter what earlier
 #: ones created. Never change it.
@@ -56,6 +57,7 @@ KNOWN_REVISIONS: Final = (
     "0004_object_completion",
     "0005_event_trigger",
     "0006_partition_by_day",
+    "0007_erasure",
 )
 #: The revision these tables describe: the head the loader loads into.
 HEAD_REVISION: Final = KNOWN_REVISIONS[-1]
@@ -83,6 +85,8 @@ ENSURE_PARTITIONS_FUNCTION: Final = "clickstream_ensure_partitions"
 #: Dedup windows (clickstream_event_claims): two grids of windows this long, offset by half of
 #: it. Two copies of an event received less than half a window apart share a window of one grid.
 CLAIM_WINDOW_HOURS: Final = 2
+ERASURE_REQUESTS_TABLE: Final = "clickstream_erasure_requests"
+SUPPRESSIONS_TABLE: Final = "clickstream_suppressions"
 
 # Python None means SQL NULL in jsonb columns (not the JSON value `null`), so `IS NULL` works.
 JSON_OR_NULL: Final = JSONB(none_as_null=True)
@@ -399,6 +403,14 @@ clickstream_load_runs = Table(
         "sanitised", Integer, nullable=False, server_default=text("0"), comment="Values repaired."
     ),
     Column(
+        "suppressed",
+        Integer,
+        nullable=False,
+        server_default=text("0"),
+        comment="Events not loaded because the suppression list names them (people erased); "
+        "their objects are recorded as loaded.",
+    ),
+    Column(
         "truncated", Integer, nullable=False, server_default=text("0"), comment="Values truncated."
     ),
     Column(
@@ -640,4 +652,174 @@ clickstream_retention = Table(
     CheckConstraint("ahead_days >= 0", name="ahead_days"),
     comment="The retention `clickstream-loader maintain` applies, recorded so every loader "
     "knows which hours are retired. No row: nothing is retired.",
+)
+
+
+ERASURE_STATES: Final = ("open", "complete")
+IDENTIFIER_KINDS: Final = ("user_id", "client_id")
+_HASHES_COMMENT: Final = (
+    "HMAC-SHA256 (hex) under the erasure key (key_id), sorted: never the identifier in clear."
+)
+
+clickstream_erasure_requests = Table(
+    ERASURE_REQUESTS_TABLE,
+    metadata,
+    Column(
+        "request_id",
+        Text,
+        primary_key=True,
+        comment="The caller's ticket (--request-id), else a generated UUID. Rerunning an open "
+        "request continues it; the same id with other identifiers is refused.",
+    ),
+    Column(
+        "requested_at",
+        DateTime(timezone=True),
+        nullable=False,
+        comment="When the request was first made: by default the suppression list covers the "
+        "subject's events up to this instant.",
+    ),
+    Column(
+        "due_at",
+        DateTime(timezone=True),
+        nullable=False,
+        comment="requested_at plus ERASURE_DUE_DAYS: an open request past it is overdue.",
+    ),
+    Column(
+        "key_id",
+        Text,
+        nullable=False,
+        comment="Names the erasure key the hashes were made with (a hash of a fixed text under "
+        "it), so a loader given another key refuses to load.",
+    ),
+    Column(
+        "user_id_hashes",
+        ARRAY(Text),
+        nullable=False,
+        comment=f"The user ids named (--user-id). {_HASHES_COMMENT}",
+    ),
+    Column(
+        "client_id_hashes",
+        ARRAY(Text),
+        nullable=False,
+        comment=f"The client ids named (--client-id): their anonymous events. {_HASHES_COMMENT}",
+    ),
+    Column(
+        "found_client_id_hashes",
+        ARRAY(Text),
+        nullable=False,
+        server_default=text("'{}'"),
+        comment="Client ids seen with a named user id when the erase ran: their anonymous "
+        f"events are the subject's too. {_HASHES_COMMENT}",
+    ),
+    Column(
+        "suppress_future",
+        Boolean,
+        nullable=False,
+        comment="True: the subject's later events are refused too (consent withdrawn); false: "
+        "only those received up to requested_at.",
+    ),
+    Column(
+        "state",
+        Text,
+        nullable=False,
+        comment="open (not yet verified gone: open_reason says why) or complete.",
+    ),
+    Column(
+        "stores",
+        JSONB,
+        nullable=False,
+        server_default=text("'{}'::jsonb"),
+        comment="Per store (clickstream_events, clickstream_ingest_meta, clickstream_quarantine, "
+        "bucket): what was deleted (counts, summed over the runs) and when it finished.",
+    ),
+    Column(
+        "hours",
+        JSONB,
+        nullable=False,
+        server_default=text("'{}'::jsonb"),
+        comment="Events erased per UTC hour ('YYYY-MM-DDTHH' of the object's key, else of the "
+        "event): `status` shows them beside the ledger's counts, which stay as loaded.",
+    ),
+    Column(
+        "objects",
+        JSONB,
+        nullable=False,
+        server_default=text("'{}'::jsonb"),
+        comment="The bucket side: keys to delete (kept until gone, so a rerun finishes them), "
+        "keys shared with other people's events (not deleted), unreadable keys, and adopted "
+        "events whose object was not found in their hour's folder. Keys and event ids only.",
+    ),
+    Column(
+        "remaining",
+        JSONB,
+        comment="What the last verification still found per store (all zero when complete).",
+    ),
+    Column("verified_at", DateTime(timezone=True), comment="When it was last verified."),
+    Column("open_reason", Text, comment="Why the request is still open; NULL once complete."),
+    Column("completed_at", DateTime(timezone=True), comment="When verification found nothing."),
+    CheckConstraint(f"state IN {ERASURE_STATES!r}", name="state"),
+    comment="Erasure requests (`clickstream-loader erase`): the proof of what was deleted from "
+    "which store and when, and the deadline. No identifier in clear.",
+)
+
+# `erasures --open` / `--overdue`.
+Index(
+    "ix_clickstream_erasure_requests_due_at",
+    clickstream_erasure_requests.c.due_at,
+    postgresql_where=clickstream_erasure_requests.c.state == "open",
+)
+
+clickstream_suppressions = Table(
+    SUPPRESSIONS_TABLE,
+    metadata,
+    Column(
+        "id_hash",
+        LargeBinary,
+        primary_key=True,
+        comment="HMAC-SHA256 of the kind and the identifier under the erasure key (the request's "
+        "key_id): the loader hashes each event's ids the same way.",
+    ),
+    Column(
+        "kind",
+        Text,
+        primary_key=True,
+        comment="user_id: every event with it; client_id: the anonymous events (no user_id) "
+        "with it.",
+    ),
+    Column(
+        "request_id",
+        Text,
+        primary_key=True,
+        comment="The erasure request that added it (clickstream_erasure_requests).",
+    ),
+    Column(
+        "suppress_until",
+        DateTime(timezone=True),
+        comment="Events whose event_timestamp is after this load again (a returning person is "
+        "a new visitor); NULL: every later event is refused too (--suppress-future).",
+    ),
+    Column(
+        "found_with_user",
+        Boolean,
+        nullable=False,
+        server_default=text("false"),
+        comment="A client id found with an erased user id, rather than named in the request.",
+    ),
+    Column(
+        "created_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.now(),
+        comment="When it was added.",
+    ),
+    CheckConstraint(f"kind IN {IDENTIFIER_KINDS!r}", name="kind"),
+    # Named here: the convention's name would pass PostgreSQL's 63 characters.
+    ForeignKeyConstraint(
+        ["request_id"],
+        [clickstream_erasure_requests.c.request_id],
+        name="fk_clickstream_suppressions_request_id",
+    ),
+    comment="The suppression list: every load path refuses the events it names (counted as "
+    "suppressed), so no rerun, lookback, backfill, reprocess or redelivery brings an erased "
+    "person back. Keyed hashes only.",
 )

@@ -86,6 +86,42 @@ def forget_database_secrets() -> None:
     """Drop the cached secrets: the next resolve reads Secrets Manager again (after rotation)."""
     with _cache_lock:
         _cache.clear()
+        _erasure_keys.clear()
+
+
+ERASURE_KEY_ARN_VAR: Final = "ERASURE_HMAC_KEY_SECRET_ARN"
+_erasure_keys: dict[str, str] = {}
+
+
+def resolve_erasure_key(env: Mapping[str, str]) -> str:
+    """The erasure key (the HMAC key of the suppression list) from the secret named by
+    `env["ERASURE_HMAC_KEY_SECRET_ARN"]`: its SecretString as it is, or the `hmac_key` field
+    when it is a JSON object. Read at most once per process and ARN, like the DW password;
+    the key never reaches a log line or an error message."""
+    arn = (env.get(ERASURE_KEY_ARN_VAR) or "").strip()
+    with _cache_lock:
+        key = _erasure_keys.get(arn)
+        if key is None:
+            key = _erasure_key_of(arn, _fetch_secret_string(arn, ERASURE_KEY_ARN_VAR))
+            _erasure_keys[arn] = key
+            logger.info("read erasure key secret", extra={"secret_arn": arn})
+        return key
+
+
+def _erasure_key_of(arn: str, secret_string: str) -> str:
+    try:
+        data = json.loads(secret_string)
+    except ValueError:
+        return secret_string
+    if isinstance(data, dict):
+        key = data.get("hmac_key")
+        if not isinstance(key, str) or not key:
+            raise DatabaseSecretError(
+                f"{ERASURE_KEY_ARN_VAR}: secret {arn} is a JSON object without a text "
+                "`hmac_key` field"
+            )
+        return key
+    return secret_string
 
 
 def _read_secret_once(arn: str) -> dict[str, str]:
@@ -109,7 +145,7 @@ def _region_of(arn: str) -> str | None:
     return None
 
 
-def _fetch_secret_string(arn: str) -> str:
+def _fetch_secret_string(arn: str, variable: str = SECRET_ARN_VAR) -> str:
     # Imported here: boto3 is the only Secrets Manager client we ship, and loading it costs
     # ~0.3 s of a cold start that the S3 path (the CRT client) otherwise never pays.
     import boto3
@@ -127,17 +163,17 @@ def _fetch_secret_string(arn: str) -> str:
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "unknown")
         raise DatabaseSecretError(
-            f"{SECRET_ARN_VAR}: cannot read secret {arn} ({code}); the function's role needs "
+            f"{variable}: cannot read secret {arn} ({code}); the function's role needs "
             f"secretsmanager:GetSecretValue on it"
         ) from None
     except BotoCoreError as exc:
         raise DatabaseSecretError(
-            f"{SECRET_ARN_VAR}: cannot reach Secrets Manager for {arn} ({type(exc).__name__}); "
+            f"{variable}: cannot reach Secrets Manager for {arn} ({type(exc).__name__}); "
             f"a VPC without internet needs a Secrets Manager interface endpoint"
         ) from None
     secret_string = response.get("SecretString")
     if not secret_string:
-        raise DatabaseSecretError(f"{SECRET_ARN_VAR}: secret {arn} has no SecretString")
+        raise DatabaseSecretError(f"{variable}: secret {arn} has no SecretString")
     return secret_string
 
 

@@ -43,6 +43,8 @@ class BatchOutcome:
     duplicate_exact: int = 0
     duplicate_conflicting: int = 0
     duplicate_adopted: int = 0
+    #: Events the suppression list refused (loader/load/suppression.py): never written.
+    suppressed: int = 0
     conflicting: list[tuple[str, uuid.UUID]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     newest_event_at: datetime | None = None
@@ -53,6 +55,7 @@ class BatchOutcome:
         self.duplicate_exact += other.duplicate_exact
         self.duplicate_conflicting += other.duplicate_conflicting
         self.duplicate_adopted += other.duplicate_adopted
+        self.suppressed += other.suppressed
         self.conflicting.extend(other.conflicting)
         self.rejected.extend(other.rejected)
         if other.newest_event_at and (

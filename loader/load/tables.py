@@ -28,6 +28,8 @@ class Tables:
     loaded_objects: sa.Table
     claims: sa.Table
     retention: sa.Table
+    erasure_requests: sa.Table
+    suppressions: sa.Table
 
 
 #: schema.py's own tables.
@@ -40,6 +42,8 @@ DEFAULT_TABLES: Final = Tables(
     schema.clickstream_loaded_objects,
     schema.clickstream_event_claims,
     schema.clickstream_retention,
+    schema.clickstream_erasure_requests,
+    schema.clickstream_suppressions,
 )
 
 
@@ -59,4 +63,6 @@ def tables_for(settings: Settings) -> Tables:
         schema.clickstream_loaded_objects.to_metadata(md, schema=target),
         schema.clickstream_event_claims.to_metadata(md, schema=target),
         schema.clickstream_retention.to_metadata(md, schema=target),
+        schema.clickstream_erasure_requests.to_metadata(md, schema=target),
+        schema.clickstream_suppressions.to_metadata(md, schema=target),
     )

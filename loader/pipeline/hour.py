@@ -25,6 +25,7 @@ from tenacity import Retrying
 from loader import __version__
 from loader.common import FetchedObject, ObjectSource, Rejection
 from loader.config import Settings
+from loader.identity import IdentityHasher
 from loader.load.adoption import AdoptedRange, read_adopted_range
 from loader.load.batch import BatchTarget, batch_writer, commit_batch, count_new
 from loader.load.completion import completed_objects
@@ -35,6 +36,7 @@ from loader.load.quarantine import rejection_row
 from loader.load.retention import Retention, read_retention, retired
 from loader.load.revision import check_revision, code_revisions
 from loader.load.sink import BatchOutcome
+from loader.load.suppression import SuppressingWriter, SuppressionList
 from loader.load.tables import Tables, tables_for
 from loader.observability import log
 from loader.pipeline.batching import Batch, Batcher, Prepared, with_slice_refusals
@@ -54,7 +56,10 @@ class HourLoader:
         self.engine = engine
         self.source = source
         self.tables: Tables = tables_for(settings)
-        self.writer = batch_writer(settings.write_method)
+        key = settings.erasure_hmac_key
+        #: Every batch of every load path goes through it: the suppressed events never land.
+        self.suppression = SuppressionList(IdentityHasher(key) if key else None)
+        self.writer = SuppressingWriter(batch_writer(settings.write_method), self.suppression)
         self._policy = RetryPolicy(settings)
         self._db_revision: str | None = None
         self._adopted: AdoptedRange | None = None
@@ -68,13 +73,15 @@ class HourLoader:
 
         The same read fetches what was adopted from the original ETL (nothing on a warehouse
         that started empty, and then no batch ever looks for adopted duplicates) and the
-        retention `maintain` recorded (`retired`)."""
+        retention `maintain` recorded (`retired`), and checks that this loader holds the
+        erasure key the suppression list was made with."""
         if self._db_revision is None:
             code = code_revisions()
 
             def read() -> tuple[str, AdoptedRange | None, Retention | None]:
                 with self.engine.connect() as conn:
                     revision = check_revision(conn, code)
+                    self.suppression.check_key(conn, self.tables)
                     adopted = read_adopted_range(conn, self.tables.adoptions)
                     return revision, adopted, read_retention(conn, self.tables.retention)
 
@@ -245,7 +252,12 @@ class HourLoader:
                 close()  # cancels the fetches still in flight
 
     def _transform(self, fetched: FetchedObject) -> Prepared:
-        return prepare(fetched, self.settings.raw_bucket, anonymize=self.settings.anonymize_ip)
+        return prepare(
+            fetched,
+            self.settings.raw_bucket,
+            anonymize=self.settings.anonymize_ip,
+            pseudonymise=self.settings.pseudonymise_user_agent,
+        )
 
     def _write_all(
         self,
@@ -304,7 +316,12 @@ class HourLoader:
         for rejection in batch.rejections:
             self._report_rejection(report, rejection)
         if job.dry_run:
-            report.would_insert += count_new(self.engine, self.tables, batch.records, self._adopted)
+            with self.engine.connect() as conn:
+                records, suppressed = self.suppression.split(
+                    conn, self.tables, batch.records, lock=False
+                )
+            report.suppressed += suppressed
+            report.would_insert += count_new(self.engine, self.tables, records, self._adopted)
             report.resume_after = batch.last_key or report.resume_after
             return 0
 
@@ -342,6 +359,7 @@ class HourLoader:
         report.duplicate_exact += outcome.duplicate_exact
         report.duplicate_conflicting += outcome.duplicate_conflicting
         report.duplicate_adopted += outcome.duplicate_adopted
+        report.suppressed += outcome.suppressed
         report.duplicates = report.duplicate_exact + report.duplicate_conflicting
         for key, event_id in outcome.conflicting:
             report.conflicting.add(key)

@@ -188,6 +188,7 @@ class BatchResult:
             "ignored": {**ignored.to_dict(), "by_reason": by_reason},
             "inserted": sum(r.inserted for r in self.reports),
             "duplicates": sum(r.duplicates for r in self.reports),
+            "suppressed": sum(r.suppressed for r in self.reports),
             "lag_seconds": self.lag(),
             "hours": [_hour_summary(r) for r in self.reports],
             "hours_not_started": list(self.hours_not_started),

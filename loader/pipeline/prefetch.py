@@ -63,7 +63,9 @@ def fewer_collections() -> Iterator[None]:
                 _gc_saved = None
 
 
-def prepare(fetched: FetchedObject, bucket: str, *, anonymize: bool) -> Prepared:
+def prepare(
+    fetched: FetchedObject, bucket: str, *, anonymize: bool, pseudonymise: bool = False
+) -> Prepared:
     """One fetched object → its events, its rejections and its counts (producer thread)."""
     ref = fetched.ref
     if fetched.body is None:
@@ -77,7 +79,7 @@ def prepare(fetched: FetchedObject, bucket: str, *, anonymize: bool) -> Prepared
             retries=fetched.retries,
         )
     source = SourceObject(bucket, ref.key, ref.last_modified)
-    result = transform_object(source, fetched.body, anonymize=anonymize)
+    result = transform_object(source, fetched.body, anonymize=anonymize, pseudonymise=pseudonymise)
     return Prepared(
         ref.key,
         result.events,

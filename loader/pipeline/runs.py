@@ -153,6 +153,7 @@ def look_back(
                 "objects_new": late.objects_listed - late.objects_skipped_loaded,
                 "objects_skipped_loaded": late.objects_skipped_loaded,
                 "inserted": late.inserted,
+                "suppressed": late.suppressed,
             }
         )
     if report.missing_hours:

@@ -25,6 +25,7 @@ from loader.common import EventRecord, Rejection, SourceObject
 from loader.transform.coerce import Repairs, anonymize_ip, clean_json, first_instant, to_ip
 from loader.transform.fields import FIELDS, ID_FIELDS, INGEST, PRODUCT, PRODUCT_FIELDS, TOP, Field
 from loader.transform.parse import parse_body
+from loader.transform.pseudonymise import pseudonymised_ingest
 
 #: Namespace of every uuid5 the loader derives: changing it would re-key history.
 EVENT_ID_NAMESPACE: Final = uuid.UUID("6b1f3c1e-8f5d-5a4e-9c37-2d0f6a1b7e42")
@@ -144,10 +145,14 @@ def map_record(
     repairs: Repairs,
     *,
     anonymize: bool = False,
+    pseudonymise: bool = False,
 ) -> EventRecord | Rejection:
     """One JSON object → an EventRecord, or a Rejection when it has no usable event name.
 
-    Values changed on the way (sanitised, truncated) are counted in `repairs`."""
+    Values changed on the way (sanitised, truncated) are counted in `repairs`. `pseudonymise`:
+    the user agent reduced to its families first (loader/transform/pseudonymise)."""
+    if pseudonymise and isinstance(record.get("_ingest"), dict):
+        record = {**record, "_ingest": pseudonymised_ingest(record["_ingest"])}
     record, ingest, odd_ingest = _cleaned(record, repairs, anonymize=anonymize)
     id_source = payload_event_id(record)
     event_id = id_source[1] if id_source else key_event_id(source.key, position)
@@ -257,7 +262,9 @@ def _invalid_name_detail(record: Mapping[str, Any], field: Field) -> str:
 _FALLBACK_INSTANT: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def transform_object(source: SourceObject, body: bytes, *, anonymize: bool = False) -> ObjectResult:
+def transform_object(
+    source: SourceObject, body: bytes, *, anonymize: bool = False, pseudonymise: bool = False
+) -> ObjectResult:
     """Everything one object yields: its events, and what was skipped and why."""
     result = ObjectResult(source.key)
     parsed = parse_body(body)
@@ -265,7 +272,9 @@ def transform_object(source: SourceObject, body: bytes, *, anonymize: bool = Fal
         result.malformed.append(Rejection(source.key, position, "malformed", reason))
     repairs = Repairs()
     for position, record in parsed.records:
-        outcome = map_record(record, source, position, repairs, anonymize=anonymize)
+        outcome = map_record(
+            record, source, position, repairs, anonymize=anonymize, pseudonymise=pseudonymise
+        )
         if isinstance(outcome, Rejection):
             result.invalid.append(outcome)
         else:

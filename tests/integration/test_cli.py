@@ -148,13 +148,25 @@ def event_id_of(obj: RawObject) -> uuid.UUID:
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ([], ["run", "backfill", "reprocess", "status", "check", "demo"]),
+        ([], ["run", "backfill", "reprocess", "status", "check", "erase", "erasures", "demo"]),
         (["run"], ["--hour", "--dry-run", "--json"]),
         (["backfill"], ["--start", "--end", "--force", "--dry-run", "--json"]),
         (["reprocess"], ["--hour", "--key", "--json"]),
         (["status"], ["--since", "--start", "--end", "--json"]),
         (["check"], ["--hour", "--start", "--end", "--json"]),
         (["demo"], ["--events", "--serve", "--json"]),
+        (
+            ["erase"],
+            [
+                "--user-id",
+                "--client-id",
+                "--request-id",
+                "--suppress-future",
+                "--dry-run",
+                "--json",
+            ],
+        ),
+        (["erasures"], ["--open", "--overdue", "--json"]),
     ],
 )
 def test_every_subcommand_has_help(cli: Cli, command: list[str], options: list[str]) -> None:

@@ -447,3 +447,94 @@ def test_maintain_with_the_loader_login_is_refused_naming_the_owner(as_loader: s
 
     with pytest.raises(MaintenanceError, match="owner's login"):
         maintain(as_loader, MaintainOptions(keep_days=30, ahead_days=1))
+
+
+def test_an_erasure_runs_under_the_erasure_role_and_the_loaders_cannot_erase(
+    dw: psycopg.Connection,
+    dw_settings: DatabaseSettings,
+    loader_env: dict[str, str],
+    s3: Any,
+    bucket: str,
+    dw_engine: sa.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """grants.sql with -v erasure_role: the erasure runs as that role end to end, the hourly
+    loader then suppresses the person under its own (read-only) grant of the list, and neither
+    role can do the other's work."""
+    import json
+
+    import lambda_function
+    from loader.app import open_loader
+    from loader.operations import erase
+    from loader.pipeline.erase import ErasureRequest
+    from tools.demo.traffic import generate_hour, upload
+
+    suffix = uuid.uuid4().hex[:10]
+    roles = {kind: (f"cs_{kind}_{suffix}", f"cs_{kind}_{suffix}_login") for kind in ("l", "e")}
+    try:
+        for group, login in roles.values():
+            created = run_psql(dw.info, CREATE_ROLE_SQL, loader_role=group, loader_login=login)
+            assert created.returncode == 0, created.stderr
+        granted = run_psql(
+            dw.info, GRANTS_SQL, loader_role=roles["l"][0], erasure_role=roles["e"][0]
+        )
+        assert granted.returncode == 0, granted.stderr
+        objects = upload(s3, bucket, generate_hour(HOUR, 20, malformed_ratio=0))
+        documents = [json.loads(o.body) for o in objects]
+        client = next(d["clientId"] for d in documents if not d.get("userId"))
+        monkeypatch.setenv("ERASURE_HMAC_KEY", "e" * 40)
+        monkeypatch.delenv("DW_PG_PASSWORD", raising=False)
+
+        def handler(event: dict[str, Any]) -> dict[str, Any]:
+            monkeypatch.setenv("DW_PG_USER", roles["l"][1])
+            lambda_function._factory.close()
+            try:
+                return lambda_function.lambda_handler(event, None)
+            finally:
+                lambda_function._factory.close()
+
+        assert handler({"hour": "2026-11-24T13"})["inserted"] == len(objects)
+        # The hourly function's login cannot erase: its first write is refused, nothing goes.
+        monkeypatch.setenv("DW_PG_USER", roles["l"][1])
+        with open_loader() as loader, pytest.raises(sa.exc.ProgrammingError, match="denied"):
+            erase(loader, ErasureRequest(client_ids=(client,)))
+        with dw_engine.connect() as conn:
+            kept = conn.execute(sa.text("SELECT count(*) FROM clickstream_events")).scalar_one()
+        assert kept == len(objects)
+        monkeypatch.setenv("DW_PG_USER", roles["e"][1])
+        with open_loader() as loader:
+            record = erase(loader, ErasureRequest(client_ids=(client,)))
+        assert record["state"] == "complete", record["open_reason"]
+        erased = record["stores"]["clickstream_events"]["deleted"]
+        assert erased > 0
+        for key, body in ((o.key, o.body) for o in objects):
+            s3.put_object(Bucket=bucket, Key=key, Body=body)  # every object back
+        rerun = handler({"hour": "2026-11-24T13"})
+        assert (rerun["inserted"], rerun["suppressed"]) == (0, erased)
+        for login, statement in (
+            (roles["l"][1], "DELETE FROM clickstream_events"),
+            (
+                roles["l"][1],
+                "INSERT INTO clickstream_suppressions (id_hash, kind, request_id) "
+                "VALUES ('\\x00', 'user_id', 'x')",
+            ),
+            (
+                roles["e"][1],
+                "INSERT INTO clickstream_events (event_id, event_name, "
+                "event_timestamp) VALUES (gen_random_uuid(), 'x', now())",
+            ),
+            (roles["e"][1], "DELETE FROM clickstream_suppressions"),
+            (roles["e"][1], "DELETE FROM clickstream_erasure_requests"),
+        ):
+            as_role = sa.create_engine(
+                dataclasses.replace(dw_settings, user=login, password=None).url(),
+                poolclass=sa.NullPool,
+            )
+            with (
+                pytest.raises(sa.exc.ProgrammingError, match="permission denied"),
+                as_role.begin() as conn,
+            ):
+                conn.execute(sa.text(statement))
+            as_role.dispose()
+    finally:
+        _drop_roles(dw, *(name for pair in roles.values() for name in pair))

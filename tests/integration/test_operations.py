@@ -293,6 +293,7 @@ def test_scheduled_run_picks_up_late_objects_and_reports_never_loaded_hours(
             "objects_new": 2,
             "objects_skipped_loaded": 4,
             "inserted": 2,
+            "suppressed": 0,
         }
     ]
     assert report["missing_hours"] == ["2026-11-24T12"]

@@ -145,3 +145,24 @@ def test_password_never_logged(secretsmanager: Any, caplog: pytest.LogCaptureFix
     for record in caplog.records:
         rendered = f"{record.getMessage()} {record.__dict__}"
         assert RDS_SECRET["password"] not in rendered
+
+
+def test_the_erasure_key_comes_from_its_secret_plain_or_json(secretsmanager: Any) -> None:
+    from loader.config import ConfigError, load_settings
+    from loader.secrets import resolve_erasure_key
+
+    key = "k3y-" + "x" * 40
+    plain = create_secret(secretsmanager, key)
+    wrapped = create_secret(secretsmanager, {"hmac_key": key, "rotated": "never"})
+
+    assert resolve_erasure_key({"ERASURE_HMAC_KEY_SECRET_ARN": plain}) == key
+    env = {"RAW_BUCKET_NAME": "b", "ERASURE_HMAC_KEY_SECRET_ARN": wrapped, "ERASURE_HMAC_KEY": "x"}
+    assert load_settings(env).erasure_hmac_key == key  # the secret wins over the variable
+    short = create_secret(secretsmanager, "too-short")
+    forget_database_secrets()
+    with pytest.raises(ConfigError, match="ERASURE_HMAC_KEY must be at least 32") as refused:
+        load_settings({"RAW_BUCKET_NAME": "b", "ERASURE_HMAC_KEY_SECRET_ARN": short})
+    assert "too-short" not in str(refused.value)
+    without = create_secret(secretsmanager, {"password": key})
+    with pytest.raises(DatabaseSecretError, match="without a text `hmac_key`"):
+        resolve_erasure_key({"ERASURE_HMAC_KEY_SECRET_ARN": without})

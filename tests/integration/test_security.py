@@ -237,7 +237,8 @@ def login_without_insert(
         conn.execute(
             sa.text(
                 "GRANT SELECT ON clickstream_events, alembic_version, clickstream_adoptions, "
-                f"clickstream_retention TO {role}"
+                "clickstream_retention, clickstream_suppressions, clickstream_erasure_requests "
+                f"TO {role}"
             )
         )
         conn.execute(sa.text(f"GRANT SELECT, INSERT ON clickstream_ingest_meta TO {role}"))

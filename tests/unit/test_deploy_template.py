@@ -57,7 +57,12 @@ def deployed(template: dict[str, Any]) -> dict[str, Any]:
     """The CloudFormation the SAM transform generates: what IAM really gets."""
     sam = copy.deepcopy(template)
     # The transform needs S3 locations where `sam deploy` would have uploaded the artifacts.
-    for function in ("LoaderFunction", "EventLoaderFunction", "MaintenanceFunction"):
+    for function in (
+        "LoaderFunction",
+        "EventLoaderFunction",
+        "MaintenanceFunction",
+        "ErasureFunction",
+    ):
         sam["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/loader.zip"
     sam["Resources"]["LoadHourStateMachine"]["Properties"]["DefinitionUri"] = {
         "Bucket": "artifacts",
@@ -225,7 +230,10 @@ def test_loader_role_is_least_privilege(deployed: dict[str, Any]) -> None:
     assert "Condition" not in reading
 
     secret = by_action["secretsmanager:GetSecretValue"]
-    assert secret["Resource"] == {"Ref": "DbSecretArn"}
+    assert secret["Resource"] == [
+        {"Fn::If": ["HasDbSecret", {"Ref": "DbSecretArn"}, {"Ref": "AWS::NoValue"}]},
+        {"Fn::If": ["HasErasureKey", {"Ref": "ErasureKeySecretArn"}, {"Ref": "AWS::NoValue"}]},
+    ]
 
     dlq = by_action["sqs:SendMessage"]
     assert dlq["Resource"] == {"Fn::GetAtt": ["LoaderDeadLetterQueue", "Arn"]}
@@ -241,7 +249,7 @@ def test_secret_statement_only_exists_with_a_secret(deployed: dict[str, Any]) ->
     ]
     assert len(conditional) == 1
     condition, when_set, when_unset = conditional[0]["Fn::If"]
-    assert condition == "HasDbSecret"
+    assert condition == "HasAnySecret"
     assert when_set["Action"] == "secretsmanager:GetSecretValue"
     assert when_unset == {"Ref": "AWS::NoValue"}
 
@@ -254,6 +262,43 @@ def test_no_role_grants_wildcard_actions(deployed: dict[str, Any]) -> None:
             for action in actions(statement):
                 assert "*" not in action, (name, statement)
             assert statement.get("Resource") != "*", (name, statement)
+
+
+def test_only_the_opt_in_erasure_function_may_delete_and_with_its_own_role(
+    template: dict[str, Any], deployed: dict[str, Any]
+) -> None:
+    assert template["Parameters"]["Erasure"]["Default"] == "false"
+    function = template["Resources"]["ErasureFunction"]
+    assert function["Condition"] == "ErasureEnabled"
+    assert "Events" not in function["Properties"]  # invoked by a person's request only
+    role = deployed["Resources"]["ErasureFunctionRole"]
+    by_action = {a: s for s in policy_statements(role) for a in actions(s)}
+    assert set(by_action) == {
+        "s3:ListBucket",
+        "s3:ListBucketVersions",
+        "s3:GetBucketVersioning",
+        "s3:GetObject",
+        "s3:DeleteObject",
+        "s3:DeleteObjectVersion",
+        "secretsmanager:GetSecretValue",
+    }
+    events = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${RawBucketName}/events/*"}
+    assert by_action["s3:DeleteObject"]["Resource"] == events
+    assert by_action["s3:DeleteObjectVersion"]["Resource"] == events
+    assert by_action["s3:ListBucketVersions"]["Condition"] == {
+        "StringLike": {"s3:prefix": "events/*"}
+    }
+    assert by_action["secretsmanager:GetSecretValue"]["Resource"] == [
+        {"Ref": "ErasureDbSecretArn"},
+        {"Ref": "ErasureKeySecretArn"},
+    ]
+    env = function["Properties"]["Environment"]["Variables"]
+    assert env["DW_PG_SECRET_ARN"] == {"Ref": "ErasureDbSecretArn"}  # its own login
+    assert "DW_PG_PASSWORD" not in env
+    # The hourly and event roles stay read-only on S3.
+    for name in ("LoaderFunctionRole", "EventLoaderFunctionRole"):
+        granted = {a for s in policy_statements(deployed["Resources"][name]) for a in actions(s)}
+        assert not {a for a in granted if "Delete" in a and a.startswith("s3:")}, name
 
 
 def test_state_machine_may_only_invoke_the_loader(deployed: dict[str, Any]) -> None:
@@ -355,9 +400,7 @@ def test_near_real_time_is_opt_in(template: dict[str, Any], deployed: dict[str, 
         "Fn::Equals": [{"Ref": "NearRealTime"}, "true"]
     }
     conditional = {
-        k
-        for k, v in template["Resources"].items()
-        if v.get("Condition") and k not in MAINTENANCE_RESOURCES
+        k for k, v in template["Resources"].items() if v.get("Condition") == "NearRealTimeEnabled"
     }
     assert conditional == NRT_RESOURCES
     assert all(template["Resources"][k]["Condition"] == "NearRealTimeEnabled" for k in conditional)

@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, list[list[str]]]] = [
                 "loader.common",
                 "loader.errors",
                 "loader.config",
+                "loader.identity",
                 "loader.secrets",
                 "loader.schema",
                 "loader.window",
@@ -77,6 +78,12 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     "path imports no boto3 otherwise",
     ("loader.secrets", "botocore.config"): "as boto3 above",
     ("loader.secrets", "botocore.exceptions"): "as boto3 above",
+    ("loader.transform.pseudonymise", "ua_parser"): "the user agent parser and its rules "
+    "(~1 s to import and compile): only when PSEUDONYMISE_USER_AGENT is on",
+    ("loader.extract.deletion", "boto3"): "erasure's S3 client: only the erasure function "
+    "deletes, and the loaders' CRT path must not load boto3 and botocore",
+    ("loader.extract.deletion", "botocore.config"): "as boto3 above",
+    ("loader.extract.deletion", "botocore.exceptions"): "as boto3 above",
 }
 
 

