@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    or_,
     text,
 )
 from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
@@ -53,6 +55,7 @@ KNOWN_REVISIONS: Final = (
     "0003_adopt_original_etl_table",
     "0004_object_completion",
     "0005_event_trigger",
+    "0008_dashboard_rollups",
 )
 #: The revision these tables describe: the head the loader loads into.
 HEAD_REVISION: Final = KNOWN_REVISIONS[-1]
@@ -63,6 +66,10 @@ LOAD_RUNS_TABLE: Final = "clickstream_load_runs"
 QUARANTINE_TABLE: Final = "clickstream_quarantine"
 ADOPTIONS_TABLE: Final = "clickstream_adoptions"
 LOADED_OBJECTS_TABLE: Final = "clickstream_loaded_objects"
+ROLLUP_EVENTS_TABLE: Final = "clickstream_rollup_events"
+ROLLUP_PRODUCTS_TABLE: Final = "clickstream_rollup_products"
+ROLLUP_CLIENTS_TABLE: Final = "clickstream_rollup_clients"
+ROLLUP_CLIENT_GAPS_TABLE: Final = "clickstream_rollup_client_gaps"
 
 # Python None means SQL NULL in jsonb columns (not the JSON value `null`), so `IS NULL` works.
 JSON_OR_NULL: Final = JSONB(none_as_null=True)
@@ -212,6 +219,18 @@ Index(
     "ix_clickstream_events_event_name_event_timestamp",
     clickstream_events.c.event_name,
     clickstream_events.c.event_timestamp,
+)
+# The dashboard's raw-sample page (queries.sql Q10): product rows of a date range, newest first,
+# 20 at a time. Product rows are a minority of events; this index holds only them, in time
+# order, so a page reads ~20 index entries instead of every row of the range (revision 0008).
+PRODUCT_ROW: Final = or_(
+    clickstream_events.c.context_product_id.isnot(None),
+    clickstream_events.c.context_product_name.isnot(None),
+)
+Index(
+    "ix_clickstream_events_product_rows_event_timestamp",
+    clickstream_events.c.event_timestamp,
+    postgresql_where=PRODUCT_ROW,
 )
 
 clickstream_ingest_meta = Table(
@@ -505,3 +524,153 @@ clickstream_loaded_objects = Table(
 
 # `status` counts an hour's completed objects.
 Index("ix_clickstream_loaded_objects_hour", clickstream_loaded_objects.c.hour)
+
+
+# --- the dashboard's rollups (revision 0008, loader/load/rollups.py, docs/dashboard.md) -----------
+#
+# What the R Shiny dashboard computes from every raw row of its date range, kept per UTC day by
+# the loader in the transaction of the rows it inserts, so `clickstream_dashboard()` answers any
+# whole-day range and login filter exactly from a few hundred rows. Labels are stored as the
+# dashboard shows them: NULL or '' become 'UNKNOWN' (queries.sql Q7-Q9).
+
+#: The login filters the dashboard offers (its sidebar): every event, or one user_login_state.
+LOGIN_FILTERS: Final = ("ALL", "logged_in", "anonymous")
+#: What clickstream_rollup_products counts product rows by.
+PRODUCT_DIMENSIONS: Final = ("category", "brand")
+
+clickstream_rollup_events = Table(
+    ROLLUP_EVENTS_TABLE,
+    metadata,
+    Column("day", Date, primary_key=True, comment="UTC day of event_timestamp."),
+    Column(
+        "login_state",
+        Text,
+        primary_key=True,
+        comment="user_login_state as the dashboard shows it: NULL or '' become 'UNKNOWN'.",
+    ),
+    Column("event_name", Text, primary_key=True, comment="event_name as stored."),
+    Column(
+        "events",
+        BigInteger,
+        nullable=False,
+        comment="Rows of clickstream_events with this day, login state and event name.",
+    ),
+    Column(
+        "events_without_client",
+        BigInteger,
+        nullable=False,
+        comment="Of those, rows whose client_id is NULL: the dashboard counts them all as one "
+        "more client (R's n_distinct counts NA once).",
+    ),
+    # Rows that reach 0 (erasure, a rebuild) are deleted in the same transaction.
+    CheckConstraint("events >= 0", name="events"),
+    CheckConstraint(
+        "events_without_client >= 0 AND events_without_client <= events",
+        name="events_without_client",
+    ),
+    comment="Dashboard rollup: events per UTC day, login state and event name (total events, "
+    "add-to-cart and checkout counts, events per day, top event names, events by login state). "
+    "Kept by the loader in each batch's transaction; `clickstream-loader rollup` rebuilds days.",
+)
+
+clickstream_rollup_products = Table(
+    ROLLUP_PRODUCTS_TABLE,
+    metadata,
+    Column("day", Date, primary_key=True, comment="UTC day of event_timestamp."),
+    Column(
+        "login_state",
+        Text,
+        primary_key=True,
+        comment="user_login_state as the dashboard shows it: NULL or '' become 'UNKNOWN'.",
+    ),
+    Column("dimension", Text, primary_key=True, comment="category or brand."),
+    Column(
+        "value",
+        Text,
+        primary_key=True,
+        comment="context_product_category or context_product_brand as the dashboard shows it: "
+        "NULL or '' become 'UNKNOWN'.",
+    ),
+    Column(
+        "events",
+        BigInteger,
+        nullable=False,
+        comment="Product rows (context_product_id or context_product_name not NULL) with this "
+        "day, login state and value.",
+    ),
+    CheckConstraint(f"dimension IN {PRODUCT_DIMENSIONS!r}", name="dimension"),
+    CheckConstraint("events >= 0", name="events"),
+    comment="Dashboard rollup: product rows per UTC day, login state and category or brand "
+    "(top categories, top brands, the raw-sample page count). Each product row counts once "
+    "under its category and once under its brand.",
+)
+
+clickstream_rollup_clients = Table(
+    ROLLUP_CLIENTS_TABLE,
+    metadata,
+    Column("client_id", Text, primary_key=True, comment="clickstream_events.client_id (not NULL)."),
+    Column("day", Date, primary_key=True, comment="A UTC day the client sent events on."),
+    Column(
+        "logged_in_events",
+        Integer,
+        nullable=False,
+        comment="The client's events that day with user_login_state 'logged_in'.",
+    ),
+    Column(
+        "anonymous_events",
+        Integer,
+        nullable=False,
+        comment="The client's events that day with user_login_state 'anonymous'.",
+    ),
+    Column(
+        "other_events",
+        Integer,
+        nullable=False,
+        comment="The client's events that day with any other user_login_state, NULL or ''.",
+    ),
+    CheckConstraint(
+        "logged_in_events >= 0 AND anonymous_events >= 0 AND other_events >= 0", name="events"
+    ),
+    comment="Dashboard rollup: which clients sent events on which UTC day, by login state: "
+    "what keeps unique clients over any range of days exact (a distinct count per day cannot "
+    "be summed). The largest rollup: about one row per client per day.",
+)
+# Rebuilding a range of days deletes its rows; rows arrive roughly in day order, so a BRIN
+# index of a few pages finds them.
+Index(
+    "ix_clickstream_rollup_clients_day",
+    clickstream_rollup_clients.c.day,
+    postgresql_using="brin",
+)
+
+clickstream_rollup_client_gaps = Table(
+    ROLLUP_CLIENT_GAPS_TABLE,
+    metadata,
+    Column(
+        "login_filter",
+        Text,
+        primary_key=True,
+        comment="ALL (every event) or the user_login_state the dashboard filters on.",
+    ),
+    Column("day", Date, primary_key=True, comment="A UTC day."),
+    Column(
+        "previous_day",
+        Date,
+        primary_key=True,
+        comment="The last day before `day` the same client sent events under this filter; "
+        "'-infinity' when it never had.",
+    ),
+    Column(
+        "clients",
+        BigInteger,
+        nullable=False,
+        comment="Clients seen on `day` under this filter whose previous day seen was "
+        "previous_day. Unique clients over days S..E = sum(clients) for day between S and E "
+        "and previous_day < S: each client counts once, on its first day in the range.",
+    ),
+    CheckConstraint(f"login_filter IN {LOGIN_FILTERS!r}", name="login_filter"),
+    CheckConstraint("previous_day < day", name="previous_day"),
+    CheckConstraint("clients >= 0", name="clients"),
+    comment="Dashboard rollup derived from clickstream_rollup_clients: unique clients over any "
+    "range of days from at most one row per pair of days, whatever the traffic.",
+)

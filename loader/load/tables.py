@@ -25,7 +25,8 @@ META_COLUMNS: Final = tuple(
 
 @dataclass(frozen=True)
 class Tables:
-    """The tables one loader writes: TARGET_TABLE may rename/move the events table."""
+    """The tables one loader writes: TARGET_TABLE may rename/move the events table (the
+    others keep their names, in the same schema)."""
 
     events: sa.Table
     meta: sa.Table
@@ -33,6 +34,10 @@ class Tables:
     quarantine: sa.Table
     adoptions: sa.Table
     loaded_objects: sa.Table
+    rollup_events: sa.Table
+    rollup_products: sa.Table
+    rollup_clients: sa.Table
+    rollup_client_gaps: sa.Table
 
 
 def tables_for(settings: Settings) -> Tables:
@@ -45,6 +50,10 @@ def tables_for(settings: Settings) -> Tables:
             schema.clickstream_quarantine,
             schema.clickstream_adoptions,
             schema.clickstream_loaded_objects,
+            schema.clickstream_rollup_events,
+            schema.clickstream_rollup_products,
+            schema.clickstream_rollup_clients,
+            schema.clickstream_rollup_client_gaps,
         )
     md = sa.MetaData()
     target = settings.target_schema or RETAIN_SCHEMA
@@ -56,4 +65,8 @@ def tables_for(settings: Settings) -> Tables:
         schema.clickstream_quarantine.to_metadata(md, schema=target),
         schema.clickstream_adoptions.to_metadata(md, schema=target),
         schema.clickstream_loaded_objects.to_metadata(md, schema=target),
+        schema.clickstream_rollup_events.to_metadata(md, schema=target),
+        schema.clickstream_rollup_products.to_metadata(md, schema=target),
+        schema.clickstream_rollup_clients.to_metadata(md, schema=target),
+        schema.clickstream_rollup_client_gaps.to_metadata(md, schema=target),
     )

@@ -60,6 +60,10 @@ TABLES = Tables(
     schema.clickstream_quarantine,
     schema.clickstream_adoptions,
     schema.clickstream_loaded_objects,
+    schema.clickstream_rollup_events,
+    schema.clickstream_rollup_products,
+    schema.clickstream_rollup_clients,
+    schema.clickstream_rollup_client_gaps,
 )
 KEY_UUID = "0b7d5f0e-3c1a-4e9b-8f2d-6a1c9e4b7d21"
 

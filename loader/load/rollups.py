@@ -1,0 +1,484 @@
+"""The dashboard's rollups (revision 0008), kept exact with clickstream_events, whoever writes.
+
+One rule: a rollup changes in the transaction of the rows it counts. Three ways in:
+
+- `apply_inserted`: the events a batch inserted, never its duplicates (the writer's RETURNING
+  says which rows went in), as the batch's last statements (loader/load/batch.py). Every load
+  path (hourly, lookback, SQS, fan-out shards, reprocess, a bisected batch's halves) commits
+  through there, so a rerun or a late object counts exactly what it inserts.
+- `subtract_deleted`: rows being deleted, in the deleting transaction (erasure: the columns of
+  `DELETE ... RETURNING` `ROLLUP_COLUMNS`).
+- `rebuild_day`: one UTC day recounted from the raw rows and the difference applied
+  (`clickstream-loader rollup` after a DBA deleted rows by hand; retention after dropping a
+  day). With `apply=False` it only reports the difference.
+
+The event and product counts are additive: upserts that add a delta, in key order, so concurrent
+batches take their row locks in one order and never deadlock. Unique clients are not additive:
+the client-day set (clickstream_rollup_clients) and the links from each client-day to the
+client's previous day (clickstream_rollup_client_gaps) are computed here from each touched
+client's whole history, under one transaction-scoped advisory lock that every writer of those
+two tables takes after its count upserts (so the history it reads is the one it changes).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+
+from loader.load.tables import Tables
+
+#: The columns of clickstream_events the rollups read: what a deleting caller returns
+#: (`DELETE ... RETURNING`) and hands to `subtract_deleted`.
+ROLLUP_COLUMNS: Final = (
+    "event_timestamp",
+    "user_login_state",
+    "event_name",
+    "client_id",
+    "context_product_id",
+    "context_product_name",
+    "context_product_category",
+    "context_product_brand",
+)
+#: What the dashboard shows for a NULL or '' login state, category or brand.
+UNKNOWN: Final = "UNKNOWN"
+#: pg_advisory_xact_lock(class, key): the two-int4 key space, apart from the hour locks'
+#: bigint keys (loader/load/locks.py). Held by every writer of the client tables until commit.
+LOCK_CLASS: Final = 0x636C6B73  # "clks"
+LOCK_CLIENTS: Final = 1
+#: The slot of clickstream_rollup_clients' counters a login state counts in.
+_STATE_SLOT: Final = {"logged_in": 0, "anonymous": 1}
+_OTHER_SLOT: Final = 2
+#: Login filter → is a client-day's (logged_in, anonymous, other) counts in it.
+_FILTERS: Final[tuple[tuple[str, Callable[[Sequence[int]], bool]], ...]] = (
+    ("ALL", lambda counts: any(counts)),
+    ("logged_in", lambda counts: counts[0] > 0),
+    ("anonymous", lambda counts: counts[1] > 0),
+)
+
+EventKey = tuple[date, str, str]  # day, login state label, event name
+ProductKey = tuple[date, str, str, str]  # day, login state label, dimension, value label
+ClientKey = tuple[str, date]  # client_id, day
+GapKey = tuple[str, date, date | None]  # login filter, day, previous day (None: never)
+
+
+class RollupOutOfStep(RuntimeError):
+    """Rows to subtract that the rollups never counted: rebuild those days first."""
+
+
+@dataclass
+class Deltas:
+    """Signed changes to each rollup: events → [events, events_without_client], product
+    rows → events, client-days → [logged_in, anonymous, other] events."""
+
+    events: dict[EventKey, list[int]] = field(default_factory=dict)
+    products: dict[ProductKey, int] = field(default_factory=dict)
+    clients: dict[ClientKey, list[int]] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not any(
+            any(v) if isinstance(v, list) else v
+            for part in (self.events, self.products, self.clients)
+            for v in part.values()
+        )
+
+
+def shown(value: str | None) -> str:
+    """A login state, category or brand as the dashboard shows it: NULL or '' → UNKNOWN."""
+    return value or UNKNOWN
+
+
+def utc_day(instant: datetime) -> date:
+    """The UTC day of an instant: `(event_timestamp AT TIME ZONE 'UTC')::date`."""
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    return instant.astimezone(UTC).date()
+
+
+def deltas_of(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> Deltas:
+    """What these clickstream_events rows add to the rollups (`sign=-1`: take away)."""
+    deltas = Deltas()
+    events, products, clients = deltas.events, deltas.products, deltas.clients
+    for row in rows:
+        day = utc_day(row["event_timestamp"])
+        state = row["user_login_state"]
+        state_shown = state or UNKNOWN
+        client = row["client_id"]
+        counts = events.setdefault((day, state_shown, row["event_name"]), [0, 0])
+        counts[0] += sign
+        if client is None:
+            counts[1] += sign
+        else:
+            slots = clients.setdefault((client, day), [0, 0, 0])
+            slots[_STATE_SLOT.get(state, _OTHER_SLOT)] += sign
+        if row["context_product_id"] is not None or row["context_product_name"] is not None:
+            for key in (
+                (day, state_shown, "category", row["context_product_category"] or UNKNOWN),
+                (day, state_shown, "brand", row["context_product_brand"] or UNKNOWN),
+            ):
+                products[key] = products.get(key, 0) + sign
+    return deltas
+
+
+def apply_inserted(conn: sa.Connection, tables: Tables, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Count rows just inserted, in the caller's transaction (its last statements: the rollup
+    rows stay locked until commit, and every batch of the day needs some of them)."""
+    if rows:
+        apply_deltas(conn, tables, deltas_of(rows))
+
+
+def subtract_deleted(
+    conn: sa.Connection, tables: Tables, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Uncount rows deleted in the caller's transaction; `rows` carry ROLLUP_COLUMNS."""
+    if rows:
+        apply_deltas(conn, tables, deltas_of(rows, sign=-1))
+
+
+def apply_deltas(conn: sa.Connection, tables: Tables, deltas: Deltas) -> None:
+    """Add signed deltas to the rollups; rows that reach zero are deleted. Lock order, the same
+    for every writer: event rows, product rows (each in key order), then the client lock."""
+    _add(
+        conn,
+        tables.rollup_events,
+        ("day", "login_state", "event_name"),
+        ("events", "events_without_client"),
+        {k: tuple(v) for k, v in deltas.events.items()},
+    )
+    _add(
+        conn,
+        tables.rollup_products,
+        ("day", "login_state", "dimension", "value"),
+        ("events",),
+        {k: (v,) for k, v in deltas.products.items()},
+    )
+    _apply_clients(conn, tables, deltas.clients)
+
+
+def _add(
+    conn: sa.Connection,
+    table: sa.Table,
+    keys: Sequence[str],
+    counters: Sequence[str],
+    deltas: Mapping[tuple[Any, ...], Sequence[int]],
+    never_as_minus_infinity: str | None = None,
+) -> None:
+    """Add deltas to a count table, in key order. Growth is one upsert (`INSERT ... SELECT FROM
+    unnest(arrays) ORDER BY key ON CONFLICT DO UPDATE SET counter = counter + delta`); a
+    shrinking row must exist (PostgreSQL checks an upsert's candidate row, negative, against
+    the table's CHECKs): it is locked, updated, and deleted when it reaches zero."""
+    items = [(key, delta) for key, delta in deltas.items() if any(delta)]
+    grow = [(key, delta) for key, delta in items if min(delta) >= 0]
+    shrink = [(key, delta) for key, delta in items if min(delta) < 0]
+    if grow:
+        source = _source(table, keys, counters, grow, never_as_minus_infinity)
+        columns = [*keys, *counters]
+        statement = insert(table).from_select(
+            columns,
+            sa.select(*(source.c[name] for name in columns)).order_by(
+                *(source.c[name] for name in keys)
+            ),
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={name: table.c[name] + statement.excluded[name] for name in counters},
+        )
+        conn.execute(statement)
+    if shrink:
+        _shrink(
+            conn,
+            table,
+            keys,
+            counters,
+            _source(table, keys, counters, shrink, never_as_minus_infinity),
+            len(shrink),
+        )
+
+
+def _source(
+    table: sa.Table,
+    keys: Sequence[str],
+    counters: Sequence[str],
+    items: Sequence[tuple[tuple[Any, ...], Sequence[int]]],
+    never_as_minus_infinity: str | None,
+) -> sa.Subquery:
+    """The deltas as rows: `SELECT ... FROM unnest(array, array, ...)`, one array per column
+    (one bound parameter each, whatever the batch size)."""
+    columns = [*keys, *counters]
+    values = list(zip(*(tuple(key) + tuple(delta) for key, delta in items), strict=True))
+    arrays = (
+        sa.func.unnest(
+            *(
+                sa.literal(list(column_values), ARRAY(table.c[name].type))
+                for name, column_values in zip(columns, values, strict=True)
+            )
+        )
+        .table_valued(*columns)
+        .render_derived()
+    )
+    selected: list[sa.ColumnElement[Any]] = [arrays.c[name] for name in columns]
+    if never_as_minus_infinity is not None:  # None → '-infinity' (a key column cannot be NULL)
+        index = columns.index(never_as_minus_infinity)
+        selected[index] = sa.func.coalesce(selected[index], sa.cast("-infinity", sa.Date))
+    return sa.select(*(c.label(name) for c, name in zip(selected, columns, strict=True))).subquery()
+
+
+def _shrink(
+    conn: sa.Connection,
+    table: sa.Table,
+    keys: Sequence[str],
+    counters: Sequence[str],
+    source: sa.Subquery,
+    expected: int,
+) -> None:
+    """Subtract from rows that must exist: lock them in key order, update, delete the zeros."""
+    matches = sa.and_(*(table.c[name] == source.c[name] for name in keys))
+    conn.execute(
+        sa.select(table.c[keys[0]])
+        .where(sa.exists().where(matches))
+        .order_by(*(table.c[name] for name in keys))
+        .with_for_update()
+    )
+    updated = conn.execute(
+        sa.update(table)
+        .values({name: table.c[name] + source.c[name] for name in counters})
+        .where(matches)
+    ).rowcount
+    if updated != expected:
+        raise RollupOutOfStep(
+            f"{table.name}: {expected - updated} of the rows to subtract from are missing: "
+            "rebuild those days first (clickstream-loader rollup)"
+        )
+    conn.execute(
+        sa.delete(table).where(
+            *(table.c[name] == 0 for name in counters),
+            sa.exists().where(sa.and_(*(table.c[name] == source.c[name] for name in keys))),
+        )
+    )
+
+
+def _apply_clients(
+    conn: sa.Connection, tables: Tables, deltas: Mapping[ClientKey, list[int]]
+) -> None:
+    """Change the client-day set and relink every touched client's days, under the client lock
+    (taken in a statement of its own: the histories read next are then the committed ones)."""
+    changes = {key: delta for key, delta in deltas.items() if any(delta)}
+    if not changes:
+        return
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_CLASS, LOCK_CLIENTS)))
+    by_client: dict[str, dict[date, list[int]]] = defaultdict(dict)
+    for (client, day), delta in changes.items():
+        by_client[client][day] = delta
+    histories = _histories(conn, tables.rollup_clients, sorted(by_client))
+    gaps: dict[GapKey, int] = defaultdict(int)
+    for client, days in by_client.items():
+        before = histories.get(client, {})
+        after = _changed(client, before, days)
+        for key in _links(before):
+            gaps[key] -= 1
+        for key in _links(after):
+            gaps[key] += 1
+    _add(
+        conn,
+        tables.rollup_clients,
+        ("client_id", "day"),
+        ("logged_in_events", "anonymous_events", "other_events"),
+        {key: tuple(delta) for key, delta in changes.items()},
+    )
+    _add(
+        conn,
+        tables.rollup_client_gaps,
+        ("login_filter", "day", "previous_day"),
+        ("clients",),
+        {key: (n,) for key, n in gaps.items() if n},
+        never_as_minus_infinity="previous_day",
+    )
+
+
+def _histories(
+    conn: sa.Connection, clients: sa.Table, ids: list[str]
+) -> dict[str, dict[date, tuple[int, int, int]]]:
+    """Every day each of these clients was seen on, with its counts."""
+    rows = conn.execute(
+        sa.select(
+            clients.c.client_id,
+            clients.c.day,
+            clients.c.logged_in_events,
+            clients.c.anonymous_events,
+            clients.c.other_events,
+        ).where(clients.c.client_id == sa.any_(sa.literal(ids, ARRAY(sa.Text))))
+    )
+    histories: dict[str, dict[date, tuple[int, int, int]]] = defaultdict(dict)
+    for client, day, logged_in, anonymous, other in rows:
+        histories[client][day] = (logged_in, anonymous, other)
+    return histories
+
+
+def _changed(
+    client: str, before: Mapping[date, Sequence[int]], deltas: Mapping[date, Sequence[int]]
+) -> dict[date, Sequence[int]]:
+    """A client's days after the deltas; a day whose counts reach zero is gone."""
+    after = dict(before)
+    for day, delta in deltas.items():
+        counts = [a + b for a, b in zip(after.get(day, (0, 0, 0)), delta, strict=True)]
+        if min(counts) < 0:
+            raise RollupOutOfStep(
+                f"clickstream_rollup_clients: one client's events on {day} are fewer than the "
+                "rows to subtract: rebuild those days first (clickstream-loader rollup)"
+            )
+        if any(counts):
+            after[day] = counts
+        else:
+            after.pop(day, None)
+    return after
+
+
+def _links(days: Mapping[date, Sequence[int]]) -> list[GapKey]:
+    """Per login filter, each day the client was seen on under it, with the day before it was
+    (None for the first): the rows this client adds to clickstream_rollup_client_gaps."""
+    links: list[GapKey] = []
+    ordered = sorted(days.items())
+    for login_filter, seen in _FILTERS:
+        previous: date | None = None
+        for day, counts in ordered:
+            if seen(counts):
+                links.append((login_filter, day, previous))
+                previous = day
+    return links
+
+
+# --- rebuilding a day from the raw rows -----------------------------------------------------------
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[start, end) of a UTC day, as event_timestamp bounds."""
+    start = datetime.combine(day, time(), tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def lock_for_rebuild(conn: sa.Connection, tables: Tables) -> None:
+    """Block every other rollup writer until commit, in the writers' own lock order: a batch
+    that inserted rows the rebuild cannot see yet adds them after it commits, and one that
+    already counted its rows has committed before the rebuild reads."""
+    preparer = conn.dialect.identifier_preparer
+    names = ", ".join(
+        preparer.format_table(t) for t in (tables.rollup_events, tables.rollup_products)
+    )
+    conn.exec_driver_sql(f"LOCK TABLE {names} IN SHARE ROW EXCLUSIVE MODE")
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_CLASS, LOCK_CLIENTS)))
+
+
+def rebuild_day(conn: sa.Connection, tables: Tables, day: date, *, apply: bool = True) -> Deltas:
+    """Recount one UTC day from clickstream_events and apply the difference to the rollups
+    (with `apply=False`, only return it). The caller's transaction holds the rollup locks
+    (`lock_for_rebuild`) when applying; a check alone may run under REPEATABLE READ instead."""
+    if apply:
+        lock_for_rebuild(conn, tables)
+    raw = _raw_day(conn, tables, day)
+    kept = _rollup_day(conn, tables, day)
+    difference = Deltas(
+        events=_difference(raw.events, kept.events),
+        products={k: v[0] for k, v in _difference(_one(raw.products), _one(kept.products)).items()},
+        clients=_difference(raw.clients, kept.clients),
+    )
+    if apply:
+        apply_deltas(conn, tables, difference)
+    return difference
+
+
+def _one(counts: Mapping[ProductKey, int]) -> dict[ProductKey, list[int]]:
+    return {key: [n] for key, n in counts.items()}
+
+
+def _difference(
+    raw: Mapping[Any, Sequence[int]], kept: Mapping[Any, Sequence[int]]
+) -> dict[Any, list[int]]:
+    """raw - kept, key by key, only where they differ."""
+    out: dict[Any, list[int]] = {}
+    for key in raw.keys() | kept.keys():
+        have = kept.get(key)
+        want = raw.get(key)
+        width = len(want if want is not None else have or ())
+        delta = [(want[i] if want else 0) - (have[i] if have else 0) for i in range(width)]
+        if any(delta):
+            out[key] = delta
+    return out
+
+
+def _label(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """`coalesce(nullif(x, ''), 'UNKNOWN')`: what `shown` does, in SQL."""
+    return sa.func.coalesce(sa.func.nullif(column, ""), UNKNOWN)
+
+
+def _raw_day(conn: sa.Connection, tables: Tables, day: date) -> Deltas:
+    """What the rollups should hold for one day: the raw rows, counted."""
+    events = tables.events
+    start, end = day_bounds(day)
+    in_day = sa.and_(events.c.event_timestamp >= start, events.c.event_timestamp < end)
+    state, client = events.c.user_login_state, events.c.client_id
+    counted = Deltas()
+    rows = conn.execute(
+        sa.select(
+            _label(state),
+            events.c.event_name,
+            sa.func.count(),
+            sa.func.count().filter(client.is_(None)),
+        )
+        .where(in_day)
+        .group_by(_label(state), events.c.event_name)
+    )
+    counted.events = {(day, s, name): [n, n_null] for s, name, n, n_null in rows}
+    product_row = sa.or_(
+        events.c.context_product_id.isnot(None), events.c.context_product_name.isnot(None)
+    )
+    for dimension, column in (
+        ("category", events.c.context_product_category),
+        ("brand", events.c.context_product_brand),
+    ):
+        rows = conn.execute(
+            sa.select(_label(state), _label(column), sa.func.count())
+            .where(in_day, product_row)
+            .group_by(_label(state), _label(column))
+        )
+        counted.products.update({(day, s, dimension, value): n for s, value, n in rows})
+    other = sa.or_(state.is_(None), state.notin_(list(_STATE_SLOT)))
+    rows = conn.execute(
+        sa.select(
+            client,
+            sa.func.count().filter(state == "logged_in"),
+            sa.func.count().filter(state == "anonymous"),
+            sa.func.count().filter(other),
+        )
+        .where(in_day, client.isnot(None))
+        .group_by(client)
+    )
+    counted.clients = {(c, day): [li, an, ot] for c, li, an, ot in rows}
+    return counted
+
+
+def _rollup_day(conn: sa.Connection, tables: Tables, day: date) -> Deltas:
+    """What the rollups hold for one day."""
+    ev, pr, cl = tables.rollup_events, tables.rollup_products, tables.rollup_clients
+    kept = Deltas()
+    rows = conn.execute(
+        sa.select(ev.c.login_state, ev.c.event_name, ev.c.events, ev.c.events_without_client).where(
+            ev.c.day == day
+        )
+    )
+    kept.events = {(day, s, name): [n, n_null] for s, name, n, n_null in rows}
+    rows = conn.execute(
+        sa.select(pr.c.login_state, pr.c.dimension, pr.c.value, pr.c.events).where(pr.c.day == day)
+    )
+    kept.products = {(day, s, dim, value): n for s, dim, value, n in rows}
+    rows = conn.execute(
+        sa.select(
+            cl.c.client_id, cl.c.logged_in_events, cl.c.anonymous_events, cl.c.other_events
+        ).where(cl.c.day == day)
+    )
+    kept.clients = {(c, day): [li, an, ot] for c, li, an, ot in rows}
+    return kept
