@@ -260,7 +260,10 @@ def test_every_kpi_matches_the_raw_rows_through_loads_deletes_and_erasure(
     assert (code, checked["in_step"]) == (0, True)
 
     # AND subtracting rows the rollups never counted is refused, in a clear error
-    with dw_engine.begin() as conn, pytest.raises(RollupOutOfStep, match="rebuild those days first"):
+    with (
+        dw_engine.begin() as conn,
+        pytest.raises(RollupOutOfStep, match="rebuild those days first"),
+    ):
         subtract_deleted(conn, tables, rows)
 
 

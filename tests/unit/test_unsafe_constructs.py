@@ -29,6 +29,7 @@ SQL_WORDS = re.compile(
 REVIEWED_SQL_FSTRINGS = {
     ("loader/load/copy.py", "CREATE TEMPORARY TABLE IF NOT EXISTS "),
     ("loader/load/copy.py", "COPY pg_temp."),
+    ("loader/load/rollups.py", "LOCK TABLE "),
 }
 
 
