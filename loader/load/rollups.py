@@ -22,6 +22,7 @@ two tables takes after its count upserts (so the history it reads is the one it 
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ UNKNOWN: Final = "UNKNOWN"
 #: bigint keys (loader/load/locks.py). Held by every writer of the client tables until commit.
 LOCK_CLASS: Final = 0x636C6B73  # "clks"
 LOCK_CLIENTS: Final = 1
+_CLIENT_LOCK: Final = sa.select(sa.func.pg_advisory_xact_lock(LOCK_CLASS, LOCK_CLIENTS))
 #: The slot of clickstream_rollup_clients' counters a login state counts in.
 _STATE_SLOT: Final = {"logged_in": 0, "anonymous": 1}
 _OTHER_SLOT: Final = 2
@@ -163,10 +165,9 @@ def apply_deltas(conn: sa.Connection, tables: Tables, deltas: Deltas) -> None:
 def _add(
     conn: sa.Connection,
     table: sa.Table,
-    keys: Sequence[str],
-    counters: Sequence[str],
+    keys: tuple[str, ...],
+    counters: tuple[str, ...],
     deltas: Mapping[tuple[Any, ...], Sequence[int]],
-    never_as_minus_infinity: str | None = None,
 ) -> None:
     """Add deltas to a count table, in key order. Growth is one upsert (`INSERT ... SELECT FROM
     unnest(arrays) ORDER BY key ON CONFLICT DO UPDATE SET counter = counter + delta`); a
@@ -175,90 +176,83 @@ def _add(
     items = [(key, delta) for key, delta in deltas.items() if any(delta)]
     grow = [(key, delta) for key, delta in items if min(delta) >= 0]
     shrink = [(key, delta) for key, delta in items if min(delta) < 0]
+    statements = _statements(table, keys, counters)
     if grow:
-        source = _source(table, keys, counters, grow, never_as_minus_infinity)
-        columns = [*keys, *counters]
-        statement = insert(table).from_select(
-            columns,
-            sa.select(*(source.c[name] for name in columns)).order_by(
-                *(source.c[name] for name in keys)
-            ),
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={name: table.c[name] + statement.excluded[name] for name in counters},
-        )
-        conn.execute(statement)
+        conn.execute(statements.upsert, _arrays(statements, grow))
     if shrink:
-        _shrink(
-            conn,
-            table,
-            keys,
-            counters,
-            _source(table, keys, counters, shrink, never_as_minus_infinity),
-            len(shrink),
-        )
+        arrays = _arrays(statements, shrink)
+        conn.execute(statements.lock, arrays)
+        updated = conn.execute(statements.subtract, arrays).rowcount
+        if updated != len(shrink):
+            raise RollupOutOfStep(
+                f"{table.name}: {len(shrink) - updated} of the rows to subtract from are "
+                "missing: rebuild those days first (clickstream-loader rollup)"
+            )
+        conn.execute(statements.delete_zeros, arrays)
 
 
-def _source(
-    table: sa.Table,
-    keys: Sequence[str],
-    counters: Sequence[str],
-    items: Sequence[tuple[tuple[Any, ...], Sequence[int]]],
-    never_as_minus_infinity: str | None,
-) -> sa.Subquery:
-    """The deltas as rows: `SELECT ... FROM unnest(array, array, ...)`, one array per column
-    (one bound parameter each, whatever the batch size)."""
-    columns = [*keys, *counters]
-    values = list(zip(*(tuple(key) + tuple(delta) for key, delta in items), strict=True))
+@dataclass(frozen=True)
+class _Statements:
+    """One count table's statements over `unnest` of one bound array per column."""
+
+    columns: tuple[str, ...]
+    upsert: sa.Insert
+    lock: sa.Select[Any]
+    subtract: sa.Update
+    delete_zeros: sa.Delete
+
+
+def _arrays(
+    statements: _Statements, items: Sequence[tuple[tuple[Any, ...], Sequence[int]]]
+) -> dict[str, list[Any]]:
+    """The deltas as one list per column: the statements' bound arrays."""
+    rows = [tuple(key) + tuple(delta) for key, delta in items]
+    return {
+        f"a_{name}": list(values)
+        for name, values in zip(statements.columns, zip(*rows, strict=True), strict=True)
+    }
+
+
+@functools.lru_cache(maxsize=64)  # bounded: each TARGET_TABLE's copies are tables of their own
+def _statements(table: sa.Table, keys: tuple[str, ...], counters: tuple[str, ...]) -> _Statements:
+    """Built once per table, like prepared statements: building Core constructs (and their
+    cache keys) for every batch cost more CPU than the rollups' own arithmetic."""
+    columns = (*keys, *counters)
     arrays = (
         sa.func.unnest(
-            *(
-                sa.literal(list(column_values), ARRAY(table.c[name].type))
-                for name, column_values in zip(columns, values, strict=True)
-            )
+            *(sa.bindparam(f"a_{name}", type_=ARRAY(table.c[name].type)) for name in columns)
         )
         .table_valued(*columns)
         .render_derived()
     )
-    selected: list[sa.ColumnElement[Any]] = [arrays.c[name] for name in columns]
-    if never_as_minus_infinity is not None:  # None → '-infinity' (a key column cannot be NULL)
-        index = columns.index(never_as_minus_infinity)
-        selected[index] = sa.func.coalesce(selected[index], sa.cast("-infinity", sa.Date))
-    return sa.select(*(c.label(name) for c, name in zip(selected, columns, strict=True))).subquery()
-
-
-def _shrink(
-    conn: sa.Connection,
-    table: sa.Table,
-    keys: Sequence[str],
-    counters: Sequence[str],
-    source: sa.Subquery,
-    expected: int,
-) -> None:
-    """Subtract from rows that must exist: lock them in key order, update, delete the zeros."""
+    selected: list[sa.ColumnElement[Any]] = []
+    for name in columns:
+        column: sa.ColumnElement[Any] = arrays.c[name]
+        if name == "previous_day":  # None: never seen before; a key column cannot be NULL
+            column = sa.func.coalesce(column, sa.cast("-infinity", sa.Date))
+        selected.append(column.label(name))
+    source = sa.select(*selected).subquery()
+    upsert = insert(table).from_select(
+        columns, sa.select(*(source.c[n] for n in columns)).order_by(*(source.c[n] for n in keys))
+    )
+    upsert = upsert.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={name: table.c[name] + upsert.excluded[name] for name in counters},
+    )
     matches = sa.and_(*(table.c[name] == source.c[name] for name in keys))
-    conn.execute(
-        sa.select(table.c[keys[0]])
+    return _Statements(
+        columns=columns,
+        upsert=upsert,
+        lock=sa.select(table.c[keys[0]])
         .where(sa.exists().where(matches))
         .order_by(*(table.c[name] for name in keys))
-        .with_for_update()
-    )
-    updated = conn.execute(
-        sa.update(table)
+        .with_for_update(),
+        subtract=sa.update(table)
         .values({name: table.c[name] + source.c[name] for name in counters})
-        .where(matches)
-    ).rowcount
-    if updated != expected:
-        raise RollupOutOfStep(
-            f"{table.name}: {expected - updated} of the rows to subtract from are missing: "
-            "rebuild those days first (clickstream-loader rollup)"
-        )
-    conn.execute(
-        sa.delete(table).where(
-            *(table.c[name] == 0 for name in counters),
-            sa.exists().where(sa.and_(*(table.c[name] == source.c[name] for name in keys))),
-        )
+        .where(matches),
+        delete_zeros=sa.delete(table).where(
+            *(table.c[name] == 0 for name in counters), sa.exists().where(matches)
+        ),
     )
 
 
@@ -270,7 +264,7 @@ def _apply_clients(
     changes = {key: delta for key, delta in deltas.items() if any(delta)}
     if not changes:
         return
-    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_CLASS, LOCK_CLIENTS)))
+    conn.execute(_CLIENT_LOCK)
     by_client: dict[str, dict[date, list[int]]] = defaultdict(dict)
     for (client, day), delta in changes.items():
         by_client[client][day] = delta
@@ -296,7 +290,6 @@ def _apply_clients(
         ("login_filter", "day", "previous_day"),
         ("clients",),
         {key: (n,) for key, n in gaps.items() if n},
-        never_as_minus_infinity="previous_day",
     )
 
 
@@ -304,19 +297,21 @@ def _histories(
     conn: sa.Connection, clients: sa.Table, ids: list[str]
 ) -> dict[str, dict[date, tuple[int, int, int]]]:
     """Every day each of these clients was seen on, with its counts."""
-    rows = conn.execute(
-        sa.select(
-            clients.c.client_id,
-            clients.c.day,
-            clients.c.logged_in_events,
-            clients.c.anonymous_events,
-            clients.c.other_events,
-        ).where(clients.c.client_id == sa.any_(sa.literal(ids, ARRAY(sa.Text))))
-    )
     histories: dict[str, dict[date, tuple[int, int, int]]] = defaultdict(dict)
-    for client, day, logged_in, anonymous, other in rows:
+    for client, day, logged_in, anonymous, other in conn.execute(_history(clients), {"ids": ids}):
         histories[client][day] = (logged_in, anonymous, other)
     return histories
+
+
+@functools.lru_cache(maxsize=16)
+def _history(clients: sa.Table) -> sa.Select[Any]:
+    return sa.select(
+        clients.c.client_id,
+        clients.c.day,
+        clients.c.logged_in_events,
+        clients.c.anonymous_events,
+        clients.c.other_events,
+    ).where(clients.c.client_id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.Text))))
 
 
 def _changed(
@@ -370,7 +365,7 @@ def lock_for_rebuild(conn: sa.Connection, tables: Tables) -> None:
         preparer.format_table(t) for t in (tables.rollup_events, tables.rollup_products)
     )
     conn.exec_driver_sql(f"LOCK TABLE {names} IN SHARE ROW EXCLUSIVE MODE")
-    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_CLASS, LOCK_CLIENTS)))
+    conn.execute(_CLIENT_LOCK)
 
 
 def rebuild_day(conn: sa.Connection, tables: Tables, day: date, *, apply: bool = True) -> Deltas:
