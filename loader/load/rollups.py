@@ -90,11 +90,6 @@ class Deltas:
         )
 
 
-def shown(value: str | None) -> str:
-    """A login state, category or brand as the dashboard shows it: NULL or '' → UNKNOWN."""
-    return value or UNKNOWN
-
-
 def utc_day(instant: datetime) -> date:
     """The UTC day of an instant: `(event_timestamp AT TIME ZONE 'UTC')::date`."""
     if instant.tzinfo is None:
@@ -103,25 +98,27 @@ def utc_day(instant: datetime) -> date:
 
 
 def deltas_of(rows: Iterable[Mapping[str, Any]], sign: int = 1) -> Deltas:
-    """What these clickstream_events rows add to the rollups (`sign=-1`: take away)."""
+    """What these clickstream_events rows add to the rollups (`sign=-1`: take away). A NULL or
+    '' login state, category or brand counts as the dashboard shows it: UNKNOWN. A nullable
+    column a row leaves out is NULL, as the INSERT leaves it."""
     deltas = Deltas()
     events, products, clients = deltas.events, deltas.products, deltas.clients
     for row in rows:
         day = utc_day(row["event_timestamp"])
-        state = row["user_login_state"]
+        state = row.get("user_login_state")
         state_shown = state or UNKNOWN
-        client = row["client_id"]
+        client = row.get("client_id")
         counts = events.setdefault((day, state_shown, row["event_name"]), [0, 0])
         counts[0] += sign
         if client is None:
             counts[1] += sign
         else:
             slots = clients.setdefault((client, day), [0, 0, 0])
-            slots[_STATE_SLOT.get(state, _OTHER_SLOT)] += sign
-        if row["context_product_id"] is not None or row["context_product_name"] is not None:
+            slots[_STATE_SLOT.get(state or "", _OTHER_SLOT)] += sign
+        if row.get("context_product_id") is not None or row.get("context_product_name") is not None:
             for key in (
-                (day, state_shown, "category", row["context_product_category"] or UNKNOWN),
-                (day, state_shown, "brand", row["context_product_brand"] or UNKNOWN),
+                (day, state_shown, "category", row.get("context_product_category") or UNKNOWN),
+                (day, state_shown, "brand", row.get("context_product_brand") or UNKNOWN),
             ):
                 products[key] = products.get(key, 0) + sign
     return deltas
