@@ -6,9 +6,10 @@ Real-shaped hours (the demo's traffic) over four UTC days and both login states,
 that come back on later days (the hard part: distinct clients over a range), a few events
 without a client id, with an empty login state or without a category or brand. Loaded by the
 loader's own code paths (hourly run, rerun, a late object, reprocess, concurrent shards with
-small batches), then rows deleted by hand (and `clickstream-loader rollup`), and rows erased
-through `subtract_deleted`. After each step the KPIs are compared, and the gaps table is
-compared with the links computed from the client table by SQL (the revision's own fill).
+small batches), then rows deleted by hand (and `clickstream-loader rollup`), rows erased
+through `subtract_deleted`, and a whole day dropped (retention) and rebuilt. After each step
+the KPIs are compared, and the gaps table is compared with the links computed from the client
+table by SQL (the revision's own fill).
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from loader.app import make_source
 from loader.cli import app
 from loader.config import load_settings
 from loader.load.db import make_engine
-from loader.load.rollups import ROLLUP_COLUMNS, RollupOutOfStep, subtract_deleted
+from loader.load.rollups import (
+    ROLLUP_COLUMNS,
+    RollupOutOfStep,
+    day_bounds,
+    rebuild_day,
+    subtract_deleted,
+)
 from loader.load.tables import tables_for
 from loader.observability import log
 from loader.operations import reprocess
@@ -260,11 +267,31 @@ def test_every_kpi_matches_the_raw_rows_through_loads_deletes_and_erasure(
     assert (code, checked["in_step"]) == (0, True)
 
     # AND subtracting rows the rollups never counted is refused, in a clear error
+    # (and the transaction that tried rolls back: the caller's error, the caller's rollback)
     with (
-        dw_engine.begin() as conn,
         pytest.raises(RollupOutOfStep, match="rebuild those days first"),
+        dw_engine.begin() as conn,
     ):
         subtract_deleted(conn, tables, rows)
+    assert_kpis_match(dw_engine, [(D0, DAYS[-1])])
+
+    # WHEN retention drops the oldest day (its rows gone, the day rebuilt in the same
+    # transaction: what `maintain` does after dropping a day's partition)
+    with dw_engine.begin() as conn:
+        start, end = day_bounds(D0)
+        conn.execute(
+            sa.text(
+                "DELETE FROM clickstream_events "
+                "WHERE event_timestamp >= :s AND event_timestamp < :e"
+            ),
+            {"s": start, "e": end},
+        )
+        rebuild_day(conn, tables, D0)
+    # THEN the day is gone from the rollups too, and every other number still matches
+    assert not scalar(
+        dw_engine, "SELECT count(*) FROM clickstream_rollup_clients WHERE day = :d", d=D0
+    )
+    assert_kpis_match(dw_engine)
 
 
 def test_concurrent_shards_and_hours_count_every_row_once_without_deadlocks(
