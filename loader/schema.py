@@ -611,29 +611,28 @@ clickstream_rollup_clients = Table(
     Column("client_id", Text, primary_key=True, comment="clickstream_events.client_id (not NULL)."),
     Column("day", Date, primary_key=True, comment="A UTC day the client sent events on."),
     Column(
-        "logged_in_events",
-        Integer,
+        "logged_in",
+        Boolean,
         nullable=False,
-        comment="The client's events that day with user_login_state 'logged_in'.",
+        comment="The client sent events that day with user_login_state 'logged_in'.",
     ),
     Column(
-        "anonymous_events",
-        Integer,
+        "anonymous",
+        Boolean,
         nullable=False,
-        comment="The client's events that day with user_login_state 'anonymous'.",
+        comment="The client sent events that day with user_login_state 'anonymous'.",
     ),
     Column(
-        "other_events",
-        Integer,
+        "other_states",
+        Boolean,
         nullable=False,
-        comment="The client's events that day with any other user_login_state, NULL or ''.",
+        comment="The client sent events that day with any other user_login_state, NULL or ''.",
     ),
-    CheckConstraint(
-        "logged_in_events >= 0 AND anonymous_events >= 0 AND other_events >= 0", name="events"
-    ),
-    comment="Dashboard rollup: which clients sent events on which UTC day, by login state: "
-    "what keeps unique clients over any range of days exact (a distinct count per day cannot "
-    "be summed). The largest rollup: about one row per client per day.",
+    CheckConstraint("logged_in OR anonymous OR other_states", name="seen"),
+    comment="Dashboard rollup: which clients sent events on which UTC day, in which login "
+    "states: what keeps unique clients over any range of days exact (a distinct count per day "
+    "cannot be summed). The largest rollup: one row per client per day it is active. A row "
+    "changes only when a client is first seen on a day or in a login state that day.",
 )
 # Rebuilding a range of days deletes its rows; rows arrive roughly in day order, so a BRIN
 # index of a few pages finds them.

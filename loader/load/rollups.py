@@ -6,18 +6,21 @@ One rule: a rollup changes in the transaction of the rows it counts. Three ways 
   says which rows went in), as the batch's last statements (loader/load/batch.py). Every load
   path (hourly, lookback, SQS, fan-out shards, reprocess, a bisected batch's halves) commits
   through there, so a rerun or a late object counts exactly what it inserts.
-- `subtract_deleted`: rows being deleted, in the deleting transaction (erasure: the columns of
-  `DELETE ... RETURNING` `ROLLUP_COLUMNS`).
+- `subtract_deleted`: rows being deleted, in the deleting transaction, after the DELETE
+  (erasure: the columns of `DELETE ... RETURNING` `ROLLUP_COLUMNS`).
 - `rebuild_day`: one UTC day recounted from the raw rows and the difference applied
   (`clickstream-loader rollup` after a DBA deleted rows by hand; retention after dropping a
   day). With `apply=False` it only reports the difference.
 
 The event and product counts are additive: upserts that add a delta, in key order, so concurrent
 batches take their row locks in one order and never deadlock. Unique clients are not additive:
-the client-day set (clickstream_rollup_clients) and the links from each client-day to the
-client's previous day (clickstream_rollup_client_gaps) are computed here from each touched
-client's whole history, under one transaction-scoped advisory lock that every writer of those
-two tables takes after its count upserts (so the history it reads is the one it changes).
+clickstream_rollup_clients holds which client was seen on which day in which login states (flags,
+not counts: a batch writes a row only when a client is new that day, or new in a login state, not
+for every event), and clickstream_rollup_client_gaps the links from each client-day to the
+client's previous day, recomputed here from the changed clients' whole histories. Both change
+under one transaction-scoped advisory lock that every writer takes after its count upserts (so
+the history it reads is the one it changes). Deleted rows are not subtracted from the flags:
+the client-days they touched are read again from the rows left.
 """
 
 from __future__ import annotations
@@ -56,11 +59,15 @@ _CLIENT_LOCK: Final = sa.select(sa.func.pg_advisory_xact_lock(LOCK_CLASS, LOCK_C
 #: The slot of clickstream_rollup_clients' counters a login state counts in.
 _STATE_SLOT: Final = {"logged_in": 0, "anonymous": 1}
 _OTHER_SLOT: Final = 2
-#: Login filter → is a client-day's (logged_in, anonymous, other) counts in it.
-_FILTERS: Final[tuple[tuple[str, Callable[[Sequence[int]], bool]], ...]] = (
-    ("ALL", lambda counts: any(counts)),
-    ("logged_in", lambda counts: counts[0] > 0),
-    ("anonymous", lambda counts: counts[1] > 0),
+#: A client-day's login-state buckets: (logged_in, anonymous, any other state).
+Flags = tuple[bool, bool, bool]
+NOBODY: Final[Flags] = (False, False, False)
+_FLAG_COLUMNS: Final = ("logged_in", "anonymous", "other_states")
+#: Login filter → does a client-day's flags put it in that filter.
+_FILTERS: Final[tuple[tuple[str, Callable[[Flags], bool]], ...]] = (
+    ("ALL", any),
+    ("logged_in", lambda flags: flags[0]),
+    ("anonymous", lambda flags: flags[1]),
 )
 
 EventKey = tuple[date, str, str]  # day, login state label, event name
@@ -75,18 +82,21 @@ class RollupOutOfStep(RuntimeError):
 
 @dataclass
 class Deltas:
-    """Signed changes to each rollup: events → [events, events_without_client], product
-    rows → events, client-days → [logged_in, anonymous, other] events."""
+    """Signed changes to the counts (events → [events, events_without_client], product rows
+    → events), the rows' client-days by login-state bucket (added or taken away), and, from a
+    recount, the flags client-days must end with."""
 
     events: dict[EventKey, list[int]] = field(default_factory=dict)
     products: dict[ProductKey, int] = field(default_factory=dict)
     clients: dict[ClientKey, list[int]] = field(default_factory=dict)
+    presence: dict[ClientKey, Flags] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
-        return not any(
-            any(v) if isinstance(v, list) else v
-            for part in (self.events, self.products, self.clients)
-            for v in part.values()
+        return not (
+            self.presence
+            or any(any(v) for v in self.events.values())
+            or any(self.products.values())
+            or any(any(v) for v in self.clients.values())
         )
 
 
@@ -182,8 +192,9 @@ def _add(
         updated = conn.execute(statements.subtract, arrays).rowcount
         if updated != len(shrink):
             raise RollupOutOfStep(
-                f"{table.name}: {len(shrink) - updated} of the rows to subtract from are "
-                "missing: rebuild those days first (clickstream-loader rollup)"
+                f"{table.name}: {len(shrink) - updated} of the rows to subtract from are missing "
+                "or hold less than is taken away: rebuild those days first (clickstream-loader "
+                "rollup)"
             )
         conn.execute(statements.delete_zeros, arrays)
 
@@ -246,7 +257,7 @@ def _statements(table: sa.Table, keys: tuple[str, ...], counters: tuple[str, ...
         .with_for_update(),
         subtract=sa.update(table)
         .values({name: table.c[name] + source.c[name] for name in counters})
-        .where(matches),
+        .where(matches, *(table.c[name] + source.c[name] >= 0 for name in counters)),
         delete_zeros=sa.delete(table).where(
             *(table.c[name] == 0 for name in counters), sa.exists().where(matches)
         ),
@@ -254,33 +265,86 @@ def _statements(table: sa.Table, keys: tuple[str, ...], counters: tuple[str, ...
 
 
 def _apply_clients(
-    conn: sa.Connection, tables: Tables, deltas: Mapping[ClientKey, list[int]]
+    conn: sa.Connection, tables: Tables, deltas: Mapping[ClientKey, Sequence[int]]
 ) -> None:
-    """Change the client-day set and relink every touched client's days, under the client lock
-    (taken in a statement of its own: the histories read next are then the committed ones)."""
-    changes = {key: delta for key, delta in deltas.items() if any(delta)}
-    if not changes:
+    """Rows added only: the client-days they show are ORed into the presence flags. Rows
+    deleted: the client-days they touched are read again from the rows left (the caller
+    deleted them first, in this transaction)."""
+    touched = {key: delta for key, delta in deltas.items() if any(delta)}
+    if not touched:
         return
-    conn.execute(_CLIENT_LOCK)
-    by_client: dict[str, dict[date, list[int]]] = defaultdict(dict)
-    for (client, day), delta in changes.items():
-        by_client[client][day] = delta
-    histories = _histories(conn, tables.rollup_clients, sorted(by_client))
+    if all(min(delta) >= 0 for delta in touched.values()):
+        _grow_presence(conn, tables, {key: _present(delta) for key, delta in touched.items()})
+    else:
+        conn.execute(_CLIENT_LOCK)
+        _set_presence(conn, tables, _raw_presence(conn, tables, sorted(touched)))
+
+
+def _present(counts: Sequence[int]) -> Flags:
+    return (counts[0] > 0, counts[1] > 0, counts[2] > 0)
+
+
+def _grow_presence(conn: sa.Connection, tables: Tables, seen: Mapping[ClientKey, Flags]) -> None:
+    """One statement ORs the batch's client-days into clickstream_rollup_clients and returns the
+    ones that changed (a new day, or a login state new that day), with their flags before; only
+    those clients are relinked. Most rows of a batch change nothing: the client was already
+    seen that day, in that state."""
+    clients = tables.rollup_clients
+    statements = _presence_statements(clients)
+    conn.execute(_CLIENT_LOCK)  # its own statement: the next one's snapshot is taken after it
+    changed: dict[str, dict[date, Flags]] = defaultdict(dict)
+    for client, day, *before in conn.execute(statements.grow, _presence_arrays(seen)):
+        changed[client][day] = (before[0], before[1], before[2])
+    if not changed:
+        return
+    gaps: dict[GapKey, int] = defaultdict(int)
+    for client, after in _histories(conn, clients, sorted(changed)).items():
+        before_days = dict(after)
+        for day, flags in changed[client].items():
+            if any(flags):
+                before_days[day] = flags
+            else:
+                before_days.pop(day, None)
+        _relink(gaps, before_days, after)
+    _add_gaps(conn, tables, gaps)
+
+
+def _set_presence(conn: sa.Connection, tables: Tables, targets: Mapping[ClientKey, Flags]) -> None:
+    """Set client-days to these flags (none: the row goes) and relink their clients. The
+    caller holds the client lock."""
+    if not targets:
+        return
+    clients = tables.rollup_clients
+    statements = _presence_statements(clients)
+    by_client: dict[str, dict[date, Flags]] = defaultdict(dict)
+    for (client, day), flags in targets.items():
+        by_client[client][day] = flags
+    histories = _histories(conn, clients, sorted(by_client))
     gaps: dict[GapKey, int] = defaultdict(int)
     for client, days in by_client.items():
         before = histories.get(client, {})
-        after = _changed(client, before, days)
-        for key in _links(before):
-            gaps[key] -= 1
-        for key in _links(after):
-            gaps[key] += 1
-    _add(
-        conn,
-        tables.rollup_clients,
-        ("client_id", "day"),
-        ("logged_in_events", "anonymous_events", "other_events"),
-        {key: tuple(delta) for key, delta in changes.items()},
-    )
+        after = {**before, **days}
+        _relink(gaps, before, {day: flags for day, flags in after.items() if any(flags)})
+    kept = {key: flags for key, flags in targets.items() if any(flags)}
+    gone = {key: flags for key, flags in targets.items() if not any(flags)}
+    if kept:
+        conn.execute(statements.set_flags, _presence_arrays(kept))
+    if gone:
+        conn.execute(statements.delete, _presence_arrays(gone))
+    _add_gaps(conn, tables, gaps)
+
+
+def _relink(
+    gaps: dict[GapKey, int], before: Mapping[date, Flags], after: Mapping[date, Flags]
+) -> None:
+    """One client's links before and after, into signed changes of the gaps table."""
+    for key in _links(before):
+        gaps[key] -= 1
+    for key in _links(after):
+        gaps[key] += 1
+
+
+def _add_gaps(conn: sa.Connection, tables: Tables, gaps: Mapping[GapKey, int]) -> None:
     _add(
         conn,
         tables.rollup_client_gaps,
@@ -290,11 +354,49 @@ def _apply_clients(
     )
 
 
+def _raw_presence(
+    conn: sa.Connection, tables: Tables, pairs: Sequence[ClientKey]
+) -> dict[ClientKey, Flags]:
+    """What the rows left say of these client-days: one scan of each day, for all its clients
+    (clickstream_events has no index on client_id; its BRIN index narrows to the day)."""
+    events = tables.events
+    by_day: dict[date, list[str]] = defaultdict(list)
+    for client, day in pairs:
+        by_day[day].append(client)
+    found: dict[ClientKey, Flags] = {}
+    for day, ids in sorted(by_day.items()):
+        start, end = day_bounds(day)
+        rows = conn.execute(
+            _client_flags(events)
+            .where(
+                events.c.event_timestamp >= start,
+                events.c.event_timestamp < end,
+                events.c.client_id == sa.any_(sa.literal(ids, ARRAY(sa.Text))),
+            )
+            .group_by(events.c.client_id)
+        )
+        found.update({(client, day): (li, an, ot) for client, li, an, ot in rows})
+    return {pair: found.get(pair, NOBODY) for pair in pairs}
+
+
+def _client_flags(events: sa.Table) -> sa.Select[Any]:
+    """client_id and whether its rows include each login state bucket (to be filtered and
+    grouped by client_id)."""
+    state = events.c.user_login_state
+    other = sa.or_(state.is_(None), state.notin_(list(_STATE_SLOT)))
+    return sa.select(
+        events.c.client_id,
+        sa.func.count().filter(state == "logged_in") > 0,
+        sa.func.count().filter(state == "anonymous") > 0,
+        sa.func.count().filter(other) > 0,
+    )
+
+
 def _histories(
     conn: sa.Connection, clients: sa.Table, ids: list[str]
-) -> dict[str, dict[date, tuple[int, int, int]]]:
-    """Every day each of these clients was seen on, with its counts."""
-    histories: dict[str, dict[date, tuple[int, int, int]]] = defaultdict(dict)
+) -> dict[str, dict[date, Flags]]:
+    """Every day each of these clients was seen on, with its login-state flags."""
+    histories: dict[str, dict[date, Flags]] = defaultdict(dict)
     for client, day, logged_in, anonymous, other in conn.execute(_history(clients), {"ids": ids}):
         histories[client][day] = (logged_in, anonymous, other)
     return histories
@@ -303,42 +405,78 @@ def _histories(
 @functools.lru_cache(maxsize=16)
 def _history(clients: sa.Table) -> sa.Select[Any]:
     return sa.select(
-        clients.c.client_id,
-        clients.c.day,
-        clients.c.logged_in_events,
-        clients.c.anonymous_events,
-        clients.c.other_events,
+        clients.c.client_id, clients.c.day, *(clients.c[n] for n in _FLAG_COLUMNS)
     ).where(clients.c.client_id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.Text))))
 
 
-def _changed(
-    client: str, before: Mapping[date, Sequence[int]], deltas: Mapping[date, Sequence[int]]
-) -> dict[date, Sequence[int]]:
-    """A client's days after the deltas; a day whose counts reach zero is gone."""
-    after = dict(before)
-    for day, delta in deltas.items():
-        counts = [a + b for a, b in zip(after.get(day, (0, 0, 0)), delta, strict=True)]
-        if min(counts) < 0:
-            raise RollupOutOfStep(
-                f"clickstream_rollup_clients: one client's events on {day} are fewer than the "
-                "rows to subtract: rebuild those days first (clickstream-loader rollup)"
-            )
-        if any(counts):
-            after[day] = counts
-        else:
-            after.pop(day, None)
-    return after
+@dataclass(frozen=True)
+class _PresenceStatements:
+    """clickstream_rollup_clients' statements over `unnest` of one array per column."""
+
+    grow: sa.Select[Any]
+    set_flags: sa.Insert
+    delete: sa.Delete
 
 
-def _links(days: Mapping[date, Sequence[int]]) -> list[GapKey]:
+def _presence_arrays(flags: Mapping[ClientKey, Flags]) -> dict[str, list[Any]]:
+    rows = [(client, day, *f) for (client, day), f in flags.items()]
+    columns = zip(*rows, strict=True)
+    names = ("client_id", "day", *_FLAG_COLUMNS)
+    return {f"a_{name}": list(values) for name, values in zip(names, columns, strict=True)}
+
+
+@functools.lru_cache(maxsize=16)
+def _presence_statements(clients: sa.Table) -> _PresenceStatements:
+    """Built once per table. `grow`: the batch's client-days as a CTE; the rows they match
+    before the statement (`before`, the statement's snapshot); the upsert that ORs the flags in,
+    writing only where one turns true, RETURNING those; joined: what changed, and from what."""
+    names = ("client_id", "day", *_FLAG_COLUMNS)
+    arrays = (
+        sa.func.unnest(*(sa.bindparam(f"a_{n}", type_=ARRAY(clients.c[n].type)) for n in names))
+        .table_valued(*names)
+        .render_derived()
+    )
+    batch = sa.select(*(arrays.c[n].label(n) for n in names)).cte("batch")
+    same = sa.and_(clients.c.client_id == batch.c.client_id, clients.c.day == batch.c.day)
+    before = sa.select(clients).join(batch, same).cte("before")
+    ordered = sa.select(*(batch.c[n] for n in names)).order_by(batch.c.client_id, batch.c.day)
+    upsert = insert(clients).from_select(names, ordered)
+    grown = (
+        upsert.on_conflict_do_update(
+            index_elements=["client_id", "day"],
+            set_={n: sa.or_(clients.c[n], upsert.excluded[n]) for n in _FLAG_COLUMNS},
+            where=sa.or_(*(sa.and_(~clients.c[n], upsert.excluded[n]) for n in _FLAG_COLUMNS)),
+        )
+        .returning(clients.c.client_id, clients.c.day)
+        .cte("grown")
+    )
+    grow = sa.select(
+        grown.c.client_id,
+        grown.c.day,
+        *(sa.func.coalesce(before.c[n], sa.false()) for n in _FLAG_COLUMNS),
+    ).select_from(
+        grown.outerjoin(
+            before, sa.and_(before.c.client_id == grown.c.client_id, before.c.day == grown.c.day)
+        )
+    )
+    setting = insert(clients).from_select(names, ordered)
+    set_flags = setting.on_conflict_do_update(
+        index_elements=["client_id", "day"],
+        set_={n: setting.excluded[n] for n in _FLAG_COLUMNS},
+    )
+    delete = sa.delete(clients).where(sa.exists().where(same))
+    return _PresenceStatements(grow=grow, set_flags=set_flags, delete=delete)
+
+
+def _links(days: Mapping[date, Flags]) -> list[GapKey]:
     """Per login filter, each day the client was seen on under it, with the day before it was
     (None for the first): the rows this client adds to clickstream_rollup_client_gaps."""
     links: list[GapKey] = []
     ordered = sorted(days.items())
     for login_filter, seen in _FILTERS:
         previous: date | None = None
-        for day, counts in ordered:
-            if seen(counts):
+        for day, flags in ordered:
+            if seen(flags):
                 links.append((login_filter, day, previous))
                 previous = day
     return links
@@ -376,10 +514,15 @@ def rebuild_day(conn: sa.Connection, tables: Tables, day: date, *, apply: bool =
     difference = Deltas(
         events=_difference(raw.events, kept.events),
         products={k: v[0] for k, v in _difference(_one(raw.products), _one(kept.products)).items()},
-        clients=_difference(raw.clients, kept.clients),
+        presence={
+            key: raw.presence.get(key, NOBODY)
+            for key in raw.presence.keys() | kept.presence.keys()
+            if raw.presence.get(key, NOBODY) != kept.presence.get(key, NOBODY)
+        },
     )
     if apply:
         apply_deltas(conn, tables, difference)
+        _set_presence(conn, tables, difference.presence)
     return difference
 
 
@@ -438,18 +581,10 @@ def _raw_day(conn: sa.Connection, tables: Tables, day: date) -> Deltas:
             .group_by(_label(state), _label(column))
         )
         counted.products.update({(day, s, dimension, value): n for s, value, n in rows})
-    other = sa.or_(state.is_(None), state.notin_(list(_STATE_SLOT)))
     rows = conn.execute(
-        sa.select(
-            client,
-            sa.func.count().filter(state == "logged_in"),
-            sa.func.count().filter(state == "anonymous"),
-            sa.func.count().filter(other),
-        )
-        .where(in_day, client.isnot(None))
-        .group_by(client)
+        _client_flags(events).where(in_day, client.isnot(None)).group_by(events.c.client_id)
     )
-    counted.clients = {(c, day): [li, an, ot] for c, li, an, ot in rows}
+    counted.presence = {(c, day): (li, an, ot) for c, li, an, ot in rows}
     return counted
 
 
@@ -468,9 +603,7 @@ def _rollup_day(conn: sa.Connection, tables: Tables, day: date) -> Deltas:
     )
     kept.products = {(day, s, dim, value): n for s, dim, value, n in rows}
     rows = conn.execute(
-        sa.select(
-            cl.c.client_id, cl.c.logged_in_events, cl.c.anonymous_events, cl.c.other_events
-        ).where(cl.c.day == day)
+        sa.select(cl.c.client_id, *(cl.c[n] for n in _FLAG_COLUMNS)).where(cl.c.day == day)
     )
-    kept.clients = {(c, day): [li, an, ot] for c, li, an, ot in rows}
+    kept.presence = {(c, day): (li, an, ot) for c, li, an, ot in rows}
     return kept

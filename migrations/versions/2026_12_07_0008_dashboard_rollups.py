@@ -7,9 +7,10 @@ What changes:
   and events by login state (queries.sql Q2-Q7) by summing rows.
 - clickstream_rollup_products: product rows (context_product_id or context_product_name not
   NULL) per UTC day, login state and category or brand (Q8, Q9, the Q11 page count).
-- clickstream_rollup_clients: one row per client per UTC day it sent events, with its event
-  counts by login state. A distinct count per day cannot be summed over days; this set can be
-  recounted exactly, and its rows change only when a client first appears on a day.
+- clickstream_rollup_clients: one row per client per UTC day it sent events, with the login
+  states it sent them in. A distinct count per day cannot be summed over days; this set can be
+  recounted exactly, and a row is written only when a client first appears on a day (or in a
+  login state that day), not for every event.
 - clickstream_rollup_client_gaps: per login filter, per day, how many clients seen that day had
   last been seen on `previous_day` ('-infinity': never). Distinct clients over days S..E are
   sum(clients) over day in S..E with previous_day < S: each client counts on its first day in
@@ -52,8 +53,6 @@ Squawk waivers:
 - require-concurrent-index-creation: the fill holds a SHARE lock on clickstream_events anyway
   (it must see no insert), CONCURRENTLY cannot run inside the revision's transaction, and IF NOT
   EXISTS lets a DBA build the index concurrently beforehand (see Locks above).
-- prefer-bigint-over-int: the INTEGER columns count one client's events on one UTC day, not
-  identifiers; 2,147,483,647 events a day from one browser is not traffic.
 
 Revision ID: 0008_dashboard_rollups
 Revises: 0005_event_trigger
@@ -108,14 +107,13 @@ WHERE e.context_product_id IS NOT NULL OR e.context_product_name IS NOT NULL
 GROUP BY 1, 2, 3, 4
 """,
     """
-INSERT INTO clickstream_rollup_clients
-    (client_id, day, logged_in_events, anonymous_events, other_events)
+INSERT INTO clickstream_rollup_clients (client_id, day, logged_in, anonymous, other_states)
 SELECT client_id,
        (event_timestamp AT TIME ZONE 'UTC')::date,
-       count(*) FILTER (WHERE user_login_state = 'logged_in'),
-       count(*) FILTER (WHERE user_login_state = 'anonymous'),
+       count(*) FILTER (WHERE user_login_state = 'logged_in') > 0,
+       count(*) FILTER (WHERE user_login_state = 'anonymous') > 0,
        count(*) FILTER (WHERE user_login_state IS NULL
-                           OR user_login_state NOT IN ('logged_in', 'anonymous'))
+                           OR user_login_state NOT IN ('logged_in', 'anonymous')) > 0
 FROM clickstream_events
 WHERE client_id IS NOT NULL
 GROUP BY 1, 2
@@ -131,8 +129,8 @@ FROM (
     FROM clickstream_rollup_clients c
     JOIN (VALUES ('ALL'), ('logged_in'), ('anonymous')) AS f (login_filter)
       ON f.login_filter = 'ALL'
-      OR (f.login_filter = 'logged_in' AND c.logged_in_events > 0)
-      OR (f.login_filter = 'anonymous' AND c.anonymous_events > 0)
+      OR (f.login_filter = 'logged_in' AND c.logged_in)
+      OR (f.login_filter = 'anonymous' AND c.anonymous)
 ) AS links
 GROUP BY 1, 2, 3
 """,
@@ -366,31 +364,32 @@ def _create_client_tables() -> None:
         ),
         sa.Column("day", sa.Date(), nullable=False, comment="A UTC day the client sent events on."),
         sa.Column(
-            "logged_in_events",
-            sa.Integer(),
+            "logged_in",
+            sa.Boolean(),
             nullable=False,
-            comment="The client's events that day with user_login_state 'logged_in'.",
+            comment="The client sent events that day with user_login_state 'logged_in'.",
         ),
         sa.Column(
-            "anonymous_events",
-            sa.Integer(),
+            "anonymous",
+            sa.Boolean(),
             nullable=False,
-            comment="The client's events that day with user_login_state 'anonymous'.",
+            comment="The client sent events that day with user_login_state 'anonymous'.",
         ),
         sa.Column(
-            "other_events",
-            sa.Integer(),
+            "other_states",
+            sa.Boolean(),
             nullable=False,
-            comment="The client's events that day with any other user_login_state, NULL or ''.",
+            comment="The client sent events that day with any other user_login_state, NULL or "
+            "''.",
         ),
         sa.CheckConstraint(
-            "logged_in_events >= 0 AND anonymous_events >= 0 AND other_events >= 0",
-            name=op.f("ck_clickstream_rollup_clients_events"),
+            "logged_in OR anonymous OR other_states", name=op.f("ck_clickstream_rollup_clients_seen")
         ),
         sa.PrimaryKeyConstraint("client_id", "day", name=op.f("pk_clickstream_rollup_clients")),
-        comment="Dashboard rollup: which clients sent events on which UTC day, by login state: "
-        "what keeps unique clients over any range of days exact (a distinct count per day "
-        "cannot be summed). The largest rollup: about one row per client per day.",
+        comment="Dashboard rollup: which clients sent events on which UTC day, in which login "
+        "states: what keeps unique clients over any range of days exact (a distinct count per "
+        "day cannot be summed). The largest rollup: one row per client per day it is active. A "
+        "row changes only when a client is first seen on a day or in a login state that day.",
     )
     op.create_index(
         op.f("ix_clickstream_rollup_clients_day"),

@@ -78,8 +78,8 @@ FROM (
     FROM clickstream_rollup_clients c
     JOIN (VALUES ('ALL'), ('logged_in'), ('anonymous')) AS f (login_filter)
       ON f.login_filter = 'ALL'
-      OR (f.login_filter = 'logged_in' AND c.logged_in_events > 0)
-      OR (f.login_filter = 'anonymous' AND c.anonymous_events > 0)
+      OR (f.login_filter = 'logged_in' AND c.logged_in)
+      OR (f.login_filter = 'anonymous' AND c.anonymous)
 ) links
 GROUP BY 1, 2, 3
 """
