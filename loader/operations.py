@@ -345,5 +345,5 @@ def _rollup_entry(day: date, difference: Deltas, dry_run: bool) -> dict[str, Any
         "events": sum(d[0] for d in difference.events.values()),
         "event_rows": len(difference.events),
         "product_rows": len(difference.products),
-        "client_days": len(difference.clients),
+        "client_days": len(difference.presence),
     }

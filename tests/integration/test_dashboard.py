@@ -231,6 +231,7 @@ def test_every_kpi_matches_the_raw_rows_through_loads_deletes_and_erasure(
     )
     assert code == 1 and not checked["in_step"]
     assert -sum(d["events"] for d in checked["days"]) == deleted
+    assert sum(d["client_days"] for d in checked["days"]) >= 1  # the victim's day is gone
     code, _ = run_cli("rollup", "--start", "2026-11-20T00", "--end", "2026-11-23T23", "--dry-run")
     assert code == 1
     # AND `rollup` over the range puts them back in step
