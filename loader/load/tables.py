@@ -18,7 +18,8 @@ from loader.config import Settings
 
 @dataclass(frozen=True)
 class Tables:
-    """The tables one loader writes: TARGET_TABLE may rename/move the events table."""
+    """The tables one loader writes: TARGET_TABLE may rename/move the events table (the
+    others keep their names, in the same schema)."""
 
     events: sa.Table
     meta: sa.Table
@@ -28,6 +29,10 @@ class Tables:
     loaded_objects: sa.Table
     claims: sa.Table
     retention: sa.Table
+    rollup_events: sa.Table
+    rollup_products: sa.Table
+    rollup_clients: sa.Table
+    rollup_client_gaps: sa.Table
 
 
 #: schema.py's own tables.
@@ -40,6 +45,10 @@ DEFAULT_TABLES: Final = Tables(
     schema.clickstream_loaded_objects,
     schema.clickstream_event_claims,
     schema.clickstream_retention,
+    schema.clickstream_rollup_events,
+    schema.clickstream_rollup_products,
+    schema.clickstream_rollup_clients,
+    schema.clickstream_rollup_client_gaps,
 )
 
 
@@ -59,4 +68,8 @@ def tables_for(settings: Settings) -> Tables:
         schema.clickstream_loaded_objects.to_metadata(md, schema=target),
         schema.clickstream_event_claims.to_metadata(md, schema=target),
         schema.clickstream_retention.to_metadata(md, schema=target),
+        schema.clickstream_rollup_events.to_metadata(md, schema=target),
+        schema.clickstream_rollup_products.to_metadata(md, schema=target),
+        schema.clickstream_rollup_clients.to_metadata(md, schema=target),
+        schema.clickstream_rollup_client_gaps.to_metadata(md, schema=target),
     )
