@@ -644,13 +644,13 @@ def retire_days(
         .cte("moved")
     )
     relinked = sa.select(moved.c.login_filter, moved.c.day, _NEVER, sa.func.sum(moved.c.clients))
-    relink = insert(gaps).from_select(
+    upsert = insert(gaps).from_select(
         ["login_filter", "day", "previous_day", "clients"],
         relinked.group_by(moved.c.login_filter, moved.c.day),
     )
-    relink = relink.on_conflict_do_update(
+    relink = upsert.on_conflict_do_update(
         index_elements=["login_filter", "day", "previous_day"],
-        set_={"clients": gaps.c.clients + relink.excluded.clients},
+        set_={"clients": gaps.c.clients + upsert.excluded.clients},
     ).cte("relink")
     deleted = [
         sa.delete(t).where(t.c.day < before).returning(t.c.day).cte(f"retired_{i}")

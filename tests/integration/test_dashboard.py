@@ -19,6 +19,7 @@ import logging
 import random
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -41,6 +42,7 @@ from loader.load.rollups import (
     subtract_deleted,
 )
 from loader.load.tables import tables_for
+from loader.maintenance import MaintainOptions, maintain
 from loader.observability import log
 from loader.operations import reprocess
 from loader.pipeline.hour import HourLoader
@@ -83,6 +85,13 @@ FROM (
 ) links
 GROUP BY 1, 2, 3
 """
+
+ROLLUP_TABLES = (
+    "clickstream_rollup_events",
+    "clickstream_rollup_products",
+    "clickstream_rollup_clients",
+    "clickstream_rollup_client_gaps",
+)
 
 
 def hour_objects(hour: datetime, count: int, seed: int, returning: list[str]) -> list[RawObject]:
@@ -397,3 +406,58 @@ def test_the_function_refuses_bad_arguments_clearly(dw: psycopg.Connection) -> N
         ("checkout_rate_pct", 0),
         ("product_rows", 0),
     ]
+
+
+def test_maintain_takes_retired_days_out_of_the_rollups(
+    loader: HourLoader, s3: Any, bucket: str, dw_engine: sa.Engine
+) -> None:
+    # GIVEN four loaded days, clients of the first two coming back on the last two
+    returning: list[str] = []
+    for n, hour in enumerate(HOURS):
+        objects = hour_objects(hour, 30, seed=300 + n, returning=returning)
+        upload(s3, bucket, objects)
+        returning += sorted(
+            {d["clientId"] for o in objects for d in o.documents if "clientId" in d}
+        )
+        assert run_trigger(loader, Trigger(hour, "manual")).state == "complete"
+    kept = DAYS[2]
+    linked_back = (
+        "SELECT count(*) FROM clickstream_rollup_client_gaps "
+        "WHERE day >= :k AND previous_day < :k AND previous_day > '-infinity'"
+    )
+    assert scalar(dw_engine, linked_back, k=kept)  # later client-days link to retired ones
+    today = scalar(dw_engine, "SELECT (now() AT TIME ZONE 'UTC')::date")
+    options = MaintainOptions(keep_days=(today - kept).days, ahead_days=1)
+    old_rows = "SELECT count(*) FROM clickstream_rollup_events WHERE day < :k"
+    before = scalar(dw_engine, old_rows, k=kept)
+
+    # WHEN a dry run looks: it counts the rollup rows that would go, and changes nothing
+    planned = maintain(dw_engine, replace(options, dry_run=True))
+    assert planned.rows_deleted["clickstream_rollup_events"] == before > 0
+    assert planned.rows_deleted["clickstream_rollup_clients"] > 0
+    assert scalar(dw_engine, old_rows, k=kept) == before
+
+    # WHEN maintain retires the first two days (their partitions dropped)
+    result = maintain(dw_engine, options)
+
+    # THEN their rows are gone from the events and from every rollup, later client-days no
+    # longer link to them, and every KPI of every range (retired days included) matches the rows
+    assert f"clickstream_events_p{D0:%Y%m%d}" in result.dropped
+    assert result.rows_deleted["clickstream_rollup_events"] == before
+    assert not scalar(
+        dw_engine, "SELECT count(*) FROM clickstream_events WHERE event_timestamp < :k", k=kept
+    )
+    for table in ROLLUP_TABLES:
+        assert not scalar(dw_engine, f"SELECT count(*) FROM {table} WHERE day < :k", k=kept)
+    assert not scalar(dw_engine, linked_back, k=kept)
+    assert scalar(dw_engine, "SELECT count(*) FROM clickstream_rollup_events")
+    assert_kpis_match(dw_engine)
+    code, checked = run_cli(
+        "rollup", "--start", "2026-11-19T00", "--end", "2026-11-24T00", "--dry-run"
+    )
+    assert (code, checked["in_step"]) == (0, True)
+
+    # WHEN it runs again: nothing more to take out
+    again = maintain(dw_engine, options)
+    assert not any(n for t, n in again.rows_deleted.items() if t in ROLLUP_TABLES)
+    assert_kpis_match(dw_engine)
