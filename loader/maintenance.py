@@ -84,7 +84,8 @@ class RetiredRows:
 #: The hook for per-day tables that are not partitioned: each listed table loses its rows
 #: before the horizon in step 3. A per-day table that is partitioned like the event tables goes
 #: into loader.schema.DAY_PARTITIONED (and clickstream_ensure_partitions) instead, and its
-#: partitions are then made and dropped with the others. Issue 25's rollups hook in here.
+#: partitions are then made and dropped with the others. The dashboard's rollups are
+#: derived from the events, not retired by date alone: step 5 (`_retire_rollups`).
 RETIRED_ROWS: Final = (RetiredRows(QUARANTINE_TABLE, "hour"),)
 
 
