@@ -35,6 +35,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
+from loader.errors import TerminalError
 from loader.load.tables import Tables
 
 #: The columns of clickstream_events the rollups read: what a deleting caller returns
@@ -76,7 +77,7 @@ ClientKey = tuple[str, date]  # client_id, day
 GapKey = tuple[str, date, date | None]  # login filter, day, previous day (None: never)
 
 
-class RollupOutOfStep(RuntimeError):
+class RollupOutOfStep(TerminalError):
     """Rows to subtract that the rollups never counted: rebuild those days first."""
 
 

@@ -47,6 +47,9 @@ rows without counting them.
 
 Downgrade drops the function and the four tables; the events are not touched.
 
+Squawk waivers:
+- none
+
 Revision ID: 0008_dashboard_rollups
 Revises: 0006_partition_by_day
 Create Date: 2026-12-07 09:00:00 UTC
