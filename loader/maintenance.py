@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import insert
 from tenacity import RetryCallState
 
 from loader.config import load_database_settings
-from loader.errors import sqlstate
+from loader.errors import TerminalError, TransientError, sqlstate
 from loader.load.db import make_engine, retrying
 from loader.load.locks import lock_key
 from loader.load.retention import Retention, day_start, read_retention
@@ -89,16 +89,16 @@ class RetiredRows:
 RETIRED_ROWS: Final = (RetiredRows(QUARANTINE_TABLE, "hour"),)
 
 
-class MaintenanceError(RuntimeError):
+class MaintenanceError(TerminalError):
     """The run could not finish; the message says what is left and that a rerun finishes it."""
 
 
-class MaintenanceRefused(ValueError):
+class MaintenanceRefused(TerminalError):
     """The run was refused before it changed anything (bad options, a shorter retention
     without --allow-shorter)."""
 
 
-class MaintenanceBusy(RuntimeError):
+class MaintenanceBusy(TransientError):
     """Another `maintain` holds the warehouse's maintenance lock."""
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Final, Literal, NamedTuple, TypeVar
 
 from loader.common import S3AccessError, S3TransientError
+from loader.errors import TransientError
 
 T = TypeVar("T")
 Verdict = Literal["terminal", "access", "retry", "expired", "fail"]
@@ -67,7 +68,7 @@ RETRYABLE_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
 EXPIRED_CODES: Final = frozenset({"ExpiredToken", "TokenRefreshRequired"})
 
 
-class Retry(Exception):
+class Retry(TransientError):
     """An attempt that failed in a way another attempt may mend. `requests`: how many requests
     it spent (botocore's own retries included)."""
 

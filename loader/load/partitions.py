@@ -18,7 +18,7 @@ from typing import Final
 
 import sqlalchemy as sa
 
-from loader.errors import is_transient
+from loader.errors import TerminalError, is_transient
 from loader.load.db import describe_error
 from loader.load.tables import Tables
 from loader.schema import ENSURE_PARTITIONS_FUNCTION
@@ -33,7 +33,7 @@ MAX_DAYS_AHEAD: Final = 366
 _known: weakref.WeakKeyDictionary[sa.Engine, set[date]] = weakref.WeakKeyDictionary()
 
 
-class PartitionMissing(RuntimeError):
+class PartitionMissing(TerminalError):
     """A batch needs a day partition the warehouse would not make: stop the hour, lose nothing."""
 
 

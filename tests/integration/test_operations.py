@@ -186,7 +186,7 @@ def test_a_run_that_fails_is_recorded_failed_with_its_error_then_a_rerun_complet
     [row] = ledger(dw_engine)
     assert row["state"] == "failed"
     assert row["finished_at"] is not None
-    assert row["error_summary"].startswith("S3TransientError: listing s3://")
+    assert row["error_summary"].startswith("S3TransientError: list s3://")
     assert row["inserted"] == 0
     assert scalar(dw_engine, "SELECT count(*) FROM clickstream_events") == 0
     # AND once S3 is back, a rerun completes the hour

@@ -236,8 +236,8 @@ def login_without_insert(
         conn.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {role}"))
         conn.execute(
             sa.text(
-                f"GRANT SELECT ON clickstream_events, alembic_version, clickstream_adoptions "
-                f"TO {role}"
+                "GRANT SELECT ON clickstream_events, alembic_version, clickstream_adoptions, "
+                f"clickstream_retention TO {role}"
             )
         )
         conn.execute(sa.text(f"GRANT SELECT, INSERT ON clickstream_ingest_meta TO {role}"))
