@@ -44,6 +44,15 @@
 --                                 DO UPDATE, which needs UPDATE). SELECT: lookback skips the
 --                                 keys recorded there, `check` and `status` read it. No
 --                                 DELETE: a DBA who wants an object read again deletes its row.
+--   clickstream_rollup_events,    The dashboard's rollups (revision 0008): each batch adds
+--   clickstream_rollup_products,  the events it inserted, in its own transaction (upserts:
+--   clickstream_rollup_clients,   INSERT ... ON CONFLICT DO UPDATE needs UPDATE and SELECT);
+--   clickstream_rollup_client_gaps rows that reach zero are deleted, and `clickstream-loader
+--     SELECT, INSERT, UPDATE,     rollup` (run with the loader's credentials) recounts days
+--     DELETE                      from the events, locking the two count tables (LOCK TABLE
+--                                 ... IN SHARE ROW EXCLUSIVE MODE needs UPDATE or DELETE).
+--                                 No TRUNCATE. Derived counts only: the events stay
+--                                 append-only for the loader.
 --   the database                  The default write path (WRITE_METHOD=copy) streams each batch
 --     CONNECT, TEMPORARY          with COPY into two session-local temporary tables, then moves
 --                                 it with INSERT ... SELECT ... ON CONFLICT DO NOTHING. PUBLIC
@@ -142,7 +151,9 @@ SELECT
                         'clickstream_quarantine', 'clickstream_loaded_objects',
                         'clickstream_adoptions', 'clickstream_event_claims',
                         'clickstream_retention', 'clickstream_suppressions',
-                        'clickstream_erasure_requests', 'alembic_version')
+                        'clickstream_erasure_requests', 'alembic_version',
+                        'clickstream_rollup_events', 'clickstream_rollup_products',
+                        'clickstream_rollup_clients', 'clickstream_rollup_client_gaps')
       AND pg_has_role(:'loader_role', tableowner, 'MEMBER')
   ) AS loader_role_owns_tables,
   current_database() AS database_name
@@ -201,7 +212,11 @@ REVOKE ALL ON TABLE
   :"schema".clickstream_retention,
   :"schema".clickstream_suppressions,
   :"schema".clickstream_erasure_requests,
-  :"schema".alembic_version
+  :"schema".alembic_version,
+  :"schema".clickstream_rollup_events,
+  :"schema".clickstream_rollup_products,
+  :"schema".clickstream_rollup_clients,
+  :"schema".clickstream_rollup_client_gaps
 FROM :"loader_role";
 REVOKE ALL ON FUNCTION :"schema".clickstream_ensure_partitions(date, date) FROM :"loader_role";
 REVOKE CREATE ON SCHEMA :"schema" FROM :"loader_role";
@@ -224,6 +239,14 @@ TO :"loader_role";
 
 -- One row per event across partitions: the loader's claims.
 GRANT SELECT, INSERT, DELETE ON TABLE :"schema".clickstream_event_claims TO :"loader_role";
+
+-- The dashboard's rollups: derived counts the loader keeps in step with the events it inserts.
+GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE
+  :"schema".clickstream_rollup_events,
+  :"schema".clickstream_rollup_products,
+  :"schema".clickstream_rollup_clients,
+  :"schema".clickstream_rollup_client_gaps
+TO :"loader_role";
 
 -- The schema revision, what was adopted from the original ETL, the retention: read-only.
 GRANT SELECT ON TABLE

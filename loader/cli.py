@@ -34,6 +34,7 @@ from loader.operations import erase as do_erase
 from loader.operations import erasures as do_erasures
 from loader.operations import parse_since
 from loader.operations import reprocess as do_reprocess
+from loader.operations import rollup as do_rollup
 from loader.operations import status as do_status
 from loader.pipeline.erase import ErasureInputError, ErasureRequest
 from loader.pipeline.runs import run_trigger
@@ -487,6 +488,48 @@ def erasures(
     with open_loader() as loader:
         data = do_erasures(loader, open_only=open_only, overdue=overdue)
     _emit(data, as_json, lambda d: _erasures_table(d["requests"]))
+
+
+def rollup(
+    start: Annotated[str, typer.Option(help="First hour, YYYY-MM-DDTHH (its whole UTC day).")],
+    end: Annotated[
+        str, typer.Option(help="Last hour (included), YYYY-MM-DDTHH (its whole UTC day).")
+    ],
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Compare the rollups with the rows; change nothing."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rebuild the dashboard's rollups of every UTC day in a range from the raw rows (after
+    rows were deleted or changed by hand). With --dry-run, exit 1 if any day is out of step."""
+    _setup()
+    first, last = _hour(start), _hour(end)
+    if last < first:
+        raise typer.BadParameter("--end is before --start")
+
+    def line(day: dict[str, Any]) -> None:
+        err.print(f"{day['day']} {day['state']} events={day['events']:+d}", highlight=False)
+
+    with open_loader() as loader:
+        data = do_rollup(loader, first, last, dry_run=dry_run, progress=line)
+
+    def render(d: dict[str, Any]) -> None:
+        table = Table("day", "state", "events", "event rows", "product rows", "client-days")
+        for day in d["days"]:
+            table.add_row(
+                day["day"],
+                day["state"],
+                f"{day['events']:+d}",
+                str(day["event_rows"]),
+                str(day["product_rows"]),
+                str(day["client_days"]),
+            )
+        out.print(table)
+
+    _emit(data, as_json, render)
+    if dry_run and not data["in_step"]:
+        raise typer.Exit(1)
 
 
 @app.command()

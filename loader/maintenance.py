@@ -14,7 +14,10 @@ One run, in this order (docs/partitions.md has the why of each step):
    SHARE UPDATE EXCLUSIVE on the parent (loads and reads go on), then DROP TABLE. Every
    statement waits at most `lock_timeout`; a timed-out step is retried with backoff. A detach
    interrupted after its first transaction leaves the partition "detach pending": the next
-   attempt (or run) finishes it with DETACH PARTITION ... FINALIZE.
+   attempt (or run) finishes it with DETACH PARTITION ... FINALIZE;
+5. takes the days whose events are gone (before the oldest clickstream_events partition left,
+   at most the horizon) out of the dashboard's rollups (loader/load/rollups.py `retire_days`),
+   so they stay exact.
 
 Idempotent: a second run finds nothing to make or drop. One run at a time (an advisory lock).
 The ledger (clickstream_load_runs) is kept: `status` reads it to say an hour is `retired`.
@@ -39,11 +42,14 @@ from loader.errors import TerminalError, TransientError, sqlstate
 from loader.load.db import make_engine, retrying
 from loader.load.locks import lock_key
 from loader.load.retention import Retention, day_start, read_retention
+from loader.load.rollups import retire_days
+from loader.load.tables import DEFAULT_TABLES
 from loader.observability import log
 from loader.schema import (
     CLAIMS_TABLE,
     DAY_PARTITIONED,
     ENSURE_PARTITIONS_FUNCTION,
+    EVENTS_TABLE,
     QUARANTINE_TABLE,
     clickstream_retention,
 )
@@ -78,7 +84,8 @@ class RetiredRows:
 #: The hook for per-day tables that are not partitioned: each listed table loses its rows
 #: before the horizon in step 3. A per-day table that is partitioned like the event tables goes
 #: into loader.schema.DAY_PARTITIONED (and clickstream_ensure_partitions) instead, and its
-#: partitions are then made and dropped with the others. Issue 25's rollups hook in here.
+#: partitions are then made and dropped with the others. The dashboard's rollups are
+#: derived from the events, not retired by date alone: step 5 (`_retire_rollups`).
 RETIRED_ROWS: Final = (RetiredRows(QUARANTINE_TABLE, "hour"),)
 
 
@@ -335,6 +342,8 @@ def _plan(conn: sa.Connection, result: MaintainResult, found: list[Partition]) -
             .select_from(table)
             .where(table.c[rows.column] < result.horizon)
         ).scalar_one()
+    kept = [p for p in found if p not in retirable(found, result.horizon)]
+    _retire_rollups(conn, result, kept, apply=False)
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -362,6 +371,7 @@ def _apply(conn: sa.Connection, result: MaintainResult, before: list[Partition])
             failed.append(part.name)
     for name in _drop_leftovers(conn):
         result.dropped.append(name)
+    _retry(result, "retire rollup days", partial(_retire_rollups, conn, result, partitions(conn)))
     if failed:
         raise MaintenanceError(
             f"could not retire {', '.join(failed)} within {options.attempts} attempts of "
@@ -369,6 +379,22 @@ def _apply(conn: sa.Connection, result: MaintainResult, before: list[Partition])
             f"everything else is done. Rerun `clickstream-loader maintain`: it finishes them "
             "(a detach left pending is finalized)"
         )
+
+
+def _retire_rollups(
+    conn: sa.Connection, result: MaintainResult, kept: list[Partition], *, apply: bool = True
+) -> None:
+    """The rollups lose the days no clickstream_events partition holds any more: those before
+    the oldest one left (none while a `_legacy` partition from MINVALUE stays), at most the
+    horizon's."""
+    events = [p for p in kept if p.parent == EVENTS_TABLE]
+    if any(p.lower is None for p in events):
+        return
+    before = min([result.horizon, *(p.lower for p in events if p.lower is not None)]).date()
+    deleted = retire_days(conn, DEFAULT_TABLES, before, apply=apply)
+    result.rows_deleted.update({table: n for table, n in deleted.items() if n})
+    if apply and any(deleted.values()):
+        log.info("retired days out of the rollups", extra={"before": str(before), **deleted})
 
 
 def _record_retention(conn: sa.Connection, options: MaintainOptions) -> None:

