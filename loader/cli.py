@@ -490,6 +490,7 @@ def erasures(
     _emit(data, as_json, lambda d: _erasures_table(d["requests"]))
 
 
+@app.command()
 def rollup(
     start: Annotated[str, typer.Option(help="First hour, YYYY-MM-DDTHH (its whole UTC day).")],
     end: Annotated[

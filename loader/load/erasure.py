@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from loader.identity import Subject
+from loader.load.rollups import subtract_deleted
 from loader.load.tables import Tables
 from loader.window import hour_of_key
 
@@ -129,6 +130,8 @@ def delete_subject_rows(
     deleted.events = list(
         conn.execute(sa.delete(events).where(event_keys).returning(events)).mappings()
     )
+    # The dashboard's rollups lose the erased events in the same transaction (issue 25).
+    subtract_deleted(conn, tables, [dict(row) for row in deleted.events])
     return deleted
 
 
