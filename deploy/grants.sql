@@ -25,8 +25,9 @@
 --                                 cluster that revoked it from PUBLIC still works.
 --   USAGE on the schema           To reach the tables at all. Not CREATE: the loader runs no
 --                                 DDL; migrations run as the owner, never as the loader.
---   clickstream_events,           INSERT: the load is `INSERT ... ON CONFLICT (event_id) DO
---   clickstream_ingest_meta       NOTHING`, so reruns and overlapping lookbacks are harmless.
+--   clickstream_events,           INSERT: the load is `INSERT ... ON CONFLICT DO NOTHING` on
+--   clickstream_ingest_meta       (event_timestamp, event_id), after the event's dedup claims
+--                                 (below), so reruns and overlapping lookbacks are harmless.
 --     INSERT, SELECT              SELECT: `RETURNING` needs it (the loader counts what was
 --                                 new), and so do the loader's own reads: telling an exact
 --                                 repeat from a conflicting duplicate by payload_sha256, and
@@ -101,6 +102,12 @@
 --     SELECT, INSERT, UPDATE      done. No DELETE: it is the proof.
 --   clickstream_suppressions      Its entries. No UPDATE or DELETE: nobody comes off the list
 --     SELECT, INSERT              by accident.
+--   clickstream_rollup_events,    The dashboard's rollups: an erasure takes its events out of
+--   clickstream_rollup_products,  them in the same transaction as the DELETE (upserts of
+--   clickstream_rollup_clients,   negative deltas; rows that reach zero are deleted), and
+--   clickstream_rollup_client_gaps recounts a day first when it holds rows the rollups never
+--     SELECT, INSERT, UPDATE,     counted (LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE). Derived
+--     DELETE                      counts only.
 --   alembic_version,              Read, like the loader: the revision check, the adopted
 --   clickstream_adoptions,        range and the retention.
 --   clickstream_retention
@@ -276,7 +283,11 @@ REVOKE ALL ON TABLE
   :"schema".clickstream_retention,
   :"schema".clickstream_suppressions,
   :"schema".clickstream_erasure_requests,
-  :"schema".alembic_version
+  :"schema".alembic_version,
+  :"schema".clickstream_rollup_events,
+  :"schema".clickstream_rollup_products,
+  :"schema".clickstream_rollup_clients,
+  :"schema".clickstream_rollup_client_gaps
 FROM :"erasure_role";
 REVOKE CREATE ON SCHEMA :"schema" FROM :"erasure_role";
 GRANT CONNECT ON DATABASE :"database_name" TO :"erasure_role";
@@ -290,6 +301,12 @@ TO :"erasure_role";
 GRANT SELECT, UPDATE ON TABLE :"schema".clickstream_loaded_objects TO :"erasure_role";
 GRANT SELECT, INSERT, UPDATE ON TABLE :"schema".clickstream_erasure_requests TO :"erasure_role";
 GRANT SELECT, INSERT ON TABLE :"schema".clickstream_suppressions TO :"erasure_role";
+GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE
+  :"schema".clickstream_rollup_events,
+  :"schema".clickstream_rollup_products,
+  :"schema".clickstream_rollup_clients,
+  :"schema".clickstream_rollup_client_gaps
+TO :"erasure_role";
 GRANT SELECT ON TABLE
   :"schema".alembic_version,
   :"schema".clickstream_adoptions,

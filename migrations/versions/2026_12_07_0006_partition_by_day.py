@@ -40,7 +40,7 @@ What changes:
   loader knows which hours are retired.
 - clickstream_ensure_partitions(first_day, last_day): SECURITY DEFINER, owned by the table owner,
   search_path fixed to pg_catalog, this schema, pg_temp. Makes the missing day partitions of the
-  four tables for at most 31 days a call, never a day before the recorded retention, nor more
+  four tables for at most 32 days a call, never a day before the recorded retention, nor more
   than 366 days ahead, and the claims' partition of the day before first_day (the odd grid's
   window of an event in a day's first hour starts at 23:00 the day before); CREATE TABLE +
   ATTACH PARTITION, which takes SHARE UPDATE EXCLUSIVE on the parent (loads and queries go on),

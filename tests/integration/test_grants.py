@@ -517,6 +517,11 @@ def test_an_erasure_runs_under_the_erasure_role_and_the_loaders_cannot_erase(
         assert record["state"] == "complete", record["open_reason"]
         erased = record["stores"]["clickstream_events"]["deleted"]
         assert erased > 0
+        with dw_engine.connect() as conn:
+            counted = conn.execute(
+                sa.text("SELECT sum(events) FROM clickstream_rollup_events")
+            ).scalar_one()
+        assert counted == len(objects) - erased  # the rollups lost the erased events too
         for key, body in ((o.key, o.body) for o in objects):
             s3.put_object(Bucket=bucket, Key=key, Body=body)  # every object back
         rerun = handler({"hour": "2026-11-24T13"})
