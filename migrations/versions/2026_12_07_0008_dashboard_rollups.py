@@ -31,15 +31,17 @@ computes each KPI in R: 3.7M rows in 15.9 s at 16M rows in the table, before R c
 it inserts (loader/load/rollups.py); `clickstream-loader rollup --start S --end E` rebuilds any
 range of days from the raw rows (after a DBA deletes rows by hand). docs/dashboard.md.
 
-Cost per day (measured, bench/results/dashboard.md): the clients table takes about one row
-per client per day it is active, ~100 bytes with its index; the other three tables hold a few
-hundred rows per day.
+Cost per day (measured, bench/results/dashboard.md): clickstream_rollup_clients takes one row
+per client per day it is active, 145-165 bytes with its indexes (52,001 rows, 7.6 MB a day at
+~457k events a day of the demo's traffic); the other three tables held 632 + 2,382 + 216 rows
+in all for 36 days, at 2M rows as at 16M: they grow with days, not with traffic.
 
 Locks and time: the new tables are new. The fill takes a SHARE lock on clickstream_events for
 its whole duration (LOCK TABLE takes it on every day partition too), so the rollups it computes
 are exactly the rows present: the loader's inserts wait (the dashboard's reads do not) until the
-revision commits. Measured on the embedded test server (2 shared CPUs): see the 1M-row timing in
-bench/results/dashboard.md.
+revision commits. Measured on the embedded server (2 CPUs shared with other work, load average
+~14, before 0006's partitions): 22.0 and 26.9 s for 1M rows (bench/dashboard.py); the fill alone
+took 342 s at 16M rows.
 
 Deploy: not loader-compatible (see `loader_compatible` below). Stop the loader, upgrade, then
 deploy the loader built for this revision: a loader built for an earlier revision would insert
