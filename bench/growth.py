@@ -410,6 +410,35 @@ def wal_stats(conn: Any) -> dict[str, int]:
     return {"records": int(records), "fpi": int(fpi), "bytes": int(wal)}
 
 
+def wal_by_relation(conn: Any, start: str, end: str) -> list[dict[str, Any]]:
+    """Where the load's WAL went: bytes and full-page images per relation between two LSNs
+    (pg_walinspect, contrib; empty where the server lacks it). A partition or index partition
+    counts under its partitioned parent, so the table says which table or index grows."""
+    with conn.cursor() as cur:
+        try:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        except psycopg2.Error:
+            return []  # not installed with this server
+        cur.execute(
+            "WITH b AS (SELECT relfilenode, CASE WHEN reltablespace = (SELECT dattablespace "
+            "FROM pg_database WHERE datname = current_database()) THEN 0 ELSE reltablespace END "
+            "AS tablespace, block_data_length + block_fpi_length AS bytes, "
+            "block_fpi_length > 0 AS fpi "
+            "FROM pg_get_wal_block_info(%s::pg_lsn, %s::pg_lsn, false) "
+            "WHERE reldatabase = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database())), "
+            "r AS (SELECT pg_filenode_relation(tablespace, relfilenode) AS rel, bytes, fpi FROM b) "
+            "SELECT coalesce(pg_partition_root(rel)::regclass::text, rel::regclass::text, "
+            "'(other)') AS relation, sum(bytes)::bigint, count(*) FILTER (WHERE fpi) "
+            "FROM r GROUP BY 1 ORDER BY 2 DESC",
+            (start, end),
+        )
+        return [
+            {"relation": name, "bytes": int(size), "fpi": int(fpi)}
+            for name, size, fpi in cur.fetchall()
+        ]
+
+
 def table_activity(conn: Any) -> dict[str, dict[str, int]]:
     """Autovacuum/autoanalyze counts of the tables: a pass during the load is in its numbers."""
     scalar(conn, "SELECT pg_stat_clear_snapshot()")
@@ -982,6 +1011,7 @@ def measure_size(run: TreeRun, size: int, label: str, hour_info: dict[str, Any])
         raise RuntimeError(f"{run.tree.label} {label}: loader (inserted, malformed, state) {got}")
     events = report["inserted"]
     wal = int(scalar(conn, "SELECT pg_wal_lsn_diff(%s, %s)", (lsn1, lsn0)))
+    result["wal_by_relation"] = wal_by_relation(conn, lsn0, lsn1)
     pg_cpu = cpu1 - cpu0
     result.update(
         {
@@ -1144,6 +1174,29 @@ def _tree_table(label: str, block: dict[str, Any]) -> list[str]:
             f"| {mb[EVENTS]:,.0f} | {mb[META]:,.0f} | {mb[LOADED]:,.0f} | {autovac or 'none'} |"
         )
     lines.append("")
+    relations = {
+        k: {r["relation"]: r for r in row.get("wal_by_relation", [])} for k, row in sizes.items()
+    }
+    if any(relations.values()):
+        events = {k: row["events"] for k, row in sizes.items()}
+        largest = list(sizes)[-1]
+        names = sorted(relations[largest], key=lambda n: -relations[largest][n]["bytes"])[:14]
+        lines += [
+            "WAL of the load by relation (pg_walinspect; partitions under their parent): "
+            "block bytes per event / full-page images per event.",
+            "",
+            "| relation | " + " | ".join(sizes) + " |",
+            "|---|" + "---:|" * len(sizes),
+        ]
+        for name in names:
+            cells = []
+            for k in sizes:
+                r = relations[k].get(name)
+                cells.append(
+                    f"{r['bytes'] / events[k]:,.0f} / {r['fpi'] / events[k]:.3f}" if r else "—"
+                )
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
     if sizes:
         largest_key = list(sizes)[-1]
         plan = sizes[largest_key]["dashboard"]["q1_raw"].get("explain", {}).get("plan", [])
