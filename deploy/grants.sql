@@ -205,9 +205,16 @@ SELECT
 \endif
 \endif
 
+-- The roles this run grants to, as a quoted list for the REVOKEs below.
+\if :{?erasure_role}
+SELECT format('%I, %I', :'loader_role', :'erasure_role') AS roles \gset
+\else
+SELECT format('%I', :'loader_role') AS roles \gset
+\endif
+
 BEGIN;
 
--- Start from nothing on the loader's tables, so the grants below are the whole story.
+-- Start from nothing on the application's tables, so the grants below are the whole story.
 REVOKE ALL ON TABLE
   :"schema".clickstream_events,
   :"schema".clickstream_ingest_meta,
@@ -224,9 +231,9 @@ REVOKE ALL ON TABLE
   :"schema".clickstream_rollup_products,
   :"schema".clickstream_rollup_clients,
   :"schema".clickstream_rollup_client_gaps
-FROM :"loader_role";
-REVOKE ALL ON FUNCTION :"schema".clickstream_ensure_partitions(date, date) FROM :"loader_role";
-REVOKE CREATE ON SCHEMA :"schema" FROM :"loader_role";
+FROM :roles;
+REVOKE ALL ON FUNCTION :"schema".clickstream_ensure_partitions(date, date) FROM :roles;
+REVOKE CREATE ON SCHEMA :"schema" FROM :roles;
 
 GRANT CONNECT, TEMPORARY ON DATABASE :"database_name" TO :"loader_role";
 GRANT USAGE ON SCHEMA :"schema" TO :"loader_role";
@@ -272,24 +279,6 @@ GRANT SELECT ON TABLE
 TO :"loader_role";
 
 \if :{?erasure_role}
-REVOKE ALL ON TABLE
-  :"schema".clickstream_events,
-  :"schema".clickstream_ingest_meta,
-  :"schema".clickstream_load_runs,
-  :"schema".clickstream_quarantine,
-  :"schema".clickstream_loaded_objects,
-  :"schema".clickstream_adoptions,
-  :"schema".clickstream_event_claims,
-  :"schema".clickstream_retention,
-  :"schema".clickstream_suppressions,
-  :"schema".clickstream_erasure_requests,
-  :"schema".alembic_version,
-  :"schema".clickstream_rollup_events,
-  :"schema".clickstream_rollup_products,
-  :"schema".clickstream_rollup_clients,
-  :"schema".clickstream_rollup_client_gaps
-FROM :"erasure_role";
-REVOKE CREATE ON SCHEMA :"schema" FROM :"erasure_role";
 GRANT CONNECT ON DATABASE :"database_name" TO :"erasure_role";
 GRANT USAGE ON SCHEMA :"schema" TO :"erasure_role";
 GRANT SELECT, DELETE ON TABLE
