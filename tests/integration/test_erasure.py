@@ -16,10 +16,10 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote_plus
 
 import pytest
 import sqlalchemy as sa
+from support.notifications import s3_notification, sqs_event
 from typer.testing import CliRunner
 
 import lambda_function
@@ -308,36 +308,6 @@ def test_every_load_path_after_an_erase_reloads_nothing_of_the_subject(
     )
     assert set(by_trigger) == {"schedule", "lookback", "manual", "backfill", "reprocess", "event"}
     assert cli("check", "--hour", hour_label(T13))["unloaded_keys"] == []
-
-
-def s3_notification(bucket: str, key: str) -> str:
-    record = {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "eventTime": iso(T13 + timedelta(minutes=59)),
-        "eventName": "ObjectCreated:Put",
-        "s3": {
-            "bucket": {"name": bucket},
-            "object": {"key": quote_plus(key, safe="/"), "size": 900},
-        },
-    }
-    return json.dumps({"Records": [record]})
-
-
-def sqs_event(bodies: list[str]) -> dict[str, Any]:
-    return {
-        "Records": [
-            {
-                "messageId": f"m{i}",
-                "receiptHandle": f"h{i}",
-                "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:nrt",
-            }
-            for i, body in enumerate(bodies)
-        ]
-    }
 
 
 def test_a_person_back_after_the_request_is_new_unless_the_future_is_suppressed(

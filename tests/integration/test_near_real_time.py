@@ -17,12 +17,12 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote_plus
 
 import boto3
 import pytest
 import sqlalchemy as sa
 from support.http_fault_proxy import OBJECT_GETS, Fault, FaultProxy
+from support.notifications import s3_notification, sqs_event
 from support.reconcile import Planted, events_in, from_demo, ledger, reconcile
 from support.sqs_poller import EventSourceMapping
 from support.tcp_fault_proxy import TcpFaultProxy
@@ -139,40 +139,6 @@ def hour_objects(count: int, seed: int, hour: datetime = HOUR, **ratios: float) 
 def put(s3: Any, bucket: str, planted: list[Planted]) -> None:
     """PutObject over HTTP (concurrently), so the server sends the notifications."""
     upload(s3, bucket, [RawObject(p.key, p.body, p.content_encoding) for p in planted])
-
-
-def s3_notification(bucket: str, key: str, at: datetime | None = None) -> str:
-    """An S3 event notification body, the key form-encoded as S3 sends it."""
-    when = (at or HOUR + timedelta(minutes=7)).isoformat(timespec="milliseconds")
-    record = {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "eventTime": when.replace("+00:00", "Z"),
-        "eventName": "ObjectCreated:Put",
-        "s3": {
-            "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-            "object": {"key": quote_plus(key, safe="/"), "size": 900},
-        },
-    }
-    return json.dumps({"Records": [record]})
-
-
-def sqs_event(bodies: list[str], prefix: str = "m") -> dict[str, Any]:
-    return {
-        "Records": [
-            {
-                "messageId": f"{prefix}{i}",
-                "receiptHandle": f"handle-{prefix}{i}",
-                "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "messageAttributes": {},
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:nrt",
-                "awsRegion": "us-east-1",
-            }
-            for i, body in enumerate(bodies)
-        ]
-    }
 
 
 def notifications_for(bucket: str, planted: list[Planted], prefix: str = "m") -> dict[str, Any]:

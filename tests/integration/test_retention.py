@@ -14,10 +14,10 @@ import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
-from urllib.parse import quote_plus
 
 import pytest
 import sqlalchemy as sa
+from support.notifications import s3_notification, sqs_event
 from typer.testing import CliRunner
 
 import lambda_function
@@ -420,38 +420,6 @@ def run_cli(*args: str, code: int = 0) -> Any:
             handler.stream = stream
     assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
     return result
-
-
-def s3_notification(bucket: str, key: str) -> str:
-    record = {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "eventTime": "2026-01-01T00:00:00.000Z",
-        "eventName": "ObjectCreated:Put",
-        "s3": {
-            "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-            "object": {"key": quote_plus(key, safe="/"), "size": 900},
-        },
-    }
-    return json.dumps({"Records": [record]})
-
-
-def sqs_event(bodies: list[str]) -> dict[str, Any]:
-    return {
-        "Records": [
-            {
-                "messageId": f"m{i}",
-                "receiptHandle": f"h{i}",
-                "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "messageAttributes": {},
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:nrt",
-                "awsRegion": "us-east-1",
-            }
-            for i, body in enumerate(bodies)
-        ]
-    }
 
 
 @pytest.fixture
