@@ -80,6 +80,7 @@ from servers import WORK, S3rver, ensure_s3rver, s3rver_server, write_objects  #
 from workload import BUCKET, MALFORMED_RATIO, HourSpec  # noqa: E402
 
 from loader.window import hour_prefix  # noqa: E402
+from tools.demo.dashboard import queries  # noqa: E402
 from tools.demo.traffic import generate_hour  # noqa: E402
 from tools.servers import LocalPostgres, start_embedded_postgres  # noqa: E402
 
@@ -109,33 +110,13 @@ LOADED, RUNS, QUARANTINE = (
 TABLES = (EVENTS, META, LOADED, RUNS, QUARANTINE)
 PREFILL_LOADER_VERSION = "bench-growth-prefill"
 
-# Q1 of /work/shared/real-platform/queries.sql, the one statement the dashboard sends (every 10 s
-# per open session), verbatim but for the `params` CTE: a fixed window instead of now().
-Q1 = """
-WITH params AS (
-    SELECT %(start_date)s::date AS start_date,
-           %(end_date)s::date   AS end_date,
-           %(login_state)s::text AS login_state
+# Q1 of tools/demo/queries.sql (the real platform's, byte for byte): the one statement the
+# dashboard sends, every 10 s per open session, its window bound as psycopg2 parameters.
+Q1 = re.sub(
+    r"(?<!:):(\w+)",
+    r"%(\1)s",
+    "".join(line for line in queries()["Q1"].splitlines(True) if not line.startswith("--")),
 )
-SELECT
-    e.event_timestamp,
-    e.event_name,
-    e.user_login_state,
-    e.client_id,
-    e.session_id,
-    e.is_first_visit,
-    e.context_product_id              AS product_id,
-    e.context_product_name            AS product_name,
-    e.context_product_category        AS product_category,
-    e.context_product_brand           AS product_brand,
-    e.context_product_price::numeric  AS product_price,
-    e.context_product_discount_price  AS product_discount_price,
-    e.context_product_url_path        AS product_url_path
-FROM clickstream_events e, params p
-WHERE e.event_timestamp >= (p.start_date::timestamp AT TIME ZONE 'UTC')
-  AND e.event_timestamp <  ((p.end_date + 1)::timestamp AT TIME ZONE 'UTC')
-  AND (p.login_state = 'ALL' OR e.user_login_state = p.login_state)
-"""
 
 
 @dataclass(frozen=True)
